@@ -1,0 +1,55 @@
+# The two README commands: `make demo` and `make test`. Both set up
+# everything they need first (venv, packages, Delta jars, redis-server).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps jars demo test lint format bench schema clean
+
+setup: $(STAMP) system-deps jars
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+# Debian packages: redis-server for the online store, maven to fetch Delta's jars.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# Delta jars into .cache/jars (once) and .cache/loom-spark.conf for spark-submit.
+jars: $(STAMP) system-deps
+	@$(PY) -m common.spark
+
+demo: setup
+	$(VENV)/bin/loom demo
+
+test: setup
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) -m bench
+
+schema: $(STAMP)
+	$(VENV)/bin/loom schema --write
+
+clean:
+	rm -rf .loom spark-warehouse metastore_db derby.log .pytest_cache

@@ -1,0 +1,202 @@
+"""Redis for Loom: the server named by ``REDIS_URL``, or one we start ourselves.
+
+* ``REDIS_URL`` set: connect to it (password, ACL user and TLS via the URL:
+  ``rediss://user:pass@host:port/0``; a password may also come from
+  ``REDIS_PASSWORD`` or ``REDIS_PASSWORD_FILE``).
+* otherwise, a persistent local server started by ``loom redis start`` under
+  ``$LOOM_HOME/redis`` is used if it is running;
+* otherwise an ephemeral ``redis-server`` on a free port, in its own temporary
+  folder, stopped when the process exits (demo and tests).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import ConfigError, StoreError
+from common.secrets import read_secret
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    """A redis-server child process on 127.0.0.1 (no persistence by default)."""
+
+    port: int = field(default_factory=free_port)
+    directory: Path | None = None
+    persistent: bool = False
+    process: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError(
+                "redis-server is not installed and REDIS_URL is not set. "
+                "Fix: apt-get install -y redis-server, or export REDIS_URL=redis://host:port/0"
+            )
+        if self.directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="loom-redis-")
+            self.directory = Path(self._tmp.name)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str(self.directory / "redis.log"),
+        ]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--save", "60 1"]
+        else:
+            args += ["--appendonly", "no", "--save", ""]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError as err:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = self.directory / "redis.log"
+                    tail = log.read_text()[-1000:] if log.exists() else ""
+                    raise StoreError(f"redis-server did not start on port {self.port}: {tail}") from err
+                time.sleep(0.05)
+            finally:
+                client.close()
+        if not self.persistent:
+            atexit.register(self.stop)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+_EPHEMERAL: RedisServer | None = None
+
+
+def running_local_server(home: Path) -> str | None:
+    """URL of the persistent server started by ``loom redis start``, if alive."""
+    url_file = home / "redis" / "url"
+    if not url_file.is_file():
+        return None
+    url = url_file.read_text().strip()
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return None
+    return url
+
+
+def redis_url(home: Path | None = None) -> str:
+    """The URL Loom should use, starting an ephemeral server if there is none."""
+    global _EPHEMERAL
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    if home is not None:
+        local = running_local_server(home)
+        if local:
+            return local
+    if _EPHEMERAL is None:
+        _EPHEMERAL = RedisServer().start()
+    return _EPHEMERAL.url
+
+
+def connect(url: str | None = None, **kwargs):
+    """A redis-py client for ``url`` (default: :func:`redis_url`).
+
+    The password comes from the URL, ``REDIS_PASSWORD`` or ``REDIS_PASSWORD_FILE``;
+    it is never logged (redis-py's repr hides it).
+    """
+    import redis
+
+    target = url or redis_url()
+    password = read_secret("REDIS_PASSWORD", required=False)
+    if password is not None and "password" not in kwargs:
+        kwargs["password"] = password
+    username = os.environ.get("REDIS_USERNAME")
+    if username and "username" not in kwargs:
+        kwargs["username"] = username
+    return redis.Redis.from_url(target, **kwargs)
+
+
+def describe(url: str) -> str:
+    """The URL without credentials, safe for logs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def start_persistent(home: Path) -> str:
+    """Start (or find) the long-lived local server used by CLI jobs."""
+    existing = running_local_server(home)
+    if existing:
+        return existing
+    folder = home / "redis"
+    server = RedisServer(directory=folder, persistent=True).start()
+    (folder / "url").write_text(server.url)
+    (folder / "pid").write_text(str(server.process.pid))
+    return server.url
+
+
+def stop_persistent(home: Path) -> bool:
+    """Stop the server started by :func:`start_persistent`. True if one was running."""
+    folder = home / "redis"
+    pid_file = folder / "pid"
+    if not pid_file.is_file():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        stopped = True
+    except ProcessLookupError:
+        stopped = False
+    pid_file.unlink(missing_ok=True)
+    (folder / "url").unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,101 @@
+"""Cross-references a single model cannot check: names that must exist elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from common.spec.usecase import UseCase
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: tuple[Any, ...]
+    message: str
+    value: Any = None
+    fix: str | None = None
+
+
+def check_references(spec: UseCase) -> list[Problem]:
+    """Every entity, source and joined column a use case names must exist."""
+    problems: list[Problem] = []
+    entities = sorted(spec.entities)
+    for name, source in spec.sources.items():
+        entity = spec.entities.get(source.entity)
+        if entity is None:
+            problems.append(
+                Problem(("sources", name, "entity"), "unknown entity", source.entity, f"use one of {entities}")
+            )
+        elif entity.key not in source.columns:
+            problems.append(
+                Problem(
+                    ("sources", name, "columns"),
+                    f"the key column {entity.key!r} of entity {source.entity!r} is missing",
+                    None,
+                    f"add {entity.key}: {{type: {entity.type}, required: true}}",
+                )
+            )
+    sources = sorted(spec.sources)
+    for name, group in spec.feature_groups.items():
+        base = ("feature_groups", name)
+        if group.entity not in spec.entities:
+            problems.append(Problem(base + ("entity",), "unknown entity", group.entity, f"use one of {entities}"))
+        source = spec.sources.get(group.source)
+        if source is None:
+            problems.append(Problem(base + ("source",), "unknown source", group.source, f"use one of {sources}"))
+            continue
+        if source.entity != group.entity:
+            problems.append(
+                Problem(
+                    base + ("source",),
+                    f"source {group.source!r} describes entity {source.entity!r}, not {group.entity!r}",
+                    group.source,
+                    "use a source of the same entity",
+                )
+            )
+        for index, feature in enumerate(group.features):
+            if feature.window is not None and source.event_time is None:
+                problems.append(
+                    Problem(
+                        base + ("features", index, "window"),
+                        f"feature {feature.name!r} has a window but source {group.source!r} has no event_time",
+                        feature.window,
+                        f"set event_time on source {group.source!r}, or drop agg and window",
+                    )
+                )
+        if source.kind == "events":
+            for index, feature in enumerate(group.features):
+                if feature.agg is None:
+                    problems.append(
+                        Problem(
+                            base + ("features", index),
+                            f"feature {feature.name!r} over events source {group.source!r} needs agg and window",
+                            None,
+                            "add agg: (count, sum, avg, ...) and window: (e.g. 7 days)",
+                        )
+                    )
+        for index, join in enumerate(group.joins):
+            other = spec.sources.get(join.source)
+            where = base + ("joins", index, "source")
+            if other is None:
+                problems.append(Problem(where, "unknown source", join.source, f"use one of {sources}"))
+                continue
+            if other.kind != "table":
+                problems.append(
+                    Problem(where, f"only table sources can be joined; {join.source!r} has kind events", join.source)
+                )
+            if other.entity != group.entity:
+                problems.append(
+                    Problem(where, f"source {join.source!r} describes entity {other.entity!r}, not {group.entity!r}")
+                )
+            for col_index, column in enumerate(join.columns):
+                if column not in other.columns:
+                    problems.append(
+                        Problem(
+                            base + ("joins", index, "columns", col_index),
+                            f"source {join.source!r} has no column {column!r}",
+                            column,
+                            f"use one of {sorted(other.columns)}",
+                        )
+                    )
+    return problems

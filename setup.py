@@ -1,0 +1,42 @@
+"""Loom: operationalize ML models from metadata.
+
+Versions are pinned together: delta-spark 4.4.0 declares pyspark >=4.0.1,<=4.2.0
+and its JVM jar (delta-spark_2.13 4.4.0) is built on Spark 4.2.0. PySpark does
+not support pandas 3 yet.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="loom",
+    version="0.1.0",
+    description="Operationalize ML models from metadata: features, training, streaming and REST scoring",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["common", "common.*", "jobs", "jobs.*"]),
+    include_package_data=True,
+    install_requires=[
+        "pyspark==4.2.0",
+        "delta-spark==4.4.0",
+        "pandas==2.3.3",
+        "numpy==2.4.6",
+        "pyarrow==25.0.1",
+        "mlflow==3.17.2",
+        "scikit-learn==1.9.1",
+        "redis==8.1.0",
+        "hiredis==3.5.0",
+        "pydantic==2.14.4",
+        "pyyaml==6.0.4",
+        "sqlglot==30.30.0",
+        "cryptography==50.0.2",
+        "fastapi==0.165.0",
+        "uvicorn[standard]==0.54.0",
+        "prometheus-client==0.26.0",
+        "croniter==7.0.0",
+    ],
+    extras_require={
+        "dev": ["pytest==9.2.0", "ruff==0.17.6", "httpx==0.28.1"],
+        "xgboost": ["xgboost"],
+        "lightgbm": ["lightgbm"],
+    },
+    entry_points={"console_scripts": ["loom=jobs.cli:main"]},
+)

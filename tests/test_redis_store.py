@@ -1,0 +1,30 @@
+"""Redis is real: a round trip, and the helper starts and stops its own server."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from common.redis_server import RedisServer, connect, describe
+
+
+def test_round_trip(redis_client):
+    redis_client.set("loom:test:key", b"\x00\x01vector", ex=30)
+    assert redis_client.get("loom:test:key") == b"\x00\x01vector"
+    assert 0 < redis_client.ttl("loom:test:key") <= 30
+
+
+def test_helper_starts_and_stops_its_own_server():
+    server = RedisServer().start()
+    client = connect(server.url)
+    assert client.ping()
+    folder = server.directory
+    assert folder is not None and folder.exists()
+    server.stop()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(server.url, socket_connect_timeout=0.5).ping()
+    assert not folder.exists(), "the temporary folder is removed at stop"
+
+
+def test_describe_hides_credentials():
+    assert describe("redis://user:s3cret@example:6380/0") == "redis://example:6380/0"
