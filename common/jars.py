@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from common.errors import ConfigError
@@ -66,7 +65,6 @@ def fetch(cache: Path | None = None) -> list[Path]:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfigError(
-                f"could not fetch {coordinate} from Maven Central: "
-                f"{(done.stdout + done.stderr).strip()[-2000:]}"
+                f"could not fetch {coordinate} from Maven Central: {(done.stdout + done.stderr).strip()[-2000:]}"
             )
     return delta_jars(folder)

@@ -21,7 +21,9 @@ def read_secret(name: str, *, required: bool = True) -> str | None:
     if file_name:
         path = Path(file_name)
         if not path.is_file():
-            raise ConfigError(f"{name}_FILE points to {path}, which does not exist. Fix: create it or unset {name}_FILE")
+            raise ConfigError(
+                f"{name}_FILE points to {path}, which does not exist. Fix: create it or unset {name}_FILE"
+            )
         return path.read_text().strip()
     if required:
         raise ConfigError(f"secret {name} is not set. Fix: export {name}=... or {name}_FILE=/path/to/file")

@@ -36,12 +36,19 @@ def experiment(name: str, work: Paths | None = None) -> str:
     import mlflow
 
     work = work or paths()
+    # Decide before configure(): mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI.
+    local_store = tracking_uri(work) == f"sqlite:///{work.mlflow_db}"
     configure(work)
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
     location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    if local_store:
         work.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
         location = work.mlflow_artifacts.as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    # Create first, look up on conflict: with a brand-new sqlite store, a lookup
+    # before the first create makes MLflow ignore artifact_location.
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    found = mlflow.get_experiment_by_name(name)
+    return found.experiment_id

@@ -26,7 +26,9 @@ def add_usecase_argument(parser: argparse.ArgumentParser, required: bool = True)
 
 
 def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="local", help="Spark profile in spark-conf/ (local, standalone, databricks)")
+    parser.add_argument(
+        "--profile", default="local", help="Spark profile in spark-conf/ (local, standalone, databricks)"
+    )
 
 
 def execute(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

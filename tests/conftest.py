@@ -16,7 +16,9 @@ os.environ["LOOM_HOME"] = str(_SESSION_HOME)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["PYSPARK_PYTHON"] = sys.executable
 os.environ.setdefault("LOOM_KEY_PII_HMAC", "test-hmac-key-not-a-secret-0123456789")
-os.environ.setdefault("LOOM_KEY_PII_ENCRYPTION", "dGVzdC1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==")
+os.environ.setdefault(
+    "LOOM_KEY_PII_ENCRYPTION", "dGVzdC1lbmNyeXB0aW9uLWtleS0wMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg=="
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -171,10 +171,9 @@ def _data_path(loc: tuple[Any, ...], document: Any, kind: str) -> tuple[list[Any
     path: list[Any] = []
     node = document
     for index, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             path.append(part)
             node = node[part]
         elif index == len(loc) - 1 and kind == "missing":
@@ -250,7 +249,8 @@ def translate_errors(err: ValidationError, document: Any, origins: Origins) -> l
         # A union such as `pii: bool | Policy` reports one error per member; the
         # boolean member's complaint is noise when the user wrote a mapping.
         if kind in ("bool_type", "bool_parsing") and any(
-            other != path and other[: len(path)] == path for other in paths
+            other_error["type"] not in ("bool_type", "bool_parsing") and other[: len(path)] == path
+            for other_error, other in zip(raw, paths, strict=True)
         ):
             continue
         loc = tuple(error["loc"])

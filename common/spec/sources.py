@@ -57,9 +57,7 @@ class Source(Strict):
         for field_name in ("id", "event_time"):
             column = getattr(self, field_name)
             if column is not None and column not in self.columns:
-                raise ValueError(
-                    f"{field_name} {column!r} is not one of the columns {sorted(self.columns)}"
-                )
+                raise ValueError(f"{field_name} {column!r} is not one of the columns {sorted(self.columns)}")
         if self.event_time is not None and self.columns[self.event_time].type != "timestamp":
             raise ValueError(f"event_time column {self.event_time!r} must have type timestamp")
         if self.kind == "events" and self.event_time is None:
