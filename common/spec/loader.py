@@ -47,6 +47,9 @@ class Origins:
     def add(self, key: tuple[str, ...], file: str) -> None:
         self._by_key[key] = file
 
+    def as_dict(self) -> dict[tuple[str, ...], str]:
+        return dict(self._by_key)
+
     def file_for(self, path: tuple[Any, ...]) -> str | None:
         for size in (2, 1):
             key = tuple(str(p) for p in path[:size])
@@ -140,6 +143,7 @@ def load_usecase(name_or_path: str | Path, root: Path | None = None) -> UseCase:
                 for p in problems
             ]
         )
+    spec._origins = origins.as_dict()
     return spec
 
 

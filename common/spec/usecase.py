@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from common.spec.base import Name, Strict
 from common.spec.features import FeatureGroup
@@ -27,3 +27,12 @@ class UseCase(Strict):
     entities: dict[Name, Entity] = Field(min_length=1)
     sources: dict[Name, Source] = Field(min_length=1)
     feature_groups: dict[Name, FeatureGroup] = Field(default_factory=dict)
+
+    # file each (section, item) was loaded from, so later phases can name it
+    _origins: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
+
+    def file_of(self, section: str, item: str | None = None) -> str | None:
+        """The YAML file that defined ``section`` (and ``item`` in it), if known."""
+        if item is not None and (section, item) in self._origins:
+            return self._origins[(section, item)]
+        return self._origins.get((section,))

@@ -1,0 +1,180 @@
+"""Column lineage of a feature group: ordering, missing references, cycles, PII.
+
+Pure Python over the spec: no Spark. The compiler calls :func:`resolve_group`
+and refuses any plan that reads a column that does not exist, loops, or would
+carry a PII column without a policy into a feature, the offline store or Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.errors import CompileError, PrivacyError
+from common.spec.features import FeatureGroup
+from common.spec.transforms import Transform
+from common.spec.usecase import UseCase
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a base column of a feature group comes from."""
+
+    source: str
+    column: str
+
+
+@dataclass(frozen=True)
+class ResolvedGroup:
+    transforms: tuple[Transform, ...]  # in dependency order
+    base_columns: dict[str, Origin]  # columns available before transforms
+
+
+def _available_base(spec: UseCase, group_name: str, group: FeatureGroup) -> dict[str, Origin]:
+    """Columns the group can read before its transforms: its source plus joined columns."""
+    base: dict[str, Origin] = {c: Origin(group.source, c) for c in spec.sources[group.source].columns}
+    for join in group.joins:
+        for column in join.columns:
+            base.setdefault(column, Origin(join.source, column))
+    return base
+
+
+def source_pii_errors(spec: UseCase) -> list[PrivacyError]:
+    """PII columns without a policy: they would reach bronze unprotected."""
+    errors = []
+    for name, source in spec.sources.items():
+        file = spec.file_of("sources", name)
+        for column_name, column in source.columns.items():
+            if column.pii is True:
+                errors.append(
+                    PrivacyError(
+                        f"column {column_name!r} is marked PII but has no policy; it would reach "
+                        f"the bronze table {spec.name}/bronze/{name} and every feature that reads it",
+                        file=file,
+                        path=f"sources.{name}.columns.{column_name}.pii",
+                        value=True,
+                        fix="set pii to a policy: {method: drop}, {method: pseudonymize, key: ...}, "
+                        "{method: encrypt, mode: deterministic|randomized, key: ...} or "
+                        "{method: generalize, rule: prefix|year|bucket, ...}",
+                    )
+                )
+    return errors
+
+
+def _order_transforms(group_name: str, group: FeatureGroup, base: dict[str, Origin], file: str | None):
+    """Topological order of the transforms; errors for unknown inputs and cycles."""
+    producer: dict[str, int] = {}
+    for index, transform in enumerate(group.transforms):
+        for output in transform.outputs():
+            if output in producer:
+                raise CompileError(
+                    f"column {output!r} is produced by two transforms",
+                    file=file,
+                    path=f"feature_groups.{group_name}.transforms[{index}].name",
+                    value=output,
+                    fix="give each transform a unique name",
+                )
+            producer[output] = index
+    needs: dict[int, set[int]] = {}
+    for index, transform in enumerate(group.transforms):
+        deps: set[int] = set()
+        for column in transform.inputs():
+            if column in producer and producer[column] != index:
+                deps.add(producer[column])
+            elif column in producer:
+                raise CompileError(
+                    f"transform {transform.name!r} reads its own output {column!r}",
+                    file=file,
+                    path=f"feature_groups.{group_name}.transforms[{index}]",
+                    fix="read another column, or give the transform another name",
+                )
+            elif column not in base:
+                raise CompileError(
+                    f"transform {transform.name!r} reads unknown column {column!r}",
+                    file=file,
+                    path=f"feature_groups.{group_name}.transforms[{index}]",
+                    value=column,
+                    fix=f"use a column of the source, a joined column or a transform output: "
+                    f"{sorted(set(base) | set(producer))}",
+                )
+        needs[index] = deps
+    order: list[int] = []
+    state: dict[int, str] = {}
+
+    def visit(node: int, trail: list[int]) -> None:
+        if state.get(node) == "done":
+            return
+        if state.get(node) == "visiting":
+            cycle = trail[trail.index(node) :] + [node]
+            names = " -> ".join(group.transforms[i].name for i in cycle)
+            raise CompileError(
+                f"transforms form a cycle: {names}",
+                file=file,
+                path=f"feature_groups.{group_name}.transforms",
+                fix="break the cycle: one of these transforms must read a source column instead",
+            )
+        state[node] = "visiting"
+        for dep in sorted(needs[node]):
+            visit(dep, [*trail, node])
+        state[node] = "done"
+        order.append(node)
+
+    for index in range(len(group.transforms)):
+        visit(index, [])
+    return tuple(group.transforms[i] for i in order), producer
+
+
+def resolve_group(spec: UseCase, group_name: str) -> ResolvedGroup:
+    """Order a group's transforms and check every column its features read."""
+    file = spec.file_of("feature_groups", group_name)
+    group = spec.feature_groups[group_name]
+    base = _available_base(spec, group_name, group)
+    ordered, producer = _order_transforms(group_name, group, base, file)
+
+    def base_origins(column: str, seen: frozenset[str] = frozenset()) -> set[tuple[Origin, str]]:
+        """Base columns behind ``column`` with the transform path that carries them."""
+        if column in producer:
+            transform = group.transforms[producer[column]]
+            found: set[tuple[Origin, str]] = set()
+            for upstream in transform.inputs():
+                if upstream not in seen:
+                    for origin, trail in base_origins(upstream, seen | {column}):
+                        found.add((origin, f"{trail} -> transform {transform.name}"))
+            return found
+        return {(base[column], f"{base[column].source}.{base[column].column}")}
+
+    for index, feature in enumerate(group.features):
+        where = f"feature_groups.{group_name}.features[{index}]"
+        for column in feature.inputs():
+            if column not in base and column not in producer:
+                raise CompileError(
+                    f"feature {feature.name!r} reads unknown column {column!r}",
+                    file=file,
+                    path=where,
+                    value=column,
+                    fix=f"use one of {sorted(set(base) | set(producer))}",
+                )
+            for origin, trail in base_origins(column):
+                _check_pii(spec, origin, trail, group_name, feature.name, where)
+    return ResolvedGroup(ordered, base)
+
+
+def _check_pii(spec: UseCase, origin: Origin, trail: str, group: str, feature: str, where: str) -> None:
+    column = spec.sources[origin.source].columns[origin.column]
+    path = f"{trail} -> feature {group}.{feature} -> offline store and Redis"
+    if column.pii is True:
+        raise PrivacyError(
+            f"PII column {origin.source}.{origin.column} has no policy and would reach a feature: {path}",
+            file=spec.file_of("sources", origin.source),
+            path=f"sources.{origin.source}.columns.{origin.column}.pii",
+            value=True,
+            fix="give the column a policy (drop, pseudonymize, encrypt or generalize) or stop reading it",
+        )
+    if column.policy is not None and column.policy.method == "drop":
+        raise CompileError(
+            f"column {origin.source}.{origin.column} is dropped at ingestion by its privacy policy, "
+            f"but a feature reads it: {path}",
+            file=spec.file_of("feature_groups", group),
+            path=where,
+            value=origin.column,
+            fix="read another column, or protect it with pseudonymize, encrypt or generalize instead of drop",
+        )
