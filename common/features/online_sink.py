@@ -34,10 +34,12 @@ def spark_online_writer(redis_url: str):
             values,
             usecase=plan.usecase,
             version=plan.usecase_version,
-            group=online_group(plan),
+            group=plan.name,
+            feature_names=plan.feature_names,
             entity_column=plan.entity_key,
             event_time_column=FEATURE_TS,
             redis_url=redis_url,
+            ttl_seconds=plan.ttl_s,
         )
         return int(result[0]), int(result[1])
 

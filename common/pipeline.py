@@ -1,0 +1,83 @@
+"""The streaming pipeline of a use case: landing -> bronze -> features -> Redis + Delta.
+
+Ingestion and features are separate Structured Streaming queries chained by
+the bronze Delta tables (the medallion pattern): each has its own checkpoint,
+so either can be stopped, restarted or replayed without the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from common.compile.plan import Plan
+from common.features.online_sink import spark_online_writer
+from common.features.streaming import start_feature_streams
+from common.ingest.report import IngestReport
+from common.ingest.stream import ingest_source, run_until_stopped, start_ingest_stream
+from common.privacy import require_keys
+from common.settings import Paths
+
+log = logging.getLogger("loom.pipeline")
+
+
+def catch_up(
+    spark: SparkSession,
+    plan: Plan,
+    work: Paths,
+    redis_url: str,
+    *,
+    max_files_per_trigger: int | None = None,
+) -> list[IngestReport]:
+    """Process everything that has landed, in micro-batches, then stop (availableNow)."""
+    require_keys(plan.spec.sources)
+    reports = [
+        ingest_source(spark, plan.spec, name, work, "batch", max_files_per_trigger=max_files_per_trigger)
+        for name in plan.spec.sources
+    ]
+    queries = start_feature_streams(
+        spark, work, plan, spark_online_writer(redis_url), available_now=True, max_files_per_trigger=max_files_per_trigger
+    )
+    for query in queries:
+        query.awaitTermination()
+        if query.exception() is not None:
+            raise query.exception()
+    return reports
+
+
+def run_continuously(
+    spark: SparkSession,
+    plan: Plan,
+    work: Paths,
+    redis_url: str,
+    stop: threading.Event,
+    *,
+    interval: str = "5 seconds",
+    max_files_per_trigger: int | None = None,
+) -> dict[str, IngestReport]:
+    """Ingest and feature queries that run until ``stop`` is set (or one fails)."""
+    require_keys(plan.spec.sources)
+    reports = {name: IngestReport(name) for name in plan.spec.sources}
+    queries: list[StreamingQuery] = [
+        start_ingest_stream(
+            spark,
+            plan.spec,
+            name,
+            work,
+            mode="stream",
+            trigger_interval=interval,
+            max_files_per_trigger=max_files_per_trigger,
+            report=reports[name],
+        )
+        for name in plan.spec.sources
+    ]
+    queries += start_feature_streams(spark, work, plan, spark_online_writer(redis_url), interval=interval)
+    log.info("streaming %d queries every %s; stop with Ctrl-C or SIGTERM", len(queries), interval)
+    run_until_stopped(queries, stop)
+    for query in queries:
+        if query.exception() is not None:
+            raise query.exception()
+    return reports

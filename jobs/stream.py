@@ -1,0 +1,56 @@
+"""``loom stream --usecase churn``: landing -> bronze -> features -> Redis + Delta, continuously."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.compile import compile_usecase
+from common.ingest.report import render_reports
+from common.ingest.stream import stop_on_signals
+from common.pipeline import catch_up, run_continuously
+from common.redis_server import describe, redis_url
+from common.settings import paths
+from common.spark import build_session
+from common.spec import load_usecase
+from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
+
+DESCRIPTION = "Run the streaming pipeline: ingest, compute features, write Redis and the Delta feature history."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_usecase_argument(parser)
+    add_spark_arguments(parser)
+    parser.add_argument(
+        "--available-now", action="store_true", help="process what has landed, in micro-batches, then stop"
+    )
+    parser.add_argument("--trigger-interval", default="5 seconds", help="micro-batch interval (default 5 seconds)")
+    parser.add_argument("--max-files-per-trigger", type=int, default=None, help="landing files per micro-batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = compile_usecase(load_usecase(args.usecase))
+    work = paths()
+    spark = build_session(args.profile, app_name=f"loom-stream-{plan.usecase}")
+    url = redis_url(work.home)
+    print(f"online store: {describe(url)}")
+    if args.available_now:
+        reports = catch_up(spark, plan, work, url, max_files_per_trigger=args.max_files_per_trigger)
+    else:
+        with stop_on_signals() as stop:
+            reports = list(
+                run_continuously(
+                    spark,
+                    plan,
+                    work,
+                    url,
+                    stop,
+                    interval=args.trigger_interval,
+                    max_files_per_trigger=args.max_files_per_trigger,
+                ).values()
+            )
+    print(render_reports(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for("stream", __import__(__name__)))
