@@ -43,8 +43,9 @@ def read_profile(name: str, folder: Path = PROFILE_DIR) -> dict[str, str]:
 
 
 def _delta_on_classpath(spark) -> bool:
+    # Spark's own class loader: it sees jars added with spark.jars, Class.forName does not.
     try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        spark._jvm.org.apache.spark.util.Utils.classForName("io.delta.tables.DeltaTable", True, False)
         return True
     except Exception:  # py4j raises its own error type for a missing class
         return False

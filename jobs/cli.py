@@ -15,7 +15,12 @@ JOBS: dict[str, str] = {
     "demo": "jobs.demo",
     "validate": "jobs.validate",
     "schema": "jobs.schema",
-    "redis": "jobs.redis",
+    "redis": "jobs.local_redis",
+    "generate": "jobs.generate",
+    "ingest": "jobs.ingest",
+    "backfill": "jobs.backfill",
+    "stream": "jobs.stream",
+    "consistency": "jobs.consistency",
 }
 
 

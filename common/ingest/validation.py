@@ -1,0 +1,262 @@
+"""Record-level checks of one batch of landing records: accepted rows or quarantine with a reason.
+
+:func:`validate_records` is the one pure function both the batch and the
+streaming ingestion run (inside ``foreachBatch``); it only builds column
+expressions, a window and a join, so it works on any DataFrame.
+
+Input, by the source's format (as produced by :mod:`common.ingest.readers`):
+
+* ``json``: ``value`` (one line of text);
+* ``csv``: one string column per declared column, plus ``_corrupt_record``
+  (the line, when it does not split into the declared fields);
+* ``parquet``: the declared columns (any type);
+
+plus, optionally, ``_source_file``, ``_file_modification_time`` and ``_row_id``
+(a unique long per record, in file order; added with ``monotonically_increasing_id``
+when absent, so pass it on a persisted batch to pin it).
+
+Rules, checked in this order; a record gets the reason of the **first** failed
+check only (one reason per record, so counts by reason add up):
+
+1. the line is a JSON object (``malformed JSON``; single quotes are refused) or
+   a CSV row with the declared number of fields (``malformed CSV record``);
+2. every required column has a value (``missing required column <c>``); an
+   empty or blank string counts as no value, for JSON and CSV alike;
+3. every value converts to its declared type (``column <c>: <value> is not a
+   <type>``), with ``try_cast``. Dates must look like ``YYYY-MM-DD`` and
+   timestamps like ISO-8601 (``2026-01-01T10:00:00Z``, offset optional: without
+   one the session time zone applies), so Spark's lenient forms (``yesterday``,
+   ``2026``) are refused. Numbers must be exact: ``1.0`` is not an int;
+4. every value of a column with ``allowed`` is one of them (``column <c>: value
+   <v> not in allowed values``);
+5. the record is not a duplicate (``duplicate <id>``): its key is already in
+   ``existing_keys`` (bronze) or an earlier record of the batch has it. The key
+   is ``id`` for ``kind: events`` and ``(id, event_time)`` for ``kind: table``
+   (a table keeps every version of an entity; only a replay of the same
+   version is a duplicate). "Earlier" means an older file (modification time,
+   then path), then the position in the file. Only records that pass 1–4 take
+   part, so a broken record never hides a good one.
+
+Keys that are not declared columns are ignored (they are not in bronze). Values
+of PII columns never appear in a reason: they show as ``<redacted>``.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from common.ingest.redaction import (
+    REDACTED,
+    UNPARSABLE_CSV_NOTE,
+    pii_columns,
+    record_as_json,
+    redact_json_text,
+)
+from common.spec.sources import Source
+
+CORRUPT = "_corrupt_record"
+SOURCE_FILE = "_source_file"
+FILE_TIME = "_file_modification_time"
+RAW = "_raw"
+REASON = "_reason"
+CHECK = "_check"
+ROW_ID = "_row_id"
+
+MALFORMED_JSON = "malformed JSON"
+MALFORMED_CSV = "malformed CSV record"
+SHOWN_VALUE_CHARS = 200
+
+ISO_DATE = r"^\s*\d{4}-\d{2}-\d{2}\s*$"
+ISO_TIMESTAMP = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?\s*$"
+JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
+
+_PARSED = "_parsed"
+_KNOWN = "_known"
+_FIRST_REASON = "_first_reason"
+_FIRST_CHECK = "_first_check"
+
+
+def string_schema(source: Source, *, corrupt_column: bool = False) -> StructType:
+    """Every declared column as a string (how CSV and JSON are read before checks)."""
+    fields = [StructField(name, StringType()) for name in source.columns]
+    if corrupt_column:
+        fields.append(StructField(CORRUPT, StringType()))
+    return StructType(fields)
+
+
+def typed_schema(source: Source) -> StructType:
+    """The declared columns with their declared types."""
+    return StructType.fromDDL(", ".join(f"{name} {column.type}" for name, column in source.columns.items()))
+
+
+def dedup_columns(source: Source) -> list[str]:
+    """Columns whose values identify a record for duplicate detection (empty: no check)."""
+    if source.id is None:
+        return []
+    if source.kind == "table" and source.event_time is not None and source.event_time != source.id:
+        return [source.id, source.event_time]
+    return [source.id]
+
+
+def duplicate_reason(source: Source) -> str:
+    keys = dedup_columns(source)
+    return f"duplicate {keys[0]}" if len(keys) == 1 else f"duplicate ({', '.join(keys)})"
+
+
+def validate_records(
+    df: DataFrame, source: Source, *, existing_keys: DataFrame | None = None
+) -> tuple[DataFrame, DataFrame]:
+    """Split a batch of landing records into ``(accepted, quarantined)``.
+
+    ``accepted``: the declared columns with their declared types, then
+    ``_source_file``. ``quarantined``: ``raw`` (redacted for PII sources),
+    ``reason``, ``source_file``. Every input record is in exactly one of them.
+    ``existing_keys`` holds the :func:`dedup_columns` of records already in bronze.
+    """
+    return split_classified(classify(df, source, existing_keys=existing_keys), source)
+
+
+def split_classified(classified: DataFrame, source: Source) -> tuple[DataFrame, DataFrame]:
+    """The accepted and quarantined rows of :func:`classify`'s output."""
+    accepted = classified.where(F.col(REASON).isNull()).select(*source.columns, SOURCE_FILE)
+    quarantined = classified.where(F.col(REASON).isNotNull()).select(
+        F.col(RAW).alias("raw"), F.col(REASON).alias("reason"), F.col(SOURCE_FILE).alias("source_file")
+    )
+    return accepted, quarantined
+
+
+def classify(df: DataFrame, source: Source, *, existing_keys: DataFrame | None = None) -> DataFrame:
+    """One row per input record: typed columns, ``_source_file``, ``_raw``, ``_reason``, ``_check``.
+
+    ``_reason`` is null for an accepted record; ``_check`` is the reason without
+    the offending value (``column amount: not a double``), for counting.
+    """
+    if ROW_ID not in df.columns:
+        df = df.withColumn(ROW_ID, F.monotonically_increasing_id())
+    if SOURCE_FILE not in df.columns:
+        df = df.withColumn(SOURCE_FILE, F.lit(None).cast("string"))
+    df, fields, malformed, malformed_reason, raw = _normalize(df, source)
+
+    values = {name: F.when(F.trim(field) != "", field) for name, field in fields.items()}
+    df = df.select(
+        "*",
+        *[value.alias(_value(name)) for name, value in values.items()],
+        raw.alias(RAW),
+    )
+    df = df.select(
+        "*",
+        *[_parse(F.col(_value(name)), column.type).alias(_typed(name)) for name, column in source.columns.items()],
+    )
+
+    checks: list[tuple[Column, Column, str]] = [(malformed, F.lit(malformed_reason), malformed_reason)]
+    pii = set(pii_columns(source))
+    for name, column in source.columns.items():
+        if column.required:
+            text = f"missing required column {name}"
+            checks.append((F.col(_value(name)).isNull(), F.lit(text), text))
+    for name, column in source.columns.items():
+        shown = _shown(F.col(_value(name)), name in pii)
+        failed = F.col(_value(name)).isNotNull() & F.col(_typed(name)).isNull()
+        message = F.concat(F.lit(f"column {name}: "), shown, F.lit(f" is not a {column.type}"))
+        checks.append((failed, message, f"column {name}: not a {column.type}"))
+    for name, column in source.columns.items():
+        if column.allowed is not None:
+            shown = _shown(F.col(_value(name)), name in pii)
+            allowed = [F.lit(value).try_cast(column.type) for value in column.allowed]
+            typed = F.col(_typed(name))
+            failed = typed.isNotNull() & ~F.coalesce(typed.isin(*allowed), F.lit(False))
+            message = F.concat(F.lit(f"column {name}: value "), shown, F.lit(" not in allowed values"))
+            checks.append((failed, message, f"column {name}: not in allowed values"))
+    df = df.select(
+        "*",
+        F.coalesce(*[F.when(cond, message) for cond, message, _ in checks]).alias(_FIRST_REASON),
+        F.coalesce(*[F.when(cond, F.lit(check)) for cond, _, check in checks]).alias(_FIRST_CHECK),
+    )
+
+    keys = dedup_columns(source)
+    duplicate = F.lit(False)
+    if keys:
+        df, duplicate = _duplicates(df, keys, existing_keys)
+    reason = duplicate_reason(source) if keys else ""
+    return df.select(
+        *[F.col(_typed(name)).alias(name) for name in source.columns],
+        SOURCE_FILE,
+        RAW,
+        F.coalesce(F.col(_FIRST_REASON), F.when(duplicate, F.lit(reason))).alias(REASON),
+        F.coalesce(F.col(_FIRST_CHECK), F.when(duplicate, F.lit(reason))).alias(CHECK),
+    )
+
+
+def _value(name: str) -> str:
+    return f"_v_{name}"
+
+
+def _typed(name: str) -> str:
+    # Typed values get their declared names only at the end: CSV input already uses them.
+    return f"_t_{name}"
+
+
+def _normalize(df: DataFrame, source: Source) -> tuple[DataFrame, dict[str, Column], Column, str, Column]:
+    """Per format: the string value of each column, whether the record is malformed, its raw text."""
+    pii = pii_columns(source)
+    names = list(source.columns)
+    if source.format == "json":
+        df = df.withColumn(_PARSED, F.from_json("value", string_schema(source, corrupt_column=True), JSON_OPTIONS))
+        fields = {name: F.col(_PARSED)[name] for name in names}
+        malformed = F.col(_PARSED).isNull() | F.col(_PARSED)[CORRUPT].isNotNull()
+        raw = redact_json_text(F.col("value"), pii) if pii else F.col("value")
+        return df, fields, malformed, MALFORMED_JSON, raw
+    if source.format == "csv":
+        fields = {name: F.col(name) for name in names}
+        corrupt = F.col(CORRUPT) if CORRUPT in df.columns else F.lit(None).cast("string")
+        as_json = record_as_json(fields, pii)
+        unparsable = F.lit(UNPARSABLE_CSV_NOTE) if pii else corrupt
+        raw = F.when(corrupt.isNotNull(), unparsable).otherwise(as_json)
+        return df, fields, corrupt.isNotNull(), MALFORMED_CSV, raw
+    fields = {name: F.col(name).cast("string") for name in names}
+    return df, fields, F.lit(False), "malformed record", record_as_json(fields, pii)
+
+
+def _parse(value: Column, kind: str) -> Column:
+    """``value`` (a string) as ``kind``, or null when it does not convert."""
+    if kind == "string":
+        return value
+    if kind == "timestamp":
+        return F.when(value.rlike(ISO_TIMESTAMP), value.try_cast("timestamp"))
+    if kind == "date":
+        return F.when(value.rlike(ISO_DATE), value.try_cast("date"))
+    return value.try_cast(kind)
+
+
+def _shown(value: Column, is_pii: bool) -> Column:
+    """How a value appears in a reason: PII redacted, long values cut."""
+    if is_pii:
+        return F.lit(REDACTED)
+    return F.when(
+        F.length(value) > SHOWN_VALUE_CHARS, F.concat(F.substring(value, 1, SHOWN_VALUE_CHARS), F.lit("..."))
+    ).otherwise(value)
+
+
+def _duplicates(df: DataFrame, keys: list[str], existing_keys: DataFrame | None) -> tuple[DataFrame, Column]:
+    """Mark records whose key is in ``existing_keys`` or on an earlier record of the batch.
+
+    The window and the bronze lookup run on a narrow projection (key, order, row
+    id); the wide records only meet the row ids of the duplicates (usually few).
+    """
+    typed_keys = [_typed(key) for key in keys]
+    candidate = F.col(_FIRST_REASON).isNull()
+    for key in typed_keys:
+        candidate = candidate & F.col(key).isNotNull()
+    order = [FILE_TIME] if FILE_TIME in df.columns else []
+    order += [SOURCE_FILE, ROW_ID]
+    narrow = df.where(candidate).select(*typed_keys, *order)
+    position = F.row_number().over(Window.partitionBy(*typed_keys).orderBy(*order))
+    duplicates = narrow.withColumn("_position", position).where(F.col("_position") > 1).select(ROW_ID)
+    if existing_keys is not None:
+        existing = existing_keys.select(*[F.col(key).alias(typed) for key, typed in zip(keys, typed_keys, strict=True)])
+        known = narrow.join(existing, typed_keys, "left_semi").select(ROW_ID)
+        duplicates = duplicates.union(known).distinct()
+    df = df.join(duplicates.withColumn(_KNOWN, F.lit(True)), ROW_ID, "left")
+    return df, F.col(_KNOWN).isNotNull()

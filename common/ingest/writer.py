@@ -1,0 +1,207 @@
+"""The ``foreachBatch`` step of ingestion: validate, protect PII, write bronze and quarantine once.
+
+Exactly-once: both appends carry Delta's ``txnAppId`` (the streaming query's id,
+which the checkpoint keeps across restarts, so a new checkpoint never collides
+with an old one) and ``txnVersion`` (the batch id). Delta skips a write whose
+version it has already committed for that app id, so a retried micro-batch adds
+nothing. Quarantine is written before bronze, and the duplicate check reads the
+bronze version of the batch's start: a batch retried after quarantine committed
+but before bronze did classifies every record as before.
+
+The batch is counted before anything is written: if read != accepted +
+quarantined, it raises :class:`DataError` and writes nothing. The checks are
+:func:`~common.ingest.validation.validate_records`, called as its two halves
+(``classify`` then ``split_classified``) so the classified batch is cached once
+for the counts and both writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from datetime import UTC, datetime
+
+from delta.tables import DeltaTable
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType, TimestampType
+
+from common.errors import DataError, LoomError, PrivacyError
+from common.ingest.paths import IngestLocations
+from common.ingest.report import IngestReport
+from common.ingest.validation import CHECK, ROW_ID, SOURCE_FILE, classify, dedup_columns, split_classified, typed_schema
+from common.spec.sources import Source
+
+log = logging.getLogger(__name__)
+
+INGESTED_AT = "_ingested_at"
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField("raw", StringType()),
+        StructField("reason", StringType()),
+        StructField("source_file", StringType()),
+        StructField("ingested_at", TimestampType()),
+    ]
+)
+BIND_TIMEOUT_S = 120.0
+
+
+def protect(df: DataFrame, source: Source, source_name: str) -> DataFrame:
+    """Apply the source's PII policies (drop, pseudonymize, encrypt, generalize) before bronze."""
+    from common.privacy import apply_policies  # imported late: the privacy module loads keys and crypto
+
+    return apply_policies(df, source, source_name)
+
+
+def check_dedup_columns(source: Source, source_name: str) -> None:
+    """Refuse a PII key column: duplicates are found by comparing it with bronze, where it is protected."""
+    for name in dedup_columns(source):
+        if source.columns[name].is_pii:
+            raise PrivacyError(
+                f"column {name!r} identifies records for duplicate detection, so it cannot be PII",
+                path=f"sources.{source_name}.columns.{name}.pii",
+                value=source.columns[name].pii,
+                fix="use a record id that is not personal data, or remove 'id' from the source",
+            )
+
+
+def ensure_tables(spark: SparkSession, source: Source, source_name: str, locations: IngestLocations) -> None:
+    """Create empty bronze and quarantine tables, so readers find them before the first file arrives."""
+    if not DeltaTable.isDeltaTable(spark, locations.quarantine):
+        spark.createDataFrame([], QUARANTINE_SCHEMA).write.format("delta").mode("append").save(locations.quarantine)
+    if not DeltaTable.isDeltaTable(spark, locations.bronze):
+        empty = spark.createDataFrame([], typed_schema(source)).withColumn(SOURCE_FILE, F.lit(None).cast("string"))
+        bronze = protect(empty, source, source_name).withColumn(INGESTED_AT, F.lit(None).cast("timestamp"))
+        bronze.write.format("delta").mode("append").save(locations.bronze)
+
+
+class _Stopwatch:
+    """Seconds per step of a batch, for the log line (where does the time go?)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps.append((name, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.laps)
+
+
+class BatchWriter:
+    """The ``foreachBatch`` function of one source's ingestion query.
+
+    Call :meth:`bind` with the query's id right after ``start()``; batches wait
+    for it (the first one can start before ``start()`` returns).
+    """
+
+    def __init__(self, source: Source, source_name: str, locations: IngestLocations, report: IngestReport) -> None:
+        self.source = source
+        self.source_name = source_name
+        self.locations = locations
+        self.report = report
+        self._app_id: str | None = None
+        self._bound = threading.Event()
+
+    def bind(self, query_id: str) -> None:
+        self._app_id = f"loom-ingest-{query_id}"
+        self._bound.set()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        try:
+            self.write(batch, batch_id)
+        except LoomError as error:
+            # Spark wraps whatever foreachBatch raises; keep the original for the job's message.
+            self.report.failure = error
+            raise
+        except Exception as error:
+            translated = self._user_error(error)
+            if translated is None:
+                raise
+            self.report.failure = translated
+            raise translated from error
+
+    def _user_error(self, error: Exception) -> LoomError | None:
+        """A DataError for failures caused by a landing file rather than by Loom."""
+        text = str(error)
+        if "CSV header does not conform to the schema" in text:
+            header = re.search(r"Header: ([^\n]*)", text)
+            return DataError(
+                f"source {self.source_name!r}: a CSV file in {self.locations.folder} has the header "
+                f"{header.group(1).strip() if header else '(unknown)'!r}, but the declared columns are "
+                f"{', '.join(self.source.columns)!r}; nothing of this batch was written. "
+                "Fix: write the header row with the declared columns in the declared order, "
+                "or move the file out of the landing folder"
+            )
+        return None
+
+    def write(self, batch: DataFrame, batch_id: int) -> None:
+        """Validate one micro-batch and append it to quarantine, then bronze."""
+        if not self._bound.wait(BIND_TIMEOUT_S) or self._app_id is None:
+            raise RuntimeError("BatchWriter.bind() was not called after the query started")
+        spark = batch.sparkSession
+        ingested_at = datetime.now(UTC)
+        # Row ids are assigned once, on the cached batch, so every branch of the plan sees the same ids.
+        batch = batch.withColumn(ROW_ID, F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
+        classified: DataFrame | None = None
+        clock = _Stopwatch()
+        try:
+            read = batch.count()
+            clock.lap("read")
+            if read == 0:
+                return
+            classified = classify(batch, self.source, existing_keys=self._existing_keys(spark)).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
+            counts = {row[CHECK]: int(row["count"]) for row in classified.groupBy(CHECK).count().collect()}
+            accepted_count = counts.pop(None, 0)
+            clock.lap("validate")
+            if read != accepted_count + sum(counts.values()):
+                raise DataError(
+                    f"source {self.source_name!r}, batch {batch_id}: read {read} records but classified "
+                    f"{accepted_count} accepted + {sum(counts.values())} quarantined; nothing was written. "
+                    "Fix: this is a bug in validation; report it with the batch's files"
+                )
+            accepted, quarantined = split_classified(classified, self.source)
+            self._append(quarantined.withColumn("ingested_at", F.lit(ingested_at)), self.locations.quarantine, batch_id)
+            clock.lap("quarantine")
+            bronze = protect(accepted, self.source, self.source_name).withColumn(INGESTED_AT, F.lit(ingested_at))
+            self._append(bronze, self.locations.bronze, batch_id)
+            clock.lap("bronze")
+            self.report.add_batch(read, accepted_count, counts)
+            log.info(
+                "ingest %s batch %d: read %d, accepted %d, quarantined %d (%s)",
+                self.source_name,
+                batch_id,
+                read,
+                accepted_count,
+                read - accepted_count,
+                clock,
+            )
+        finally:
+            if classified is not None:
+                classified.unpersist()
+            batch.unpersist()
+
+    def _existing_keys(self, spark: SparkSession) -> DataFrame | None:
+        """Duplicate-check keys of bronze as of now (a fixed version, so retries see the same)."""
+        keys = dedup_columns(self.source)
+        if not keys:
+            return None
+        version = DeltaTable.forPath(spark, self.locations.bronze).history(1).select("version").first()[0]
+        return spark.read.format("delta").option("versionAsOf", version).load(self.locations.bronze).select(*keys)
+
+    def _append(self, df: DataFrame, path: str, batch_id: int) -> None:
+        (
+            df.write.format("delta")
+            .mode("append")
+            .option("txnAppId", self._app_id)
+            .option("txnVersion", batch_id)
+            .save(path)
+        )
