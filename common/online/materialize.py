@@ -1,0 +1,210 @@
+"""Spark DataFrame -> Redis online store, in parallel on the executors.
+
+Each task receives its partition as Arrow record batches (``mapInArrow``),
+encodes every batch with numpy in one go and sends it through the Redis
+event-time guard (chunked ``EVALSHA`` calls, pipelined) over its own
+connection, cached per Python worker. Each task returns one row of counts, which the driver
+sums: nothing but those counts comes back to the driver.
+
+Works the same for a batch DataFrame and for the micro-batch DataFrame of a
+streaming ``foreachBatch``; re-running a batch is harmless (equal event times
+overwrite with the same bytes, older ones are skipped).
+
+Rows without an entity key (null or empty) or without an event time cannot be
+written. They are counted; with ``on_invalid="raise"`` (default) a DataError
+is raised after the valid rows were written, with ``"skip"`` a warning is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from common.errors import ConfigError, DataError
+from common.online.base import OnlineGroup, WriteResult
+from common.online.redis_store import DEFAULT_CHUNK, DEFAULT_PIPELINE_DEPTH, RedisOnlineStore, key_prefix
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+COUNTS_SCHEMA = "written long, skipped long, invalid long"
+
+# Python workers are reused across tasks: one client per (server, credentials) per worker process.
+_CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
+
+
+def write_features_to_online_store(
+    df: DataFrame,
+    *,
+    usecase: str,
+    version: int,
+    group: str,
+    feature_names: Sequence[str],
+    entity_column: str,
+    event_time_column: str,
+    redis_url: str | None = None,
+    ttl_seconds: int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    prefix: str | None = None,
+    on_invalid: Literal["raise", "skip"] = "raise",
+) -> WriteResult:
+    """Write the latest vector of each row's entity into Redis; returns (written, skipped as older).
+
+    ``df`` holds one row per entity (and event time) with ``entity_column``,
+    ``event_time_column`` (timestamp, or integer epoch microseconds) and the
+    ``feature_names`` columns (numeric; null is stored as NaN = missing).
+    ``redis_url`` defaults to :func:`common.redis_server.redis_url`; it is
+    shipped to the executors with the password from ``REDIS_PASSWORD`` and is never logged.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from common.redis_server import describe
+    from common.redis_server import redis_url as default_url
+    from common.secrets import read_secret
+
+    spec = OnlineGroup(group, tuple(feature_names), ttl_seconds)
+    columns = [entity_column, event_time_column, *spec.feature_names]
+    absent = [c for c in columns if c not in df.columns]
+    if absent:
+        raise DataError(
+            f"online materialization of group {group!r}: columns {absent} are missing. "
+            f"Fix: select them before writing (the DataFrame has {df.columns})"
+        )
+    if on_invalid not in ("raise", "skip"):
+        raise ConfigError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    not_numeric = [
+        f"{name} ({df.schema[name].dataType.simpleString()})"
+        for name in spec.feature_names
+        if not isinstance(df.schema[name].dataType, T.NumericType | T.BooleanType)
+    ]
+    if not_numeric:
+        raise DataError(
+            f"online materialization of group {group!r}: features {not_numeric} are not numeric; the online "
+            "store holds float64 vectors. Fix: cast or encode them to numbers in the feature group"
+        )
+    time_type = df.schema[event_time_column].dataType
+    if isinstance(time_type, T.DateType):
+        time_col = F.col(event_time_column).cast("timestamp")
+    elif isinstance(time_type, T.TimestampType | T.TimestampNTZType | T.IntegralType):
+        time_col = F.col(event_time_column)
+    else:
+        raise DataError(
+            f"online materialization of group {group!r}: event time column {event_time_column!r} "
+            f"is {time_type.simpleString()}. Fix: use a timestamp (or integer epoch microseconds)"
+        )
+    selected = df.select(
+        F.col(entity_column).cast("string").alias("entity"),
+        time_col.alias("event_time"),
+        *[F.col(name).cast("double").alias(f"f{i}") for i, name in enumerate(spec.feature_names)],
+    )
+    url = redis_url or default_url()
+    credentials = (read_secret("REDIS_PASSWORD", required=False), os.environ.get("REDIS_USERNAME"))
+    writer = _PartitionWriter(
+        url=url,
+        credentials=credentials,
+        prefix=prefix or key_prefix(usecase, version),
+        group=spec,
+        chunk=chunk,
+    )
+    rows = selected.mapInArrow(writer, COUNTS_SCHEMA).collect()
+    written = sum(r.written for r in rows)
+    skipped = sum(r.skipped for r in rows)
+    invalid = sum(r.invalid for r in rows)
+    log.info(
+        "online store %s group %s: %d written, %d skipped as older, %d invalid",
+        describe(url),
+        group,
+        written,
+        skipped,
+        invalid,
+    )
+    if invalid:
+        message = (
+            f"{invalid} row(s) of group {group!r} have no entity key ({entity_column!r} null or empty) "
+            f"or no event time ({event_time_column!r} null) and were not written to the online store"
+        )
+        if on_invalid == "raise":
+            raise DataError(f"{message}. Fix: filter them out upstream, or pass on_invalid='skip'")
+        log.warning(message)
+    return WriteResult(written, skipped)
+
+
+class _PartitionWriter:
+    """The mapInArrow function: picklable, holds no connection (opened on the executor)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        credentials: tuple[str | None, str | None],
+        prefix: str,
+        group: OnlineGroup,
+        chunk: int,
+    ) -> None:
+        self.url = url
+        self.credentials = credentials
+        self.prefix = prefix
+        self.group = group
+        self.chunk = chunk
+
+    def __repr__(self) -> str:  # Spark may print the function in plans and errors: no URL, no password
+        return f"_PartitionWriter(group={self.group.name!r}, prefix={self.prefix!r})"
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
+        store = RedisOnlineStore(
+            client=_client(self.url, *self.credentials),
+            prefix=self.prefix,
+            groups=[self.group],
+            chunk=self.chunk,
+            pipeline_depth=DEFAULT_PIPELINE_DEPTH,
+        )
+        written = skipped = invalid = 0
+        for batch in batches:
+            result, bad = write_batch(store, self.group, batch)
+            written += result.written
+            skipped += result.skipped
+            invalid += bad
+        yield pa.RecordBatch.from_pydict(
+            {"written": [written], "skipped": [skipped], "invalid": [invalid]},
+            schema=pa.schema([("written", pa.int64()), ("skipped", pa.int64()), ("invalid", pa.int64())]),
+        )
+
+
+def write_batch(store: RedisOnlineStore, group: OnlineGroup, batch: pa.RecordBatch) -> tuple[WriteResult, int]:
+    """Write one Arrow batch (entity, event_time, f0..fN-1); returns the result and the invalid row count."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    entity, event_time = batch.column(0), batch.column(1)
+    valid = pc.and_(pc.and_(entity.is_valid(), pc.greater(pc.utf8_length(entity), 0)), event_time.is_valid())
+    valid = pc.fill_null(valid, False)
+    invalid = len(batch) - pc.sum(valid).as_py() if len(batch) else 0
+    if invalid:
+        batch = batch.filter(valid)
+    if not len(batch):
+        return WriteResult(0, 0), invalid
+    keys = store.encoded_keys(batch.column(0).to_pylist(), group.name)
+    times = batch.column(1).cast(pa.int64()).to_numpy()
+    matrix = np.column_stack([batch.column(i).to_numpy(zero_copy_only=False) for i in range(2, batch.num_columns)])
+    return store.write_encoded(group, keys, matrix, times), invalid
+
+
+def _client(url: str, password: str | None, username: str | None) -> Any:
+    from common.redis_server import connect
+
+    cache_key = (url, password, username)
+    client = _CLIENTS.get(cache_key)
+    if client is None:
+        kwargs = {k: v for k, v in (("password", password), ("username", username)) if v is not None}
+        client = _CLIENTS[cache_key] = connect(url, **kwargs)
+    return client
