@@ -39,7 +39,12 @@ def catch_up(
         for name in plan.spec.sources
     ]
     queries = start_feature_streams(
-        spark, work, plan, spark_online_writer(redis_url), available_now=True, max_files_per_trigger=max_files_per_trigger
+        spark,
+        work,
+        plan,
+        spark_online_writer(redis_url),
+        available_now=True,
+        max_files_per_trigger=max_files_per_trigger,
     )
     for query in queries:
         query.awaitTermination()
