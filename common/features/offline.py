@@ -66,25 +66,35 @@ def replace_range(
     writer.save(path)
 
 
-def upsert(spark: SparkSession, plan: GroupPlan, rows: DataFrame, path: str) -> None:
-    """MERGE rows by (entity, feature_ts): what the streaming job appends, idempotently."""
+def merge_rows(spark: SparkSession, path: str, rows: DataFrame, keys: list[str]) -> None:
+    """Upsert ``rows`` (which carry the ``_date`` partition column) by ``keys``.
+
+    The touched dates are spelled out as literals in the merge condition so that
+    Delta only reads and rewrites those partitions, not the whole table.
+    """
     from delta.tables import DeltaTable
 
-    rows = with_storage_columns(plan, rows)
     if not table_exists(spark, path):
         rows.limit(0).write.format("delta").partitionBy(PARTITION).mode("ignore").save(path)
-    key = plan.entity_key
+    dates = sorted(r[0].isoformat() for r in rows.select(PARTITION).distinct().collect() if r[0] is not None)
+    if not dates:
+        return
+    condition = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    listed = ", ".join(f"DATE'{d}'" for d in dates)
+    condition += f" AND t.{PARTITION} = s.{PARTITION} AND t.{PARTITION} IN ({listed})"
     (
         DeltaTable.forPath(spark, path)
         .alias("t")
-        .merge(
-            rows.alias("s"),
-            f"t.{key} = s.{key} AND t.{FEATURE_TS} = s.{FEATURE_TS} AND t.{PARTITION} = s.{PARTITION}",
-        )
+        .merge(rows.alias("s"), condition)
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
     )
+
+
+def upsert(spark: SparkSession, plan: GroupPlan, rows: DataFrame, path: str) -> None:
+    """MERGE rows by (entity, feature_ts): what the streaming job writes, idempotently."""
+    merge_rows(spark, path, with_storage_columns(plan, rows), [plan.entity_key, FEATURE_TS])
 
 
 def read_history(spark: SparkSession, work: Paths, plan: GroupPlan) -> DataFrame:

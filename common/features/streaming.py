@@ -44,19 +44,9 @@ class BatchStats:
 
 
 def _replace_tiles(spark: SparkSession, plan: GroupPlan, new_tiles: DataFrame, path: str) -> None:
-    from delta.tables import DeltaTable
-
-    if not offline.table_exists(spark, path):
-        new_tiles.limit(0).write.format("delta").mode("ignore").save(path)
-    key = plan.entity_key
-    (
-        DeltaTable.forPath(spark, path)
-        .alias("t")
-        .merge(new_tiles.alias("s"), f"t.{key} = s.{key} AND t.{TILE} = s.{TILE}")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    """Recomputed tiles replace the stored ones (idempotent: a retry writes the same rows)."""
+    rows = new_tiles.withColumn(offline.PARTITION, F.to_date(F.timestamp_seconds(TILE)))
+    offline.merge_rows(spark, path, rows, [plan.entity_key, TILE])
 
 
 def process_events_batch(
@@ -64,6 +54,7 @@ def process_events_batch(
 ) -> tuple[DataFrame | None, int]:
     """Recompute touched tiles and the touched entities' newest values; returns them."""
     key, ts = plan.entity_key, plan.event_time
+    batch = batch.select(key, ts).cache()
     touched = (
         batch.where(F.col(ts).isNotNull() & F.col(key).isNotNull())
         .select(key, (F.floor(F.unix_seconds(ts) / plan.slide_s).cast("long") * plan.slide_s).alias(TILE))
@@ -90,6 +81,7 @@ def process_events_batch(
         entity_tiles = (
             spark.read.format("delta")
             .load(path)
+            .where(F.col(offline.PARTITION) >= F.to_date(F.timestamp_seconds(F.lit(horizon))))
             .where(F.col(TILE) >= horizon)
             .join(F.broadcast(entities), on=key, how="left_semi")
         )
@@ -97,6 +89,7 @@ def process_events_batch(
         return values, events
     finally:
         touched.unpersist()
+        batch.unpersist()
 
 
 def process_table_batch(
