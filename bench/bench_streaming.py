@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     finally:
         if server is not None:
             server.stop()
+        shutil.rmtree(home, ignore_errors=True)
     total = ingest_s + features_s
     note = f"{events:,} events ({customers:,} customers × {days} days), local[2], {batches} feature micro-batches"
     rows = [
