@@ -5,8 +5,10 @@
   ``REDIS_PASSWORD`` or ``REDIS_PASSWORD_FILE``).
 * otherwise, a persistent local server started by ``loom redis start`` under
   ``$LOOM_HOME/redis`` is used if it is running;
-* otherwise an ephemeral ``redis-server`` on a free port, in its own temporary
-  folder, stopped when the process exits (demo and tests).
+* otherwise a ``redis-server`` of this process on a free port, stopped when the
+  process exits. With a work folder its data lives in ``$LOOM_HOME/redis``
+  (append-only file), so the next job finds the online store as the last one
+  left it, like the Delta tables beside it; without one, in a temporary folder.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     directory: Path | None = None
     persistent: bool = False
+    stop_at_exit: bool | None = None  # default: stop ephemeral servers, keep persistent ones
     process: subprocess.Popen | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -96,7 +99,7 @@ class RedisServer:
                 time.sleep(0.05)
             finally:
                 client.close()
-        if not self.persistent:
+        if self.stop_at_exit if self.stop_at_exit is not None else not self.persistent:
             atexit.register(self.stop)
         return self
 
@@ -138,7 +141,7 @@ def running_local_server(home: Path) -> str | None:
 
 
 def redis_url(home: Path | None = None) -> str:
-    """The URL Loom should use, starting an ephemeral server if there is none."""
+    """The URL Loom should use, starting a server of this process if there is none."""
     global _EPHEMERAL
     url = os.environ.get("REDIS_URL")
     if url:
@@ -148,7 +151,10 @@ def redis_url(home: Path | None = None) -> str:
         if local:
             return local
     if _EPHEMERAL is None:
-        _EPHEMERAL = RedisServer().start()
+        if home is not None:
+            _EPHEMERAL = RedisServer(directory=home / "redis", persistent=True, stop_at_exit=True).start()
+        else:
+            _EPHEMERAL = RedisServer().start()
     return _EPHEMERAL.url
 
 

@@ -28,3 +28,16 @@ def test_helper_starts_and_stops_its_own_server():
 
 def test_describe_hides_credentials():
     assert describe("redis://user:s3cret@example:6380/0") == "redis://example:6380/0"
+
+
+def test_a_server_in_a_work_folder_keeps_its_data_across_restarts(tmp_path):
+    first = RedisServer(directory=tmp_path / "redis", persistent=True, stop_at_exit=True).start()
+    connect(first.url).set("loom:test:kept", b"vector", ex=600)
+    first.stop()
+    second = RedisServer(directory=tmp_path / "redis", persistent=True, stop_at_exit=True).start()
+    try:
+        client = connect(second.url)
+        assert client.get("loom:test:kept") == b"vector"
+        assert client.ttl("loom:test:kept") > 0
+    finally:
+        second.stop()
