@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
 
 from common.compile import compile_usecase
 from common.errors import ConfigError
@@ -11,24 +10,17 @@ from common.features.backfill import backfill
 from common.settings import paths
 from common.spark import build_session
 from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, iso_date, main_for
 
 DESCRIPTION = "Compute feature history from bronze into the Delta offline store (incremental, idempotent)."
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_usecase_argument(parser)
     add_spark_arguments(parser)
     parser.add_argument("--group", action="append", help="feature group (repeatable; default all)")
-    parser.add_argument("--start", type=_date, help="first date to recompute (YYYY-MM-DD); default: incremental")
-    parser.add_argument("--end", type=_date, help="first date NOT to recompute (YYYY-MM-DD)")
+    parser.add_argument("--start", type=iso_date, help="first date to recompute (YYYY-MM-DD); default: incremental")
+    parser.add_argument("--end", type=iso_date, help="first date NOT to recompute (YYYY-MM-DD)")
 
 
 def run(args: argparse.Namespace) -> int:

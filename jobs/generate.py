@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
 from pathlib import Path
 
 from common.errors import ConfigError
 from common.generate import GenerateOptions, generate_landing
 from common.settings import paths
-from jobs.runner import add_usecase_argument, main_for
+from jobs.runner import add_usecase_argument, iso_date, main_for
 
 DESCRIPTION = "Generate seeded synthetic landing files (customers, events, outcomes) with late and malformed records."
-
-
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--customers", type=int, default=defaults.customers, help="number of customers")
     parser.add_argument("--days", type=int, default=defaults.days, help="simulated days of events")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (same seed, same files)")
-    parser.add_argument("--start", type=_date, default=defaults.start, help="first simulated day, YYYY-MM-DD")
+    parser.add_argument("--start", type=iso_date, default=defaults.start, help="first simulated day, YYYY-MM-DD")
     parser.add_argument("--malformed-rate", type=float, default=defaults.malformed_rate, help="share of bad records")
     parser.add_argument("--late-rate", type=float, default=defaults.late_rate, help="share of late events")
     parser.add_argument("--events-per-day", type=float, default=defaults.events_per_day, help="per active customer")
