@@ -103,3 +103,32 @@ def test_backfill_again_changes_nothing(spark, pipeline):
     again = backfill(spark, work, plan, ["activity"])
     assert again[0].skipped, "nothing was ingested since the last backfill"
     assert offline.read_history(spark, work, group).count() == before
+
+
+def test_consistency_job_exit_codes(spark, redis_url, pipeline, monkeypatch, capsys):
+    """`loom consistency` prints the report and exits 1 on a mismatch, 0 otherwise."""
+    import jobs.consistency as job
+    from jobs.runner import main_for
+
+    work, plan, _, _ = pipeline
+    monkeypatch.setenv("LOOM_HOME", str(work.home))
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main_for("consistency", job, ["--usecase", "churn"]) == 0
+    out = capsys.readouterr().out
+    assert "group activity:" in out and "0 mismatched" in out and "consistency: OK" in out
+
+    group = plan.group("profile")
+    store = open_store([group], redis_url)
+    try:
+        entity = "C00000001"
+        vector = store.read([entity], [group.name])[(entity, group.name)]
+        changed = vector.values.copy()
+        changed[-1] = 1800.0
+        store.write(group.name, [entity], changed.reshape(1, -1), [vector.event_time_us])
+        assert main_for("consistency", job, ["--usecase", "churn"]) == 1
+        out = capsys.readouterr().out
+        assert "consistency: FAILED" in out
+        assert f"{entity}.{group.feature_names[-1]}" in out
+    finally:
+        store.write(group.name, [entity], vector.values.reshape(1, -1), [vector.event_time_us])
+        store.close()
