@@ -21,3 +21,23 @@ def setup_logging(level: str | None = None) -> None:
     root.setLevel(chosen)
     for noisy in ("py4j", "urllib3", "alembic", "mlflow.store", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Stopwatch:
+    """Seconds per step of a batch, for its log line (where does the time go?)."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps.append((name, now - self._last))
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return sum(seconds for _, seconds in self.laps)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.laps)

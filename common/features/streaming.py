@@ -11,7 +11,6 @@ and to the offline history (MERGE by entity and time).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from common.features.backfill import bronze_path, join_tables, read_bronze
 from common.features.prepare import prepare
 from common.features.snapshots import snapshot_latest
 from common.features.windows import latest, tiles
+from common.log import Stopwatch
 from common.settings import Paths
 
 log = logging.getLogger("loom.stream")
@@ -50,7 +50,7 @@ def _replace_tiles(spark: SparkSession, plan: GroupPlan, new_tiles: DataFrame, p
 
 
 def process_events_batch(
-    spark: SparkSession, work: Paths, plan: GroupPlan, batch: DataFrame
+    spark: SparkSession, work: Paths, plan: GroupPlan, batch: DataFrame, clock: Stopwatch
 ) -> tuple[DataFrame | None, int]:
     """Recompute touched tiles and the touched entities' newest values; returns them."""
     key, ts = plan.entity_key, plan.event_time
@@ -67,6 +67,7 @@ def process_events_batch(
             return None, 0
         events = batch.count()
         first_tile = int(bounds[0])
+        clock.lap("read")
         source = read_bronze(spark, work, plan.usecase, plan.source).where(
             F.col(ts) >= F.timestamp_seconds(F.lit(first_tile))
         )
@@ -76,6 +77,7 @@ def process_events_batch(
         prepared = prepare(plan, source.drop(TILE), join_tables(spark, work, plan))
         path = offline.tiles_path(work, plan)
         _replace_tiles(spark, plan, tiles(plan, prepared), path)
+        clock.lap("tiles")
         entities = touched.select(key).distinct()
         horizon = first_tile - plan.max_window_s
         entity_tiles = (
@@ -93,7 +95,7 @@ def process_events_batch(
 
 
 def process_table_batch(
-    spark: SparkSession, work: Paths, plan: GroupPlan, batch: DataFrame
+    spark: SparkSession, work: Paths, plan: GroupPlan, batch: DataFrame, clock: Stopwatch
 ) -> tuple[DataFrame | None, int]:
     """Newest row of every entity the batch touched -> its feature values."""
     key = plan.entity_key
@@ -102,7 +104,9 @@ def process_table_batch(
         return None, 0
     rows = read_bronze(spark, work, plan.usecase, plan.source).join(F.broadcast(entities), on=key, how="left_semi")
     values = snapshot_latest(plan, prepare(plan, rows, join_tables(spark, work, plan)))
-    return values, batch.count()
+    events = batch.count()
+    clock.lap("read")
+    return values, events
 
 
 def make_batch_handler(
@@ -111,30 +115,34 @@ def make_batch_handler(
     """The foreachBatch function of one group's stream."""
 
     def handle(batch: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
+        clock = Stopwatch()
         if plan.source_kind == "table":
-            values, events = process_table_batch(spark, work, plan, batch)
+            values, events = process_table_batch(spark, work, plan, batch, clock)
         else:
-            values, events = process_events_batch(spark, work, plan, batch)
+            values, events = process_events_batch(spark, work, plan, batch, clock)
         if values is None:
             return
         values = values.cache()
         try:
-            written, skipped = write_online(plan, values) if plan.online else (0, 0)
-            offline.upsert(spark, plan, values, offline.history_path(work, plan))
             entities = values.count()
+            clock.lap("values")
+            written, skipped = write_online(plan, values) if plan.online else (0, 0)
+            clock.lap("online")
+            offline.upsert(spark, plan, values, offline.history_path(work, plan))
+            clock.lap("history")
         finally:
             values.unpersist()
-        stats = BatchStats(plan.name, batch_id, events, entities, written, skipped, time.monotonic() - started)
+        stats = BatchStats(plan.name, batch_id, events, entities, written, skipped, clock.total)
         log.info(
-            "features %s batch %d: %d events, %d entities, online %d written / %d older skipped, %.2fs",
+            "features %s batch %d: %d events, %d entities, online %d written / %d older skipped, %.1f events/s (%s)",
             stats.group,
             stats.batch_id,
             stats.events,
             stats.entities,
             stats.online_written,
             stats.online_skipped,
-            stats.seconds,
+            stats.events / stats.seconds if stats.seconds else 0.0,
+            clock,
         )
 
     return handle

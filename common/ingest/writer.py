@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from datetime import UTC, datetime
 
 from delta.tables import DeltaTable
@@ -33,6 +32,7 @@ from common.errors import DataError, LoomError, PrivacyError
 from common.ingest.paths import IngestLocations
 from common.ingest.report import IngestReport
 from common.ingest.validation import CHECK, ROW_ID, SOURCE_FILE, classify, dedup_columns, split_classified, typed_schema
+from common.log import Stopwatch
 from common.spec.sources import Source
 
 log = logging.getLogger(__name__)
@@ -76,22 +76,6 @@ def ensure_tables(spark: SparkSession, source: Source, source_name: str, locatio
         empty = spark.createDataFrame([], typed_schema(source)).withColumn(SOURCE_FILE, F.lit(None).cast("string"))
         bronze = protect(empty, source, source_name).withColumn(INGESTED_AT, F.lit(None).cast("timestamp"))
         bronze.write.format("delta").mode("append").save(locations.bronze)
-
-
-class _Stopwatch:
-    """Seconds per step of a batch, for the log line (where does the time go?)."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-        self.laps: list[tuple[str, float]] = []
-
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
-        self.laps.append((name, now - self._last))
-        self._last = now
-
-    def __str__(self) -> str:
-        return ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.laps)
 
 
 class BatchWriter:
@@ -150,7 +134,7 @@ class BatchWriter:
         # Row ids are assigned once, on the cached batch, so every branch of the plan sees the same ids.
         batch = batch.withColumn(ROW_ID, F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
         classified: DataFrame | None = None
-        clock = _Stopwatch()
+        clock = Stopwatch()
         try:
             read = batch.count()
             clock.lap("read")
