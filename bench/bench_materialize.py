@@ -17,27 +17,15 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from common.redis_server import configured_or_throwaway
+
 NAME = "materialize"
 FEATURES = 50
 EVENT_TIME_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
-
-
-@contextmanager
-def _redis():
-    """(url, owned): $REDIS_URL, or a throwaway redis-server."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from common.redis_server import RedisServer
-
-    with RedisServer() as server:
-        yield server.url
 
 
 def _rate(rows: int, seconds: float) -> float:
@@ -189,7 +177,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "note": f"{os.cpu_count()} cores",
         }
     ]
-    with _redis() as url:
+    with configured_or_throwaway() as url:
         spark = build_session("local", app_name="loom-bench-materialize")
         try:
             rows += _spark_rows(spark, entities, usecase, url)

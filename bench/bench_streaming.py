@@ -28,7 +28,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from common.features.streaming import start_feature_streams
     from common.generate import GenerateOptions, generate_landing
     from common.ingest.stream import ingest_source
-    from common.redis_server import RedisServer
+    from common.redis_server import configured_or_throwaway
     from common.settings import Paths
     from common.spark import build_session
     from common.spec import load_usecase
@@ -40,25 +40,22 @@ def run(quick: bool) -> list[dict[str, Any]]:
     plan = compile_usecase(spec)
     summary = generate_landing(spec, work, GenerateOptions(customers=customers, days=days, rows_per_file=50_000))
     spark = build_session("local", app_name="loom-bench-streaming")
-    server = None if os.environ.get("REDIS_URL") else RedisServer().start()
-    url = os.environ.get("REDIS_URL") or server.url
     try:
-        started = time.perf_counter()
-        reports = {name: ingest_source(spark, spec, name, work, "batch") for name in spec.sources}
-        ingest_s = time.perf_counter() - started
-        events = reports["events"].read
+        with configured_or_throwaway() as url:
+            started = time.perf_counter()
+            reports = {name: ingest_source(spark, spec, name, work, "batch") for name in spec.sources}
+            ingest_s = time.perf_counter() - started
+            events = reports["events"].read
 
-        started = time.perf_counter()
-        queries = start_feature_streams(
-            spark, work, plan, spark_online_writer(url), available_now=True, groups=["activity"]
-        )
-        for query in queries:
-            query.awaitTermination()
-        features_s = time.perf_counter() - started
-        batches = len(queries[0].recentProgress)
+            started = time.perf_counter()
+            queries = start_feature_streams(
+                spark, work, plan, spark_online_writer(url), available_now=True, groups=["activity"]
+            )
+            for query in queries:
+                query.awaitTermination()
+            features_s = time.perf_counter() - started
+            batches = len(queries[0].recentProgress)
     finally:
-        if server is not None:
-            server.stop()
         shutil.rmtree(home, ignore_errors=True)
     total = ingest_s + features_s
     note = f"{events:,} events ({customers:,} customers × {days} days), local[2], {batches} feature micro-batches"

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,6 +158,17 @@ def redis_url(home: Path | None = None) -> str:
         else:
             _EPHEMERAL = RedisServer().start()
     return _EPHEMERAL.url
+
+
+@contextlib.contextmanager
+def configured_or_throwaway() -> Iterator[str]:
+    """``$REDIS_URL`` if set, else a throwaway server stopped when the block ends (tests, benchmarks)."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
 
 
 def connect(url: str | None = None, **kwargs):

@@ -58,14 +58,10 @@ def spark():
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A real Redis: $REDIS_URL, or a redis-server started for this run."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from common.redis_server import RedisServer
+    from common.redis_server import configured_or_throwaway
 
-    with RedisServer() as server:
-        yield server.url
+    with configured_or_throwaway() as url:
+        yield url
 
 
 @pytest.fixture()

@@ -45,11 +45,14 @@ class GroupConsistency:
         return self.entities_mismatched == 0 and self.missing_online == 0
 
 
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
 def _equal(a: float | None, b: float | None, tol: float) -> tuple[bool, float]:
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
-        a = None if a is None or (isinstance(a, float) and math.isnan(a)) else a
-        b = None if b is None or (isinstance(b, float) and math.isnan(b)) else b
-        return (a is None and b is None), 0.0
+    """Whether two feature values agree, and their absolute difference (0 when one is missing)."""
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b), 0.0
     diff = abs(a - b)
     return diff <= tol * max(1.0, abs(a), abs(b)), diff
 

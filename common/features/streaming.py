@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from common.compile.plan import FEATURE_TS, TILE, GroupPlan, Plan
+from common.compile.plan import TILE, GroupPlan, Plan
 from common.features import offline
 from common.features.backfill import bronze_path, join_tables, read_bronze
 from common.features.prepare import prepare
@@ -175,6 +175,3 @@ def start_feature_streams(
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
         queries.append(writer.start())
     return queries
-
-
-__all__ = ["FEATURE_TS", "BatchStats", "make_batch_handler", "start_feature_streams"]
