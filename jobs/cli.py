@@ -21,6 +21,9 @@ JOBS: dict[str, str] = {
     "backfill": "jobs.backfill",
     "stream": "jobs.stream",
     "consistency": "jobs.consistency",
+    "train": "jobs.train",
+    "score": "jobs.score",
+    "rollback": "jobs.rollback",
 }
 
 

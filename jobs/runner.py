@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Protocol
 
 from common.errors import LoomError
@@ -28,6 +28,17 @@ def iso_date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
+
+
+def iso_time(text: str) -> datetime:
+    """argparse type for an ISO-8601 time, e.g. 2026-01-15T00:00:00Z (no zone = UTC); ``now`` is allowed."""
+    if text == "now":
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time; write e.g. 2026-01-15T00:00:00Z or now") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def add_usecase_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from common.compile.aggregates import AggPlan
 from common.compile.lineage import resolve_group, source_pii_errors
-from common.errors import SpecErrors
+from common.compile.models import ModelPlan, compile_model
+from common.errors import CompileError, SpecErrors
 from common.spec.base import duration_seconds
 from common.spec.features import FeatureGroup
 from common.spec.transforms import Transform
@@ -76,9 +77,20 @@ class Plan:
     version: int
     spec: UseCase
     groups: dict[str, GroupPlan]
+    models: dict[str, ModelPlan] = field(default_factory=dict)
 
     def group(self, name: str) -> GroupPlan:
         return self.groups[name]
+
+    def model(self, name: str) -> ModelPlan:
+        """The plan of model ``name``; a clear error for an unknown one."""
+        if name not in self.models:
+            raise CompileError(
+                f"use case {self.usecase!r} has no model {name!r}",
+                value=name,
+                fix=f"use one of {sorted(self.models)}" if self.models else "declare it under models: in the metadata",
+            )
+        return self.models[name]
 
 
 def _group_plan(spec: UseCase, name: str, group: FeatureGroup) -> GroupPlan:
@@ -118,4 +130,6 @@ def compile_usecase(spec: UseCase) -> Plan:
     pii = source_pii_errors(spec)
     if pii:
         raise pii[0] if len(pii) == 1 else SpecErrors(list(pii))
-    return Plan(spec.name, spec.version, spec, groups)
+    ttls = {name: group.ttl_s for name, group in groups.items()}
+    models = {name: compile_model(spec, name, ttls) for name in spec.models}
+    return Plan(spec.name, spec.version, spec, groups, models)

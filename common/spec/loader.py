@@ -268,6 +268,8 @@ def translate_errors(err: ValidationError, document: Any, origins: Origins) -> l
             keys = _model_keys(loc)
             fix = f"remove it or use one of {keys}" if keys else "remove it"
             value = None
+        elif kind == "string_pattern_mismatch" and "\\." in str(error.get("ctx", {}).get("pattern", "")):
+            fix = "write <feature group>.<feature>, or <feature group>.* for all of a group's features"
         elif kind == "missing":
             message = f"required key {path[-1]!r} is missing"
             value = None

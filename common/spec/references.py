@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.spec.models import Model
 from common.spec.usecase import UseCase
 
 
@@ -98,4 +99,72 @@ def check_references(spec: UseCase) -> list[Problem]:
                             f"use one of {sorted(other.columns)}",
                         )
                     )
+    for name, model in spec.models.items():
+        problems += _model_problems(spec, name, model)
+    return problems
+
+
+def _model_problems(spec: UseCase, name: str, model: Model) -> list[Problem]:
+    base = ("models", name)
+    problems: list[Problem] = []
+    entity = spec.entities.get(model.entity)
+    if entity is None:
+        return [Problem(base + ("entity",), "unknown entity", model.entity, f"use one of {sorted(spec.entities)}")]
+    source = spec.sources.get(model.label.source)
+    if source is None:
+        problems.append(
+            Problem(
+                base + ("label", "source"), "unknown source", model.label.source, f"use one of {sorted(spec.sources)}"
+            )
+        )
+    else:
+        if model.label.time not in source.columns:
+            problems.append(
+                Problem(
+                    base + ("label", "time"),
+                    f"source {model.label.source!r} has no column {model.label.time!r}",
+                    model.label.time,
+                    f"use one of {sorted(source.columns)}",
+                )
+            )
+        if entity.key not in source.columns:
+            problems.append(
+                Problem(
+                    base + ("label", "source"),
+                    f"label source {model.label.source!r} lacks the key {entity.key!r} of entity {model.entity!r}",
+                    model.label.source,
+                    "use a source with one row per entity and label time",
+                )
+            )
+    available: list[str] = []
+    for index, ref in enumerate(model.features):
+        group_name, feature = ref.split(".", 1)
+        group = spec.feature_groups.get(group_name)
+        where = base + ("features", index)
+        if group is None:
+            problems.append(Problem(where, "unknown feature group", ref, f"use one of {sorted(spec.feature_groups)}"))
+            continue
+        if group.entity != model.entity:
+            problems.append(
+                Problem(where, f"group {group_name!r} describes entity {group.entity!r}, not {model.entity!r}", ref)
+            )
+        names = [f.name for f in group.features]
+        if feature != "*" and feature not in names:
+            problems.append(
+                Problem(where, f"group {group_name!r} has no feature {feature!r}", ref, f"use one of {names}")
+            )
+            continue
+        available += names if feature == "*" else [feature]
+    for index, transform in enumerate(model.on_demand):
+        for column in transform.inputs():
+            if column not in available:
+                problems.append(
+                    Problem(
+                        base + ("on_demand", index),
+                        f"on-demand transform {transform.name!r} reads {column!r}, which is not a model feature",
+                        column,
+                        "list the feature under features:, or read an earlier on-demand output",
+                    )
+                )
+        available.append(transform.name)
     return problems

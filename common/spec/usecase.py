@@ -8,6 +8,7 @@ from pydantic import Field, PrivateAttr
 
 from common.spec.base import Name, Strict
 from common.spec.features import FeatureGroup
+from common.spec.models import Model
 from common.spec.sources import Source
 
 
@@ -19,7 +20,7 @@ class Entity(Strict):
 
 
 class UseCase(Strict):
-    """One use case: entities, sources and feature groups (models come later)."""
+    """One use case: entities, sources, feature groups and the models trained on them."""
 
     name: Name
     version: int = Field(default=1, ge=1, description="bumped when features change incompatibly")
@@ -27,6 +28,7 @@ class UseCase(Strict):
     entities: dict[Name, Entity] = Field(min_length=1)
     sources: dict[Name, Source] = Field(min_length=1)
     feature_groups: dict[Name, FeatureGroup] = Field(default_factory=dict)
+    models: dict[Name, Model] = Field(default_factory=dict)
 
     # file each (section, item) was loaded from, so later phases can name it
     _origins: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

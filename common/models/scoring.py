@@ -1,0 +1,159 @@
+"""Batch scoring: features as of a time, scored with ``mlflow.pyfunc.spark_udf``,
+written to the predictions Delta table with the model name and version."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from common.compile.feature_spec import FeatureSpec
+from common.compile.plan import FEATURE_TS, Plan
+from common.errors import ConfigError
+from common.features.offline import history_path, table_exists
+from common.models import registry
+from common.models.training_set import create_training_set
+from common.settings import Paths
+
+PREDICTION_TS = "prediction_ts"
+SCORE = "score"
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[a-z][a-z0-9_]*)|/(?P<version>\d+))?$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference: ``churn@champion`` -> name churn, version 3."""
+
+    name: str
+    version: int
+    alias: str | None
+
+    @property
+    def uri(self) -> str:
+        """The URI of the exact version (an alias may move while a job runs)."""
+        return f"models:/{self.name}/{self.version}"
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias} (v{self.version})" if self.alias else f"{self.name} v{self.version}"
+
+
+def resolve_model(text: str) -> ModelRef:
+    """``name@alias``, ``name/version`` or ``name`` (= ``name@champion``) -> the exact registered version."""
+    match = _REF.match(text)
+    if not match:
+        raise ConfigError(f"--model {text!r} is not a model reference. Fix: write churn@champion, churn/3 or churn")
+    name = match["name"]
+    if match["version"]:
+        version = int(match["version"])
+        from mlflow.exceptions import MlflowException
+
+        try:
+            registry.client().get_model_version(name, str(version))
+        except MlflowException as err:
+            raise ConfigError(f"model {name!r} has no version {version}. Fix: `loom train --model {name}`") from err
+        return ModelRef(name, version, None)
+    alias = match["alias"] or registry.CHAMPION
+    version = registry.version_by_alias(name, alias)
+    if version is None:
+        raise ConfigError(
+            f"model {name!r} has no @{alias} in the registry. Fix: train it (`loom train --model {name}`) "
+            "or name a version (name/3)"
+        )
+    return ModelRef(name, version, alias)
+
+
+def model_feature_spec(ref: ModelRef) -> FeatureSpec:
+    """The feature spec the version was trained with (from its run's artifacts)."""
+    import mlflow
+
+    run_id = registry.client().get_model_version(ref.name, str(ref.version)).run_id
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="feature_spec.json")
+    return FeatureSpec.from_dict(json.loads(Path(path).read_text()))
+
+
+def predictions_path(work: Paths, usecase: str, kind: str = "batch") -> str:
+    """Delta table of predictions of one path (batch, stream, rest)."""
+    return work.table(usecase, "predictions", kind)
+
+
+def known_entities(spark: SparkSession, plan: Plan, spec: FeatureSpec, work: Paths, at: datetime) -> DataFrame:
+    """Every entity with a feature value at or before ``at`` in any of the model's groups."""
+    frames = []
+    for group in spec.groups:
+        path = history_path(work, plan.group(group.name))
+        if table_exists(spark, path):
+            history = spark.read.format("delta").load(path)
+            frames.append(history.where(F.col(FEATURE_TS) <= F.lit(at)).select(spec.entity_key))
+    if not frames:
+        raise ConfigError(
+            f"no feature history for model {spec.model!r}. Fix: run `loom backfill --usecase {plan.usecase}`"
+        )
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    return union.distinct()
+
+
+def score_frame(spark: SparkSession, ref: ModelRef, spec: FeatureSpec, features: DataFrame) -> DataFrame:
+    """``features`` plus ``score``, from the model version's pyfunc through ``spark_udf``."""
+    import mlflow
+
+    from common.tracking import configure
+
+    configure()
+    udf = mlflow.pyfunc.spark_udf(spark, ref.uri, result_type="double", env_manager="local")
+    # the signature lists the entity key first, then the features: pass them in that order
+    return features.withColumn(SCORE, udf(*[F.col(c) for c in (spec.entity_key, *spec.lookup_features)]))
+
+
+def score_batch(
+    spark: SparkSession,
+    plan: Plan,
+    model: str,
+    at: datetime,
+    work: Paths,
+    entities: DataFrame | None = None,
+) -> tuple[ModelRef, DataFrame, str]:
+    """Score ``entities`` (default: all known) as of ``at``; returns the model, the written rows and the table.
+
+    Re-running the same model version and ``at`` replaces its earlier rows (idempotent).
+    """
+    ref = resolve_model(model)
+    spec = model_feature_spec(ref)
+    key = spec.entity_key
+    rows = (entities if entities is not None else known_entities(spark, plan, spec, work, at)).select(key)
+    rows = rows.withColumn(PREDICTION_TS, F.lit(at).cast("timestamp"))
+    refs = [f"{g.name}.{f}" for g in spec.groups for f in g.selected]
+    features = create_training_set(rows, refs, plan=plan, work=work, time_column=PREDICTION_TS).frame
+    scored = score_frame(spark, ref, spec, features).select(
+        F.col(key),
+        F.col(PREDICTION_TS),
+        F.col(SCORE),
+        F.lit(ref.name).alias("model_name"),
+        F.lit(ref.version).alias("model_version"),
+        F.current_timestamp().alias("scored_at"),
+    )
+    path = predictions_path(work, plan.usecase)
+    writer = scored.write.format("delta").mode("overwrite" if table_exists(spark, path) else "errorifexists")
+    if table_exists(spark, path):
+        stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+        writer = writer.option(
+            "replaceWhere",
+            f"model_name = '{ref.name}' AND model_version = {ref.version} AND {PREDICTION_TS} = TIMESTAMP'{stamp}'",
+        )
+    writer.save(path)
+    written = (
+        spark.read.format("delta")
+        .load(path)
+        .where(
+            (F.col("model_name") == ref.name)
+            & (F.col("model_version") == ref.version)
+            & (F.col(PREDICTION_TS) == F.lit(at))
+        )
+    )
+    return ref, written, path

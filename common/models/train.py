@@ -1,0 +1,290 @@
+"""Train a model of the metadata: point-in-time training set -> time split ->
+fit -> holdout metrics -> MLflow run (params, metrics, plots, lineage, pyfunc
+with its feature spec) -> registered version @challenger -> @champion when the
+promotion rule passes against the current champion on the same holdout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from common.compile.models import ModelPlan
+from common.compile.plan import Plan
+from common.errors import DataError
+from common.models import registry
+from common.models.estimators import build_estimator
+from common.models.lineage import code_version, pip_requirements
+from common.models.metrics import evaluate, improvement
+from common.models.pyfunc import ESTIMATOR, FEATURE_SPEC, LoomModel, model_matrix
+from common.models.training_set import LABEL, TableVersion, model_training_set
+from common.settings import Paths
+
+log = logging.getLogger(__name__)
+
+MIN_ROWS_PER_SIDE = 20
+
+
+@dataclass
+class Split:
+    """A time split: every holdout label is at or after ``cutoff``; every training label before it."""
+
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    cutoff: pd.Timestamp
+
+
+@dataclass
+class TrainOutcome:
+    """What a training run produced and decided."""
+
+    model: str
+    run_id: str
+    version: int | None
+    metrics: dict[str, float]
+    decision: str
+    promoted: bool
+    lineage: dict[str, Any] = field(default_factory=dict)
+    champion_metric: float | None = None
+
+    def render(self) -> str:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
+        version = f"v{self.version}" if self.version is not None else "(not registered)"
+        return f"{self.model} {version}, run {self.run_id}\n  holdout: {shown}\n  decision: {self.decision}"
+
+
+def time_split(frame: pd.DataFrame, time_column: str, holdout: float) -> Split:
+    """The latest ``holdout`` share of label times is held out; ties at the cutoff go to the holdout."""
+    ordered = frame.sort_values(time_column, kind="stable").reset_index(drop=True)
+    cutoff = ordered[time_column].iloc[min(len(ordered) - 1, int(len(ordered) * (1 - holdout)))]
+    train, test = ordered[ordered[time_column] < cutoff], ordered[ordered[time_column] >= cutoff]
+    for name, part in (("training", train), ("holdout", test)):
+        if len(part) < MIN_ROWS_PER_SIDE or part[LABEL].nunique() < 2:
+            raise DataError(
+                f"the {name} part of the time split has {len(part)} labels "
+                f"({int(part[LABEL].sum()) if len(part) else 0} positive); it needs at least {MIN_ROWS_PER_SIDE} "
+                "with both classes. Fix: ingest more labels, or change split.holdout"
+            )
+    return Split(train.reset_index(drop=True), test.reset_index(drop=True), cutoff)
+
+
+def _permutation_importance(estimator: Any, x: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    from sklearn.inspection import permutation_importance
+
+    result = permutation_importance(estimator, x, y, scoring="roc_auc", n_repeats=5, random_state=7, n_jobs=1)
+    return {name: float(value) for name, value in zip(names, result.importances_mean, strict=True)}
+
+
+def _log_plots(labels: np.ndarray, scores: np.ndarray, importances: Mapping[str, float]) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from common.models import plots
+
+    for file, figure in (
+        ("plots/roc_curve.png", plots.roc_curve(labels, scores)),
+        ("plots/pr_curve.png", plots.pr_curve(labels, scores)),
+        ("plots/calibration.png", plots.calibration(labels, scores)),
+        ("plots/feature_importance.png", plots.importances(importances)),
+    ):
+        mlflow.log_figure(figure, file)
+        plt.close(figure)
+
+
+def _signature(model: ModelPlan):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    key = ColSpec("string", model.entity_key, required=False)
+    features = [ColSpec("double", name, required=False) for name in model.feature_spec.lookup_features]
+    return ModelSignature(inputs=Schema([key, *features]), outputs=Schema([ColSpec("double")]))
+
+
+def _log_model(model: ModelPlan, estimator: Any, example: pd.DataFrame) -> str:
+    """Log the pyfunc (estimator + feature spec); returns its model URI."""
+    import joblib
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        estimator_path = Path(folder) / "estimator.joblib"
+        joblib.dump(estimator, estimator_path)
+        spec_path = Path(folder) / "feature_spec.json"
+        spec_path.write_text(model.feature_spec.to_json())
+        package = model.spec.estimator.class_.split(".", 1)[0]
+        extra = (package,) if package in ("xgboost", "lightgbm") else ()
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=LoomModel(),
+            artifacts={ESTIMATOR: str(estimator_path), FEATURE_SPEC: str(spec_path)},
+            signature=_signature(model),
+            input_example=example,
+            pip_requirements=pip_requirements(extra),
+        )
+    return info.model_uri
+
+
+def _champion_metric(name: str, metric: str, split: Split, threshold: float) -> tuple[int | None, float | None, str]:
+    """The current champion's ``metric`` on this run's holdout (None when there is no champion)."""
+    import mlflow
+
+    version = registry.version_by_alias(name, registry.CHAMPION)
+    if version is None:
+        return None, None, "no champion yet"
+    champion = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    spec = champion.unwrap_python_model().feature_spec
+    absent = [c for c in spec.lookup_features if c not in split.holdout.columns]
+    if absent:
+        return version, None, f"champion v{version} reads features this holdout lacks ({absent[:3]})"
+    scores = champion.unwrap_python_model().predict_features(split.holdout)
+    value = evaluate(split.holdout[LABEL].to_numpy(), scores, [metric], threshold)[metric]
+    return version, value, ""
+
+
+def decide(
+    model: ModelPlan, version: int, new_value: float, champion: tuple[int | None, float | None, str]
+) -> tuple[bool, str]:
+    """Apply the promotion rule; returns (promote, why)."""
+    rule = model.spec.promotion
+    champion_version, champion_value, note = champion
+    if champion_version is None:
+        return True, f"no champion yet: v{version} becomes @champion"
+    if champion_value is None:
+        return False, f"{note}; @champion stays on v{champion_version}"
+    gain = improvement(rule.metric, new_value, champion_value)
+    verdict = (
+        f"{rule.metric} {new_value:.4f} vs champion v{champion_version} {champion_value:.4f} on the same holdout: "
+        f"{gain:+.4f} (needs >= {rule.min_improvement:+.4f})"
+    )
+    if gain >= rule.min_improvement:
+        return True, f"{verdict}; v{version} becomes @champion"
+    return False, f"{verdict}; v{version} stays @challenger, @champion stays on v{champion_version}"
+
+
+def train_model(
+    spark: SparkSession,
+    plan: Plan,
+    model_name: str,
+    work: Paths,
+    *,
+    versions: Mapping[str, TableVersion | int] | None = None,
+    register: bool = True,
+    estimator_params: Mapping[str, Any] | None = None,
+) -> TrainOutcome:
+    """Train, log, register and (by the promotion rule) promote ``model_name``.
+
+    ``versions`` pins the Delta tables read (as logged by an earlier run);
+    ``estimator_params`` override the metadata's params (experiments, tests).
+    """
+    import mlflow
+
+    from common.tracking import experiment
+
+    model = plan.model(model_name)
+    spec = model.spec
+    training = model_training_set(spark, plan, model, work, versions=versions)
+    frame = training.frame.toPandas()
+    if frame.empty:
+        raise DataError(
+            f"model {model_name!r} has no labels in source {model.label_source!r}. "
+            f"Fix: ingest labels (`loom ingest --usecase {plan.usecase}`)"
+        )
+    frame = frame.sort_values([model.label_time, model.entity_key], kind="stable").reset_index(drop=True)
+    split = time_split(frame, model.label_time, spec.split.holdout)
+    estimator_spec = spec.estimator
+    if estimator_params:
+        estimator_spec = estimator_spec.model_copy(update={"params": {**estimator_spec.params, **estimator_params}})
+    estimator = build_estimator(
+        estimator_spec, f"models.{model_name}.estimator", plan.spec.file_of("models", model_name)
+    )
+    x_train = model_matrix(model.feature_spec, split.train)
+    x_test = model_matrix(model.feature_spec, split.holdout)
+    y_train, y_test = split.train[LABEL].to_numpy(), split.holdout[LABEL].to_numpy()
+    estimator.fit(x_train, y_train)
+    scores = estimator.predict_proba(x_test)[:, 1]
+    names = list(dict.fromkeys([*spec.metrics, spec.promotion.metric]))
+    metrics = evaluate(y_test, scores, names, spec.threshold)
+    importances = _permutation_importance(estimator, x_test, y_test, model.inputs)
+    lineage = {
+        "tables": training.lineage(),
+        "metadata_hash": model.metadata_hash,
+        "code_version": code_version(),
+        "usecase": plan.usecase,
+        "usecase_version": plan.version,
+        "model": model_name,
+    }
+
+    experiment_id = experiment(f"loom-{plan.usecase}", work)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{model_name}") as run:
+        mlflow.set_tags(
+            {
+                "loom.usecase": plan.usecase,
+                "loom.model": model_name,
+                "loom.metadata_hash": model.metadata_hash,
+                "loom.code_version": lineage["code_version"],
+                "mlflow.source.git.commit": lineage["code_version"].split("+")[0],
+            }
+        )
+        params: dict[str, Any] = {
+            "estimator": estimator_spec.class_,
+            "split.kind": spec.split.kind,
+            "split.holdout": spec.split.holdout,
+            "split.cutoff": split.cutoff.isoformat(),
+            "rows.train": len(split.train),
+            "rows.holdout": len(split.holdout),
+            "label.rate.train": round(float(y_train.mean()), 4),
+            "features": len(model.inputs),
+            "threshold": spec.threshold,
+            "promotion.metric": spec.promotion.metric,
+            "promotion.min_improvement": spec.promotion.min_improvement,
+        }
+        params.update({f"estimator.{k}": v for k, v in estimator_spec.params.items()})
+        params.update({f"delta.{name}.version": v.version for name, v in training.versions.items()})
+        mlflow.log_params(params)
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if v == v})
+        mlflow.log_dict(lineage, "lineage.json")
+        mlflow.log_dict(importances, "feature_importance.json")
+        mlflow.log_text(model.feature_spec.to_json(), "feature_spec.json")
+        _log_plots(y_test, scores, importances)
+        example = split.holdout[[model.entity_key, *model.feature_spec.lookup_features]].head(3)
+        model_uri = _log_model(model, estimator, example)
+
+    outcome = TrainOutcome(model_name, run.info.run_id, None, metrics, "not registered", False, lineage)
+    if not register:
+        return outcome
+    client = registry.client()
+    registered = mlflow.register_model(model_uri, model_name, tags={"loom.metadata_hash": model.metadata_hash})
+    version = int(registered.version)
+    outcome.version = version
+    registry.set_challenger(model_name, version, client)
+    metric = spec.promotion.metric
+    champion = _champion_metric(model_name, metric, split, spec.threshold)
+    outcome.champion_metric = champion[1]
+    promoted, why = decide(model, version, metrics[metric], champion)
+    if promoted:
+        registry.promote(model_name, version, why, client)
+    client.set_model_version_tag(model_name, str(version), "loom.decision", why)
+    outcome.decision, outcome.promoted = why, promoted
+    log.info("model %s v%d: %s", model_name, version, why)
+    return outcome
+
+
+def lineage_versions(lineage: Mapping[str, Any]) -> dict[str, TableVersion]:
+    """Table versions from a run's ``lineage.json``, to rebuild its training set exactly."""
+    return {name: TableVersion(v["path"], int(v["version"])) for name, v in lineage["tables"].items()}
+
+
+def load_lineage(run_id: str) -> dict[str, Any]:
+    """The ``lineage.json`` a training run logged."""
+    import mlflow
+
+    return json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="lineage.json")).read_text()
+    )

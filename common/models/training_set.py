@@ -1,0 +1,199 @@
+"""Point-in-time training sets: label rows joined with the feature values that
+existed at each label's time (README "Time semantics": the history row with the
+greatest ``feature_ts <= t``; null when there is none or it is older than the
+group's ``ttl``).
+
+One pass for all groups: the label rows and the history rows of every group are
+unioned, partitioned by entity, sorted by time (history before labels at the
+same instant) and each label takes, per group, the last history row before it.
+That is one shuffle and one sort; no cross join and no per-row Python.
+
+Every Delta table is read at a pinned version, and the versions are returned, so
+that the same call with ``versions=`` rebuilds an identical training set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from common.compile.models import ModelPlan, resolve_feature_refs
+from common.compile.plan import FEATURE_TS, Plan
+from common.errors import DataError
+from common.features.offline import PARTITION, history_path, table_exists
+from common.settings import Paths
+
+LABEL = "label"
+_T = "_tset_t"
+_KIND = "_tset_kind"  # 0 = history row, 1 = label row: history sorts first at equal times
+_ROW = "_tset_row"
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    """One Delta table read at one version."""
+
+    path: str
+    version: int
+
+
+@dataclass
+class TrainingSet:
+    """Label rows with their point-in-time features, and what was read to build them."""
+
+    frame: DataFrame
+    features: list[str]
+    entity_key: str
+    time_column: str
+    versions: dict[str, TableVersion] = field(default_factory=dict)
+
+    def lineage(self) -> dict[str, dict[str, object]]:
+        """JSON-able {table name: {path, version}}, for MLflow."""
+        return {name: {"path": v.path, "version": v.version} for name, v in sorted(self.versions.items())}
+
+
+def latest_version(spark: SparkSession, path: str) -> int:
+    """The current version of the Delta table at ``path``."""
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+
+
+def read_at(spark: SparkSession, path: str, version: int | None, what: str, fix: str) -> tuple[DataFrame, int]:
+    """``path`` at ``version`` (the latest when None), and the version read."""
+    if not table_exists(spark, path):
+        raise DataError(f"{what} does not exist at {path}. Fix: {fix}")
+    pinned = latest_version(spark, path) if version is None else int(version)
+    return spark.read.format("delta").option("versionAsOf", pinned).load(path), pinned
+
+
+def create_training_set(
+    labels: DataFrame,
+    features: Sequence[str],
+    *,
+    plan: Plan,
+    work: Paths,
+    time_column: str,
+    versions: Mapping[str, TableVersion | int] | None = None,
+) -> TrainingSet:
+    """``labels`` plus, for each row, the referenced features as of ``labels[time_column]``.
+
+    ``features`` are references such as ``activity.*`` or ``profile.tenure_days``;
+    output columns are the feature names (as doubles). ``versions`` pins each
+    group's history table ({group: version}); unpinned tables are read at their
+    latest version, and :attr:`TrainingSet.versions` says which one.
+    """
+    spark = labels.sparkSession
+    selected = resolve_feature_refs(plan.spec, list(features))
+    keys = {plan.group(g).entity_key for g in selected}
+    if len(keys) != 1:
+        raise DataError(
+            f"features {list(features)} describe different entities (keys {sorted(keys)}). Fix: pick one entity"
+        )
+    key = keys.pop()
+    if key not in labels.columns or time_column not in labels.columns:
+        raise DataError(
+            f"label rows need columns {key!r} and {time_column!r}; they have {labels.columns}. "
+            "Fix: select or rename them"
+        )
+    pinned: dict[str, TableVersion] = {}
+    histories: dict[str, DataFrame] = {}
+    for group_name, names in selected.items():
+        group = plan.group(group_name)
+        want = (versions or {}).get(group_name)
+        version = want.version if isinstance(want, TableVersion) else want
+        path = history_path(work, group)
+        history, read = read_at(
+            spark,
+            path,
+            version,
+            f"feature history of group {group_name!r}",
+            f"run `loom backfill --usecase {plan.usecase}` first",
+        )
+        pinned[group_name] = TableVersion(path, read)
+        histories[group_name] = history.select(
+            F.col(group.entity_key).alias(key), F.col(FEATURE_TS), F.col(PARTITION), *[F.col(n) for n in names]
+        )
+
+    times = labels.select(F.min(F.col(time_column)).alias("lo"), F.max(F.col(time_column)).alias("hi")).first()
+    label_columns = labels.columns
+    payload_type = F.struct(*[F.col(c) for c in label_columns])
+    label_rows = labels.select(
+        F.col(key), F.col(time_column).cast("timestamp").alias(_T), F.lit(1).alias(_KIND), payload_type.alias(_ROW)
+    )
+    null_payload = F.lit(None).cast(label_rows.schema[_ROW].dataType)
+    group_structs: dict[str, DataFrame] = {}
+    for group_name, names in selected.items():
+        history = histories[group_name]
+        ttl = plan.group(group_name).ttl_s
+        if times is not None and times["hi"] is not None:
+            # only dates that can be the newest fresh value of some label
+            history = history.where(F.col(PARTITION) <= F.to_date(F.lit(times["hi"])))
+            if ttl is not None:
+                earliest = F.date_sub(F.to_date(F.lit(times["lo"])), ttl // 86400 + 1)
+                history = history.where(F.col(PARTITION) >= earliest)
+        group_structs[group_name] = history.select(
+            F.col(key),
+            F.col(FEATURE_TS).alias(_T),
+            F.lit(0).alias(_KIND),
+            F.struct(F.col(FEATURE_TS), *[F.col(n).cast("double").alias(n) for n in names]).alias(f"_g_{group_name}"),
+        )
+    struct_types = {g: df.schema[f"_g_{g}"].dataType for g, df in group_structs.items()}
+    both = label_rows.select("*", *[F.lit(None).cast(struct_types[g]).alias(f"_g_{g}") for g in selected])
+    for group_name, rows in group_structs.items():
+        others = [F.lit(None).cast(struct_types[g]).alias(f"_g_{g}") for g in selected if g != group_name]
+        both = both.unionByName(rows.select(key, _T, _KIND, null_payload.alias(_ROW), f"_g_{group_name}", *others))
+
+    upto = Window.partitionBy(key).orderBy(_T, _KIND).rowsBetween(Window.unboundedPreceding, 0)
+    found = both.select(
+        F.col(_KIND),
+        F.col(_T),
+        F.col(_ROW),
+        *[F.last(f"_g_{g}", ignorenulls=True).over(upto).alias(f"_g_{g}") for g in selected],
+    ).where(F.col(_KIND) == 1)
+    columns = [F.col(f"{_ROW}.{c}").alias(c) for c in label_columns]
+    for group_name, names in selected.items():
+        found_at = F.col(f"_g_{group_name}.{FEATURE_TS}")
+        fresh = found_at.isNotNull()
+        ttl = plan.group(group_name).ttl_s
+        if ttl is not None:
+            fresh = fresh & (F.unix_micros(F.col(_T)) - F.unix_micros(found_at) <= F.lit(ttl * 1_000_000))
+        columns += [F.when(fresh, F.col(f"_g_{group_name}.{n}")).alias(n) for n in names]
+    frame = found.select(*columns)
+    flat = [n for names in selected.values() for n in names]
+    return TrainingSet(frame=frame, features=flat, entity_key=key, time_column=time_column, versions=pinned)
+
+
+def model_training_set(
+    spark: SparkSession,
+    plan: Plan,
+    model: ModelPlan,
+    work: Paths,
+    versions: Mapping[str, TableVersion | int] | None = None,
+) -> TrainingSet:
+    """The training set of ``model``: its label rows (from the label source's bronze
+    table, pinned like the feature tables) with its features as of each label's time."""
+    from common.features.backfill import bronze_path
+
+    wanted = dict(versions or {})
+    label_table = f"bronze.{model.label_source}"
+    want = wanted.pop(label_table, None)
+    bronze, read = read_at(
+        spark,
+        bronze_path(work, plan.usecase, model.label_source),
+        want.version if isinstance(want, TableVersion) else want,
+        f"bronze table of label source {model.label_source!r}",
+        f"run `loom ingest --usecase {plan.usecase}` first",
+    )
+    labels = bronze.select(
+        F.col(model.entity_key),
+        F.col(model.label_time).cast("timestamp").alias(model.label_time),
+        F.expr(model.label_expr).cast("int").alias(LABEL),
+    ).where(F.col(LABEL).isNotNull() & F.col(model.label_time).isNotNull())
+    refs = [f"{g.name}.{f}" for g in model.feature_spec.groups for f in g.selected]
+    result = create_training_set(labels, refs, plan=plan, work=work, time_column=model.label_time, versions=wanted)
+    result.versions[label_table] = TableVersion(bronze_path(work, plan.usecase, model.label_source), read)
+    return result

@@ -1,0 +1,96 @@
+"""Models: what to predict, from which features, how to train, and when to promote.
+
+A model names its features by reference (``group.feature`` or ``group.*``),
+its label as an expression over a source, an estimator by import path, a
+time-based holdout, the metrics to report, the promotion rule against the
+current champion, and a retraining schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator
+
+from common.spec.base import Name, Strict
+from common.spec.sql import check_sql
+from common.spec.transforms import BucketizeTransform, ClipTransform, FillTransform, LogTransform, RatioTransform
+
+FEATURE_REF_PATTERN = r"^[a-z][a-z0-9_]{0,62}\.(\*|[a-z][a-z0-9_]{0,62})$"
+FeatureRef = Annotated[str, Field(pattern=FEATURE_REF_PATTERN)]
+"""``group.feature`` or ``group.*`` (every feature of the group)."""
+
+OnDemandTransform = Annotated[
+    Union[FillTransform, ClipTransform, BucketizeTransform, RatioTransform, LogTransform],
+    Field(discriminator="fn"),
+]
+"""Row transforms over looked-up features, run inside the model (pandas), so that
+training, batch and stream scoring and REST apply exactly the same code."""
+
+Metric = Literal["roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "precision", "recall"]
+METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]
+
+
+class Label(Strict):
+    """The value to predict: an expression over rows of a source, at a time column."""
+
+    source: Name = Field(description="source whose bronze rows are the labels")
+    expr: str = Field(description="Spark SQL expression giving 0/1, e.g. churned")
+    time: Name = Field(description="column with the time the label refers to; features are taken as of it")
+
+    @field_validator("expr")
+    @classmethod
+    def _valid_sql(cls, value: str) -> str:
+        check_sql(value)
+        return value
+
+
+class Estimator(Strict):
+    """A scikit-learn compatible classifier, by import path, with its constructor params."""
+
+    class_: str = Field(
+        alias="class",
+        pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$",
+        description="import path, e.g. sklearn.ensemble.HistGradientBoostingClassifier",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Split(Strict):
+    """Time-based holdout: the latest ``holdout`` share of labels (by label time) is held out."""
+
+    kind: Literal["time"] = "time"
+    holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
+class Promotion(Strict):
+    """Move @champion to a new version when it beats the champion on the same holdout."""
+
+    metric: Metric = "roc_auc"
+    min_improvement: float = Field(default=0.0, ge=0.0, description="in the metric's own units")
+
+
+class Model(Strict):
+    """One model of the use case; ``loom train --model <name>`` trains it."""
+
+    description: str = ""
+    entity: Name
+    label: Label
+    features: list[FeatureRef] = Field(min_length=1)
+    on_demand: list[OnDemandTransform] = Field(default_factory=list)
+    estimator: Estimator
+    split: Split = Field(default_factory=Split)
+    metrics: list[Metric] = Field(default_factory=lambda: ["roc_auc", "pr_auc", "log_loss", "brier"])
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="action threshold for precision/recall")
+    promotion: Promotion = Field(default_factory=Promotion)
+    schedule: str | None = Field(default=None, description="retraining schedule, a cron expression")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(f"{value!r} is not a cron expression; write e.g. '0 3 * * 0' (Sundays at 03:00)")
+        return value
