@@ -1,4 +1,5 @@
-"""The streaming pipeline of a use case: landing -> bronze -> features -> Redis + Delta.
+"""The streaming pipeline of a use case: landing -> bronze -> features -> Redis + Delta,
+and bronze -> triggers -> scores -> predictions (Delta) + Redis.
 
 Ingestion and features are separate Structured Streaming queries chained by
 the bronze Delta tables (the medallion pattern): each has its own checkpoint,
@@ -20,6 +21,7 @@ from common.ingest.report import IngestReport
 from common.ingest.stream import ingest_source, run_until_stopped, start_ingest_stream
 from common.privacy import require_keys
 from common.settings import Paths
+from common.triggers.stream import start_trigger_streams
 
 log = logging.getLogger("loom.pipeline")
 
@@ -31,6 +33,7 @@ def catch_up(
     redis_url: str,
     *,
     max_files_per_trigger: int | None = None,
+    model_refresh_s: float = 0.0,
 ) -> list[IngestReport]:
     """Process everything that has landed, in micro-batches, then stop (availableNow)."""
     require_keys(plan.spec.sources)
@@ -45,6 +48,15 @@ def catch_up(
         spark_online_writer(redis_url),
         available_now=True,
         max_files_per_trigger=max_files_per_trigger,
+    )
+    queries += start_trigger_streams(
+        spark,
+        work,
+        plan,
+        redis_url,
+        available_now=True,
+        max_files_per_trigger=max_files_per_trigger,
+        model_refresh_s=model_refresh_s,
     )
     for query in queries:
         query.awaitTermination()
@@ -62,6 +74,7 @@ def run_continuously(
     *,
     interval: str = "5 seconds",
     max_files_per_trigger: int | None = None,
+    model_refresh_s: float = 0.0,
 ) -> dict[str, IngestReport]:
     """Ingest and feature queries that run until ``stop`` is set (or one fails)."""
     require_keys(plan.spec.sources)
@@ -80,6 +93,7 @@ def run_continuously(
         for name in plan.spec.sources
     ]
     queries += start_feature_streams(spark, work, plan, spark_online_writer(redis_url), interval=interval)
+    queries += start_trigger_streams(spark, work, plan, redis_url, interval=interval, model_refresh_s=model_refresh_s)
     log.info("streaming %d queries every %s; stop with Ctrl-C or SIGTERM", len(queries), interval)
     run_until_stopped(queries, stop)
     for query in queries:

@@ -10,11 +10,15 @@ import os
 
 from common.settings import Paths, paths
 
+# mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; remember what we exported so
+# that a later call for another work folder is not mistaken for the user's choice.
+_exported: set[str] = set()
+
 
 def tracking_uri(work: Paths | None = None) -> str:
     """The tracking (and registry) URI Loom uses."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
+    if uri and uri not in _exported:
         return uri
     work = work or paths()
     return f"sqlite:///{work.mlflow_db}"
@@ -26,8 +30,11 @@ def configure(work: Paths | None = None) -> str:
 
     work = work or paths()
     uri = tracking_uri(work)
+    user_choice = os.environ.get("MLFLOW_TRACKING_URI") == uri and uri not in _exported
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if not user_choice:
+        _exported.add(uri)
     return uri
 
 
@@ -36,7 +43,6 @@ def experiment(name: str, work: Paths | None = None) -> str:
     import mlflow
 
     work = work or paths()
-    # Decide before configure(): mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI.
     local_store = tracking_uri(work) == f"sqlite:///{work.mlflow_db}"
     configure(work)
     location = None

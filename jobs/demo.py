@@ -16,7 +16,8 @@ from common.compile import compile_usecase
 from common.features.backfill import backfill
 from common.features.consistency import check_group
 from common.features.online_sink import open_store
-from common.generate import GenerateOptions, generate_landing
+from common.generate import generate_landing
+from common.generate.options import DEMO_CUSTOMERS, DEMO_DAYS, demo_options
 from common.ingest.report import render_reports
 from common.pipeline import catch_up
 from common.redis_server import connect, describe, redis_url
@@ -27,7 +28,10 @@ from common.spec import load_usecase
 from common.tracking import tracking_uri
 from jobs.runner import add_spark_arguments, main_for
 
-DESCRIPTION = "Run the end-to-end demo: data -> Delta -> features -> Redis, checked for consistency."
+DESCRIPTION = (
+    "Run the end-to-end demo: data -> Delta -> features -> Redis -> train -> register -> score, "
+    "checked for consistency between batch and online."
+)
 
 DEMO_KEYS = ("LOOM_KEY_PII_HMAC", "LOOM_KEY_PII_ENCRYPTION")
 
@@ -35,8 +39,12 @@ DEMO_KEYS = ("LOOM_KEY_PII_HMAC", "LOOM_KEY_PII_ENCRYPTION")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spark_arguments(parser)
     parser.add_argument("--usecase", default="churn", help="use case to demo (default churn)")
-    parser.add_argument("--customers", type=int, default=300, help="customers to generate (default 300)")
-    parser.add_argument("--days", type=int, default=7, help="days of events to generate (default 7)")
+    parser.add_argument(
+        "--customers", type=int, default=DEMO_CUSTOMERS, help=f"customers to generate (default {DEMO_CUSTOMERS})"
+    )
+    parser.add_argument(
+        "--days", type=int, default=DEMO_DAYS, help=f"days of events, ending today (default {DEMO_DAYS})"
+    )
 
 
 def ensure_demo_keys(work: Paths) -> None:
@@ -83,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"   {name}: {len(group.feature_names)} features from {group.source} ({group.source_kind})")
     done(started)
 
-    started = step(f"3. generate landing files: {args.customers} customers x {args.days} days")
-    summary = generate_landing(spec, work, GenerateOptions(customers=args.customers, days=args.days), overwrite=True)
+    started = step(f"3. generate landing files: {args.customers} customers x {args.days} days, ending today")
+    options = demo_options(customers=args.customers, days=args.days)
+    summary = generate_landing(spec, work, options, overwrite=True)
     print(f"   {summary.rows} rows in {summary.out}")
     done(started)
 
@@ -129,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         store.close()
     done(started)
 
+    if not failed:
+        for name in plan.models:
+            failed |= not _model_lifecycle(spark, plan, name, work, url)
+
     print("\n== where everything lives")
     print(f"delta tables:  {work.lake}")
     print(f"redis server:  {describe(url)}")
@@ -138,6 +151,52 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print("\ndemo: OK")
     return 0
+
+
+def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
+    """Train -> register -> promote -> batch score -> online score; True when batch and online agree."""
+    from datetime import UTC, datetime
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from common.models import registry
+    from common.models.scoring import score_batch
+    from common.models.train import train_model
+
+    started = step(f"7. train {name}: point-in-time training set -> MLflow run -> registry")
+    outcome = train_model(spark, plan, name, work)
+    print("   " + outcome.render().replace("\n", "\n   "))
+    client = registry.client(work)
+    history = registry.champion_history(name, client)
+    print(
+        f"   registry: @champion v{registry.version_by_alias(name, registry.CHAMPION, client)}, champions so far {history}"
+    )
+    if len(history) >= 2:
+        print(f"   `loom rollback --usecase {plan.usecase} --model {name}` would restore v{history[-2]}")
+    else:
+        print("   rollback: nothing to roll back to yet (one champion so far)")
+    done(started)
+
+    now = datetime.now(UTC)
+    started = step(f"8. batch score: features as of now -> {name}@champion via spark_udf -> predictions (Delta)")
+    ref, written, path = score_batch(spark, plan, f"{name}@champion", now, work)
+    batch = {r[0]: r["score"] for r in written.collect()}
+    top = sorted(batch.items(), key=lambda item: -item[1])[:3]
+    print(f"   {len(batch)} entities scored with {ref} -> {path}")
+    print("   highest: " + ", ".join(f"{key} {score:.3f}" for key, score in top))
+    done(started)
+
+    started = step(f"9. online score: entity keys -> Redis (one round trip) -> {name}@champion pyfunc")
+    model = mlflow.pyfunc.load_model(ref.uri, model_config={"redis_url": url})
+    keys = sorted(batch)[:200]
+    key_column = model.unwrap_python_model().feature_spec.entity_key
+    online = np.asarray(model.predict(pd.DataFrame({key_column: keys})))
+    worst = float(np.max(np.abs(online - np.array([batch[k] for k in keys]))))
+    print(f"   {len(keys)} entities: online vs batch score, max |diff| {worst:.2g}")
+    done(started)
+    return worst <= 1e-9
 
 
 if __name__ == "__main__":

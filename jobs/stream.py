@@ -14,7 +14,10 @@ from common.spark import build_session
 from common.spec import load_usecase
 from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
 
-DESCRIPTION = "Run the streaming pipeline: ingest, compute features, write Redis and the Delta feature history."
+DESCRIPTION = (
+    "Run the streaming pipeline: ingest, compute features (Redis + Delta history), evaluate triggers and score "
+    "them with the model's @champion (predictions Delta + Redis)."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--trigger-interval", default="5 seconds", help="micro-batch interval (default 5 seconds)")
     parser.add_argument("--max-files-per-trigger", type=int, default=None, help="landing files per micro-batch")
+    parser.add_argument(
+        "--model-refresh",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="check the registry for a moved alias at most this often (default 0: every micro-batch)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +44,14 @@ def run(args: argparse.Namespace) -> int:
     url = redis_url(work.home)
     print(f"online store: {describe(url)}")
     if args.available_now:
-        reports = catch_up(spark, plan, work, url, max_files_per_trigger=args.max_files_per_trigger)
+        reports = catch_up(
+            spark,
+            plan,
+            work,
+            url,
+            max_files_per_trigger=args.max_files_per_trigger,
+            model_refresh_s=args.model_refresh,
+        )
     else:
         with stop_on_signals() as stop:
             reports = list(
@@ -46,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                     stop,
                     interval=args.trigger_interval,
                     max_files_per_trigger=args.max_files_per_trigger,
+                    model_refresh_s=args.model_refresh,
                 ).values()
             )
     print(render_reports(reports))

@@ -80,3 +80,43 @@ def redis_client(redis_url):
 def tmp_table(tmp_path) -> str:
     """Path for a fresh Delta table."""
     return str(tmp_path / "table")
+
+
+# Fixed end date: the demo's data set (common.generate.options.demo_options), reproducible.
+DEMO_END = "2026-01-15"
+
+
+@pytest.fixture(scope="session")
+def churn_lake(spark, tmp_path_factory):
+    """The demo's churn data, generated, batch-ingested and backfilled once, in its own work folder
+    (lake, MLflow store). Tests that need other registry states train under other model names."""
+    from datetime import date
+    from types import SimpleNamespace
+
+    from common.compile import compile_usecase
+    from common.features.backfill import backfill
+    from common.generate import generate_landing
+    from common.generate.options import demo_options
+    from common.ingest.stream import ingest_source
+    from common.settings import Paths
+    from common.spec import load_usecase
+
+    work = Paths(tmp_path_factory.mktemp("churn-lake"))
+    spec = load_usecase("churn")
+    plan = compile_usecase(spec)
+    generate_landing(spec, work, demo_options(date.fromisoformat(DEMO_END)))
+    for source in spec.sources:
+        ingest_source(spark, spec, source, work)
+    backfill(spark, work, plan)
+    return SimpleNamespace(work=work, spec=spec, plan=plan)
+
+
+@pytest.fixture(scope="session")
+def trained_churn(spark, churn_lake):
+    """``churn_lake`` plus the churn model trained from its metadata: registered v1, @champion."""
+    from types import SimpleNamespace
+
+    from common.models.train import train_model
+
+    outcome = train_model(spark, churn_lake.plan, "churn", churn_lake.work)
+    return SimpleNamespace(**vars(churn_lake), outcome=outcome)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from common.compile.aggregates import AggPlan
 from common.compile.lineage import resolve_group, source_pii_errors
 from common.compile.models import ModelPlan, compile_model
+from common.compile.triggers import TriggerPlan, compile_triggers
 from common.errors import CompileError, SpecErrors
 from common.spec.base import duration_seconds
 from common.spec.features import FeatureGroup
@@ -78,6 +79,7 @@ class Plan:
     spec: UseCase
     groups: dict[str, GroupPlan]
     models: dict[str, ModelPlan] = field(default_factory=dict)
+    triggers: dict[str, TriggerPlan] = field(default_factory=dict)
 
     def group(self, name: str) -> GroupPlan:
         return self.groups[name]
@@ -132,4 +134,4 @@ def compile_usecase(spec: UseCase) -> Plan:
         raise pii[0] if len(pii) == 1 else SpecErrors(list(pii))
     ttls = {name: group.ttl_s for name, group in groups.items()}
     models = {name: compile_model(spec, name, ttls) for name in spec.models}
-    return Plan(spec.name, spec.version, spec, groups, models)
+    return Plan(spec.name, spec.version, spec, groups, models, compile_triggers(spec))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from common.errors import ConfigError
@@ -34,6 +34,20 @@ class GenerateOptions:
         for ok, option, value, fix in checks:
             if not ok:
                 raise ConfigError(f"{option} {value!r} is out of range. Fix: {fix}")
+
+
+DEMO_CUSTOMERS = 1000
+DEMO_DAYS = 14
+
+
+def demo_options(end: date | None = None, customers: int = DEMO_CUSTOMERS, days: int = DEMO_DAYS) -> GenerateOptions:
+    """The data set of ``loom demo``: ``days`` days ending the day before ``end`` (default today, UTC).
+
+    Ending at today keeps the online features younger than their TTL, so the
+    demo's online predictions use them, as in production.
+    """
+    end = end or datetime.now(UTC).date()
+    return GenerateOptions(customers=customers, days=days, start=end - timedelta(days=days))
 
 
 @dataclass

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - mlflow is a core dependency
     PythonModel = object  # type: ignore[assignment,misc]
 
 from common.compile.feature_spec import FeatureSpec
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.models.on_demand import apply_on_demand
 
 FEATURE_SPEC = "feature_spec"
@@ -78,9 +78,24 @@ class LoomModel(PythonModel):
             return np.zeros(0)
         return self.estimator.predict_proba(model_matrix(self.spec, features))[:, 1].astype("float64")
 
+    def _redis_url(self) -> str:
+        """model_config's redis_url, else REDIS_URL, else the `loom redis start` server; never a new, empty one."""
+        import os
+
+        from common.redis_server import running_local_server
+        from common.settings import paths
+
+        url = self.config.get("redis_url") or os.environ.get("REDIS_URL") or running_local_server(paths().home)
+        if not url:
+            raise ConfigError(
+                f"model {self.spec.model!r} got entity keys only, so it reads the online store, but none is "
+                "configured. Fix: load it with model_config={'redis_url': ...}, or set REDIS_URL"
+            )
+        return url
+
     def _lookup(self, keys: list[Any]) -> pd.DataFrame:
         from common.models.online_features import lookup, open_model_store
 
         if self._store is None:
-            self._store = open_model_store(self.spec, self.config.get("redis_url"))
+            self._store = open_model_store(self.spec, self._redis_url())
         return lookup(self._store, self.spec, keys).frame

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.errors import ConfigError, StoreError
+from common.settings import Paths
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -40,14 +41,14 @@ class Move:
         return f"@champion of {self.model}: {start} -> v{self.to_version} ({self.reason})"
 
 
-def client() -> Any:
-    """An MlflowClient on Loom's tracking/registry store."""
+def client(work: Paths | None = None) -> Any:
+    """An MlflowClient on Loom's tracking/registry store (of ``work``, default $LOOM_HOME)."""
     from mlflow import MlflowClient
 
     from common.tracking import configure
 
-    configure()
-    return MlflowClient()
+    uri = configure(work)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def version_by_alias(name: str, alias: str, mlflow_client: Any | None = None) -> int | None:

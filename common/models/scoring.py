@@ -42,7 +42,7 @@ class ModelRef:
         return f"{self.name}@{self.alias} (v{self.version})" if self.alias else f"{self.name} v{self.version}"
 
 
-def resolve_model(text: str) -> ModelRef:
+def resolve_model(text: str, work: Paths | None = None) -> ModelRef:
     """``name@alias``, ``name/version`` or ``name`` (= ``name@champion``) -> the exact registered version."""
     match = _REF.match(text)
     if not match:
@@ -53,12 +53,12 @@ def resolve_model(text: str) -> ModelRef:
         from mlflow.exceptions import MlflowException
 
         try:
-            registry.client().get_model_version(name, str(version))
+            registry.client(work).get_model_version(name, str(version))
         except MlflowException as err:
             raise ConfigError(f"model {name!r} has no version {version}. Fix: `loom train --model {name}`") from err
         return ModelRef(name, version, None)
     alias = match["alias"] or registry.CHAMPION
-    version = registry.version_by_alias(name, alias)
+    version = registry.version_by_alias(name, alias, registry.client(work))
     if version is None:
         raise ConfigError(
             f"model {name!r} has no @{alias} in the registry. Fix: train it (`loom train --model {name}`) "
@@ -67,11 +67,11 @@ def resolve_model(text: str) -> ModelRef:
     return ModelRef(name, version, alias)
 
 
-def model_feature_spec(ref: ModelRef) -> FeatureSpec:
+def model_feature_spec(ref: ModelRef, work: Paths | None = None) -> FeatureSpec:
     """The feature spec the version was trained with (from its run's artifacts)."""
     import mlflow
 
-    run_id = registry.client().get_model_version(ref.name, str(ref.version)).run_id
+    run_id = registry.client(work).get_model_version(ref.name, str(ref.version)).run_id
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="feature_spec.json")
     return FeatureSpec.from_dict(json.loads(Path(path).read_text()))
 
@@ -99,13 +99,15 @@ def known_entities(spark: SparkSession, plan: Plan, spec: FeatureSpec, work: Pat
     return union.distinct()
 
 
-def score_frame(spark: SparkSession, ref: ModelRef, spec: FeatureSpec, features: DataFrame) -> DataFrame:
+def score_frame(
+    spark: SparkSession, ref: ModelRef, spec: FeatureSpec, features: DataFrame, work: Paths | None = None
+) -> DataFrame:
     """``features`` plus ``score``, from the model version's pyfunc through ``spark_udf``."""
     import mlflow
 
     from common.tracking import configure
 
-    configure()
+    configure(work)
     udf = mlflow.pyfunc.spark_udf(spark, ref.uri, result_type="double", env_manager="local")
     # the signature lists the entity key first, then the features: pass them in that order
     return features.withColumn(SCORE, udf(*[F.col(c) for c in (spec.entity_key, *spec.lookup_features)]))
@@ -123,14 +125,14 @@ def score_batch(
 
     Re-running the same model version and ``at`` replaces its earlier rows (idempotent).
     """
-    ref = resolve_model(model)
-    spec = model_feature_spec(ref)
+    ref = resolve_model(model, work)
+    spec = model_feature_spec(ref, work)
     key = spec.entity_key
     rows = (entities if entities is not None else known_entities(spark, plan, spec, work, at)).select(key)
     rows = rows.withColumn(PREDICTION_TS, F.lit(at).cast("timestamp"))
     refs = [f"{g.name}.{f}" for g in spec.groups for f in g.selected]
     features = create_training_set(rows, refs, plan=plan, work=work, time_column=PREDICTION_TS).frame
-    scored = score_frame(spark, ref, spec, features).select(
+    scored = score_frame(spark, ref, spec, features, work).select(
         F.col(key),
         F.col(PREDICTION_TS),
         F.col(SCORE),

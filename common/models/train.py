@@ -127,15 +127,19 @@ def _log_model(model: ModelPlan, estimator: Any, example: pd.DataFrame) -> str:
             signature=_signature(model),
             input_example=example,
             pip_requirements=pip_requirements(extra),
+            # overridable at load time: load_model(uri, model_config={"redis_url": ...})
+            model_config={"redis_url": ""},
         )
     return info.model_uri
 
 
-def _champion_metric(name: str, metric: str, split: Split, threshold: float) -> tuple[int | None, float | None, str]:
+def _champion_metric(
+    client: Any, name: str, metric: str, split: Split, threshold: float
+) -> tuple[int | None, float | None, str]:
     """The current champion's ``metric`` on this run's holdout (None when there is no champion)."""
     import mlflow
 
-    version = registry.version_by_alias(name, registry.CHAMPION)
+    version = registry.version_by_alias(name, registry.CHAMPION, client)
     if version is None:
         return None, None, "no champion yet"
     champion = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
@@ -259,13 +263,13 @@ def train_model(
     outcome = TrainOutcome(model_name, run.info.run_id, None, metrics, "not registered", False, lineage)
     if not register:
         return outcome
-    client = registry.client()
+    client = registry.client(work)
     registered = mlflow.register_model(model_uri, model_name, tags={"loom.metadata_hash": model.metadata_hash})
     version = int(registered.version)
     outcome.version = version
     registry.set_challenger(model_name, version, client)
     metric = spec.promotion.metric
-    champion = _champion_metric(model_name, metric, split, spec.threshold)
+    champion = _champion_metric(client, model_name, metric, split, spec.threshold)
     outcome.champion_metric = champion[1]
     promoted, why = decide(model, version, metrics[metric], champion)
     if promoted:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.spec.models import Model
+from common.spec.triggers import Trigger
 from common.spec.usecase import UseCase
 
 
@@ -101,6 +102,54 @@ def check_references(spec: UseCase) -> list[Problem]:
                     )
     for name, model in spec.models.items():
         problems += _model_problems(spec, name, model)
+    for name, trigger in spec.triggers.items():
+        problems += _trigger_problems(spec, name, trigger)
+    return problems
+
+
+def _trigger_problems(spec: UseCase, name: str, trigger: Trigger) -> list[Problem]:
+    from common.spec.sql import referenced_columns
+
+    base = ("triggers", name)
+    problems: list[Problem] = []
+    if trigger.entity not in spec.entities:
+        problems.append(
+            Problem(base + ("entity",), "unknown entity", trigger.entity, f"use one of {sorted(spec.entities)}")
+        )
+    source = spec.sources.get(trigger.source)
+    if source is None:
+        problems.append(
+            Problem(base + ("source",), "unknown source", trigger.source, f"use one of {sorted(spec.sources)}")
+        )
+    elif source.kind != "events" or source.event_time is None:
+        problems.append(
+            Problem(
+                base + ("source",), f"source {trigger.source!r} is not an events source with event_time", trigger.source
+            )
+        )
+    elif source.entity != trigger.entity:
+        problems.append(
+            Problem(base + ("source",), f"source {trigger.source!r} describes entity {source.entity!r}", trigger.source)
+        )
+    else:
+        for index, sql in enumerate(trigger.conditions):
+            for column in referenced_columns(sql):
+                if column not in source.columns:
+                    problems.append(
+                        Problem(
+                            base + (trigger.kind, index),
+                            f"condition reads {column!r}, which source {trigger.source!r} does not have",
+                            sql,
+                            f"use columns of {sorted(source.columns)}",
+                        )
+                    )
+    model = spec.models.get(trigger.model)
+    if model is None:
+        problems.append(Problem(base + ("model",), "unknown model", trigger.model, f"use one of {sorted(spec.models)}"))
+    elif model.entity != trigger.entity:
+        problems.append(
+            Problem(base + ("model",), f"model {trigger.model!r} predicts for entity {model.entity!r}", trigger.model)
+        )
     return problems
 
 

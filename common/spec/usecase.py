@@ -10,6 +10,7 @@ from common.spec.base import Name, Strict
 from common.spec.features import FeatureGroup
 from common.spec.models import Model
 from common.spec.sources import Source
+from common.spec.triggers import Trigger
 
 
 class Entity(Strict):
@@ -20,7 +21,7 @@ class Entity(Strict):
 
 
 class UseCase(Strict):
-    """One use case: entities, sources, feature groups and the models trained on them."""
+    """One use case: entities, sources, feature groups, the models trained on them and the triggers that score them."""
 
     name: Name
     version: int = Field(default=1, ge=1, description="bumped when features change incompatibly")
@@ -29,6 +30,7 @@ class UseCase(Strict):
     sources: dict[Name, Source] = Field(min_length=1)
     feature_groups: dict[Name, FeatureGroup] = Field(default_factory=dict)
     models: dict[Name, Model] = Field(default_factory=dict)
+    triggers: dict[Name, Trigger] = Field(default_factory=dict)
 
     # file each (section, item) was loaded from, so later phases can name it
     _origins: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

@@ -1,0 +1,45 @@
+"""Feature values at given (entity, time) rows, recomputed from bronze with the
+backfill's own functions: the value the offline history holds (or will hold)
+at that time, for the few rows a trigger fires on, without waiting for the
+feature stream to write it."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from common.compile.feature_spec import FeatureSpec
+from common.compile.plan import FEATURE_TS, Plan
+from common.features.backfill import join_tables, read_bronze
+from common.features.compute import feature_history
+from common.features.point_in_time import as_of
+from common.features.prepare import prepare
+from common.settings import Paths
+
+
+def features_at(
+    spark: SparkSession, work: Paths, plan: Plan, spec: FeatureSpec, rows: DataFrame, time_column: str
+) -> DataFrame:
+    """``rows`` plus the model's lookup features as of ``rows[time_column]``, and ``_<group>_ts``
+    (when each group's value was computed). Same semantics as the point-in-time training set."""
+    key = spec.entity_key
+    keys = rows.select(key).distinct()
+    bounds = rows.agg(F.min(time_column), F.max(time_column)).first()
+    out = rows
+    for group in spec.groups:
+        group_plan = plan.group(group.name)
+        source = read_bronze(spark, work, plan.usecase, group_plan.source).join(F.broadcast(keys), key, "left_semi")
+        if group_plan.event_time and bounds[1] is not None:
+            source = source.where(F.col(group_plan.event_time) <= F.lit(bounds[1]))
+            if group_plan.source_kind == "events":
+                lookback = group_plan.max_window_s + group_plan.slide_s
+                source = source.where(
+                    F.col(group_plan.event_time) >= F.lit(bounds[0]) - F.make_dt_interval(secs=F.lit(lookback))
+                )
+        history = feature_history(group_plan, prepare(group_plan, source, join_tables(spark, work, group_plan)))
+        prefix = f"_{group.name}__"
+        out = as_of(out, history, group_plan, time_column, list(group.selected), prefix=prefix)
+        out = out.withColumnsRenamed({prefix + n: n for n in group.selected}).withColumnRenamed(
+            prefix + FEATURE_TS, f"_{group.name}_ts"
+        )
+    return out

@@ -1,0 +1,317 @@
+"""The FastAPI application of the prediction service.
+
+``create_app(config, ...)`` builds it (tests call it directly, with a fixed
+clock); ``app_from_env()`` is the factory uvicorn workers call
+(``uvicorn common.serving.app:app_from_env --factory``), configured by the
+environment (:mod:`common.serving.config`).
+
+Endpoints:
+
+* ``POST /v1/models/{model}/predict`` (API key): scores, see :mod:`common.serving.schemas`;
+* ``GET /metrics`` (API key): Prometheus;
+* ``GET /healthz``: the process answers; ``GET /readyz``: every served model is
+  loaded and Redis answers a PING (503 otherwise);
+* ``GET /openapi.json`` and ``GET /docs``.
+
+The prediction is answered in order: 401 (no or wrong key), 403 (the key may
+not call this model), 404 (model not served / version not registered), 413
+(body or batch too large), 422 (bad JSON, wrong types, unknown fields: ``loc``
+names the field), 503 + ``Retry-After`` (Redis unreachable, or no version
+loaded yet), else 200. The body is read only after the key is checked, so an
+unauthenticated caller cannot make the server parse anything.
+
+The endpoint is ``async`` and does its work inline: one MGET (sub-millisecond)
+and a small predict cost less than a hop to the thread pool; the Redis timeout
+(``LOOM_SERVE_REDIS_TIMEOUT_S``) bounds how long an outage can hold the loop.
+Scale out with workers (processes), not threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import ValidationError
+
+from common.errors import StoreError
+from common.models.online_features import online_groups
+from common.online.base import get_online_store
+from common.serving.auth import ApiKeys, Client
+from common.serving.config import ServingConfig, open_redis, resolve_redis_url
+from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
+from common.serving.metrics import CONTENT_TYPE, ServingMetrics
+from common.serving.predict import epoch_us, response_body, score_entities
+from common.serving.schemas import ErrorBody, PredictRequest, PredictResponse, entity_errors
+from common.settings import Paths, paths
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+BODY_BASE_BYTES = 64 * 1024
+BODY_BYTES_PER_ENTITY = 2 * 1024
+
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key of LOOM_API_KEYS")
+_bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
+_ERRORS = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown one"},
+    403: {"model": ErrorBody, "description": "The API key may not call this model"},
+    404: {"model": ErrorBody, "description": "The model is not served, or has no such version"},
+    413: {"model": ErrorBody, "description": "More entities (or bytes) than the server accepts"},
+    503: {
+        "model": ErrorBody,
+        "description": "The online store is unreachable or no version is loaded; see Retry-After",
+    },
+}
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Throttled:
+    """Logs a recurring failure once per ``every_s`` (a Redis outage at 200 rps must not flood the log)."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last = 0.0
+        self.failing = False
+
+    def failure(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if not self.failing or now - self._last >= self.every_s:
+            log.warning(message, *args)
+            self._last = now
+        self.failing = True
+
+    def success(self, message: str) -> None:
+        if self.failing:
+            log.info(message)
+            self.failing = False
+
+
+class _MetricsMiddleware:
+    """Counts and times every HTTP request (pure ASGI: cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app: Any, metrics: ServingMetrics, served: tuple[str, ...]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.served = set(served)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def record_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            endpoint, model = self._classify(scope["path"])
+            self.metrics.observe(endpoint, model, status, time.perf_counter() - started)
+
+    def _classify(self, path: str) -> tuple[str, str]:
+        parts = path.strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["v1", "models"] and parts[3] == "predict":
+            return "predict", parts[2] if parts[2] in self.served else "other"
+        if path in ("/metrics", "/healthz", "/readyz"):
+            return path[1:], ""
+        return "other", ""
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes (before reading it when it says its length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the body has {declared} bytes; this server accepts at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the body is larger than the {limit} bytes this server accepts")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    config: ServingConfig,
+    *,
+    work: Paths | None = None,
+    keys: ApiKeys | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """The service for ``config``. ``clock`` (tests only) fixes the lookup time; default: now (UTC)."""
+    work = work or paths()
+    keys = keys or ApiKeys.from_env()
+    clock = clock or _utc_now
+    metrics = ServingMetrics()
+    redis_url = resolve_redis_url(config, work.home)
+    redis_client = open_redis(redis_url, config.redis_timeout_s)
+    outage = _Throttled()
+    body_limit = BODY_BASE_BYTES + BODY_BYTES_PER_ENTITY * config.max_batch
+
+    def store_for(spec: Any) -> Any:
+        # One Redis connection pool for every model version; each store only knows its model's groups.
+        return get_online_store(
+            "redis",
+            client=redis_client,
+            usecase=spec.usecase,
+            version=spec.usecase_version,
+            groups=online_groups(spec),
+        )
+
+    holder = ModelHolder(config, work, store_for, listeners=[metrics.model_loaded])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from common.redis_server import describe
+
+        log.info(
+            "serving %s @%s from %s; online store %s; %d API client(s); max batch %d",
+            ",".join(config.models),
+            config.alias,
+            work.home,
+            describe(redis_url),
+            len(keys.clients),
+            config.max_batch,
+        )
+        await run_in_threadpool(holder.refresh)  # first load before the first request: /readyz is true at once
+        holder.start()
+        try:
+            yield
+        finally:
+            holder.stop()
+            redis_client.close()
+
+    app = FastAPI(
+        title="Loom prediction service",
+        version="1",
+        description="Scores entities with the registered model's pyfunc over the online feature store.",
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+    app.state.metrics = metrics
+    app.state.config = config
+    app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)
+
+    def authenticate(
+        api_key: str | None = Security(_api_key),
+        bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+    ) -> Client:
+        presented = api_key or (bearer.credentials if bearer is not None else None)
+        client = keys.authenticate(presented)
+        if client is None:
+            raise HTTPException(
+                401,
+                "a valid API key is required: send X-API-Key: <key> or Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return client
+
+    def unavailable(detail: str) -> HTTPException:
+        return HTTPException(503, detail, headers={"Retry-After": str(config.retry_after_s)})
+
+    async def model_for(name: str, version: int | None) -> LoadedModel:
+        try:
+            found = holder.cached(name, version) if name in config.models else None
+            # loading an explicit version takes a second or more: not on the event loop
+            return found if found is not None else await run_in_threadpool(holder.get, name, version)
+        except ModelNotFound as err:
+            raise HTTPException(404, str(err)) from None
+        except ModelNotReady as err:
+            raise unavailable(f"{err}; retry later") from None
+
+    @app.post(
+        "/v1/models/{model}/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        summary="Score entities",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def predict(model: str, request: Request, client: Client = Depends(authenticate)) -> Response:
+        """Score entities with the model's version of the served alias (or the version named in the body)."""
+        if not client.allows(model):
+            raise HTTPException(403, f"this API key ({client.name}) may not call model {model!r}")
+        if model not in config.models:
+            raise HTTPException(404, f"model {model!r} is not served here; served: {list(config.models)}")
+        body = await _read_body(request, body_limit)
+        try:
+            parsed = PredictRequest.model_validate_json(body)
+        except ValidationError as err:
+            errors = err.errors(include_url=False, include_context=False)
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+        if len(parsed.entities) > config.max_batch:
+            raise HTTPException(
+                413, f"{len(parsed.entities)} entities in one request; this server accepts at most {config.max_batch}"
+            )
+        loaded = await model_for(model, parsed.version)
+        problems = entity_errors(parsed.entities, loaded.spec.entity_key, loaded.request_fields)
+        if problems:
+            raise RequestValidationError(problems)
+        at_us = epoch_us(clock())
+        try:
+            scored = score_entities(loaded, parsed.entities, at_us)
+        except StoreError as err:
+            outage.failure("online store unavailable (answering 503): %s", err)
+            raise unavailable("the online feature store is unavailable; retry later") from None
+        outage.success("online store reachable again")
+        metrics.entities.labels(model).inc(len(scored.keys))
+        missing = sum(len(m) for m in scored.missing)
+        if missing:
+            metrics.missing.labels(model).inc(missing)
+        return Response(response_body(loaded, scored, at_us), media_type="application/json")
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Every served model is loaded and Redis answers", responses={503: {}})
+    async def readyz() -> JSONResponse:
+        models = holder.status()
+        try:
+            redis_ok = bool(await run_in_threadpool(redis_client.ping))
+        except Exception:  # any failure of the PING means not ready; the reason is in the Redis log
+            redis_ok = False
+        ready = redis_ok and all(v is not None for v in models.values())
+        return JSONResponse({"ready": ready, "redis": redis_ok, "models": models}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={401: {"model": ErrorBody}})
+    async def prometheus(client: Client = Depends(authenticate)) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory: config, keys and Redis from the environment (see :mod:`common.serving.config`)."""
+    from common.log import setup_logging
+
+    setup_logging()
+    config = ServingConfig.from_env()
+    if config.threads > 0:
+        from threadpoolctl import threadpool_limits
+
+        # One request = a few rows: OpenMP/BLAS threads only add wake-up latency (and on a loaded
+        # machine, long stalls), and the workers already use the cores. Kept for the worker's life.
+        threadpool_limits(config.threads)
+    return create_app(config)

@@ -1,0 +1,106 @@
+"""Entity keys -> features -> scores, for one loaded model version (no HTTP here).
+
+1. :func:`common.models.online_features.lookup`: one Redis round trip for every
+   entity and feature group, with the TTL rule of the training set at ``at_us``;
+2. request-time fields join the frame (NaN when absent);
+3. the model's own ``predict_features``: its on-demand transforms and its
+   estimator, the code the training job ran.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from common.models.online_features import lookup
+from common.serving.holder import LoadedModel
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Scored:
+    """What :func:`score_entities` computed, per entity in request order."""
+
+    keys: list[Any]
+    scores: np.ndarray
+    event_times_us: dict[str, np.ndarray]  # group -> per entity, -1 when absent or stale
+    missing: list[list[str]]
+
+
+def epoch_us(moment: datetime) -> int:
+    """``moment`` as integer microseconds since the epoch (naive = UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def iso_us(micros: int) -> str:
+    """Epoch microseconds as ISO 8601 UTC with a ``Z``."""
+    return (_EPOCH + timedelta(microseconds=int(micros))).isoformat().replace("+00:00", "Z")
+
+
+def score_entities(model: LoadedModel, entities: Sequence[dict[str, Any]], at_us: int) -> Scored:
+    """Scores of ``entities`` (validated: each has the entity key) with features as held online at ``at_us``.
+
+    Raises :class:`common.errors.StoreError` when the online store cannot be read.
+    """
+    spec = model.spec
+    keys = [entity[spec.entity_key] for entity in entities]
+    online = lookup(model.store, spec, keys, at_us)
+    frame, missing = online.frame, online.missing
+    for name in model.request_fields:
+        values = [entity.get(name) for entity in entities]
+        frame[name] = np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
+        for row, value in enumerate(values):
+            if value is None:
+                missing[row].append(name)
+    scores = np.asarray(model.python_model.predict_features(frame), dtype="float64")
+    return Scored(keys, scores, online.event_times_us, missing)
+
+
+def response_body(model: LoadedModel, scored: Scored, at_us: int) -> bytes:
+    """The JSON of :class:`common.serving.schemas.PredictResponse` for ``scored``.
+
+    Built as plain JSON rather than through pydantic: this is the hot path, and
+    the tests check that its output validates against the schema.
+    """
+    times = {group: stamps.tolist() for group, stamps in scored.event_times_us.items()}
+    cache: dict[int, str] = {}  # many entities share an event time (hourly tiles): format each once
+    predictions = []
+    for row, key in enumerate(scored.keys):
+        feature_times: dict[str, str | None] = {}
+        known = False
+        for group, stamps in times.items():
+            stamp = stamps[row]
+            if stamp < 0:
+                feature_times[group] = None
+            else:
+                known = True
+                text = cache.get(stamp)
+                if text is None:
+                    text = cache[stamp] = iso_us(stamp)
+                feature_times[group] = text
+        score = float(scored.scores[row])
+        predictions.append(
+            {
+                "key": key,
+                "score": score if score == score else None,
+                "known": known,
+                "feature_times": feature_times,
+                "missing": scored.missing[row],
+            }
+        )
+    body = {
+        "model": model.name,
+        "version": model.version,
+        "alias": model.alias,
+        "as_of": iso_us(at_us),
+        "predictions": predictions,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,196 @@
+"""Score firings inside ``foreachBatch``, exactly once.
+
+For each micro-batch of firings: resolve each model's alias (hot redeploy: the
+registry is asked at most every ``refresh_s`` seconds, so a moved @champion is
+used from the next micro-batch on), compute the entity's features as of the
+firing (common.features.at_times: the value REST would return at that moment),
+score with ``mlflow.pyfunc.spark_udf`` and write
+
+* the predictions Delta table and the actions table (score >= threshold), each
+  an idempotent append keyed by ``txnAppId``/``txnVersion`` = the batch id, so
+  a replayed batch never writes twice;
+* the latest prediction per entity and model in Redis, guarded by time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from common.compile.feature_spec import FeatureSpec
+from common.compile.plan import Plan
+from common.compile.triggers import TriggerPlan
+from common.features.at_times import features_at
+from common.features.offline import table_exists
+from common.models import registry
+from common.models.scoring import ModelRef, model_feature_spec, predictions_path
+from common.online.predictions import LatestPrediction, write_latest
+from common.settings import Paths
+from common.triggers.operator import FIRING_TS
+
+log = logging.getLogger("loom.triggers")
+
+
+@dataclass
+class ModelResolver:
+    """Alias -> version, re-read from the registry at most every ``refresh_s`` seconds."""
+
+    work: Paths
+    refresh_s: float = 0.0
+    _seen: dict[tuple[str, str], tuple[float, int | None]] = field(default_factory=dict)
+    _specs: dict[tuple[str, int], FeatureSpec] = field(default_factory=dict)
+    _udfs: dict[tuple[str, int], Any] = field(default_factory=dict)
+
+    def version(self, name: str, alias: str) -> int | None:
+        now = time.monotonic()
+        cached = self._seen.get((name, alias))
+        if cached is None or now - cached[0] >= self.refresh_s:
+            version = registry.version_by_alias(name, alias, registry.client(self.work))
+            if cached is not None and cached[1] != version:
+                log.info("model %s@%s moved: v%s -> v%s", name, alias, cached[1], version)
+            self._seen[(name, alias)] = (now, version)
+            return version
+        return cached[1]
+
+    def spec(self, ref: ModelRef) -> FeatureSpec:
+        if (ref.name, ref.version) not in self._specs:
+            self._specs[(ref.name, ref.version)] = model_feature_spec(ref, self.work)
+        return self._specs[(ref.name, ref.version)]
+
+    def udf(self, spark: SparkSession, ref: ModelRef) -> Any:
+        import mlflow
+
+        if (ref.name, ref.version) not in self._udfs:
+            self._udfs[(ref.name, ref.version)] = mlflow.pyfunc.spark_udf(
+                spark, ref.uri, result_type="double", env_manager="local"
+            )
+        return self._udfs[(ref.name, ref.version)]
+
+
+def _score_model(
+    spark: SparkSession, work: Paths, plan: Plan, resolver: ModelResolver, trigger: TriggerPlan, firings: DataFrame
+) -> DataFrame:
+    """Firings of one trigger with features, score, model name and version."""
+    key = trigger.entity_key
+    version = resolver.version(trigger.model, trigger.alias)
+    base = firings.select(key, "trigger", FIRING_TS, "event_id")
+    if version is None:
+        log.warning(
+            "trigger %s fired but %s@%s does not exist: firings recorded without a score",
+            trigger.name,
+            trigger.model,
+            trigger.alias,
+        )
+        return base.select(
+            "*",
+            F.lit(None).cast("map<string,double>").alias("features"),
+            F.lit(None).cast("double").alias("score"),
+            F.lit(trigger.model).alias("model_name"),
+            F.lit(None).cast("int").alias("model_version"),
+        )
+    ref = ModelRef(trigger.model, version, trigger.alias)
+    spec = resolver.spec(ref)
+    with_features = features_at(spark, work, plan, spec, base, FIRING_TS)
+    udf = resolver.udf(spark, ref)
+    names = list(spec.lookup_features)
+    snapshot = F.map_from_arrays(
+        F.array(*[F.lit(n) for n in names]), F.array(*[F.col(n).cast("double") for n in names])
+    )
+    return with_features.select(
+        F.col(key),
+        F.col("trigger"),
+        F.col(FIRING_TS),
+        F.col("event_id"),
+        snapshot.alias("features"),
+        udf(*[F.col(c) for c in (key, *names)]).alias("score"),
+        F.lit(ref.name).alias("model_name"),
+        F.lit(ref.version).alias("model_version"),
+    )
+
+
+def _append_once(frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
+    """Idempotent append: Delta skips a (txnAppId, txnVersion) it has already committed."""
+    (frame.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id).save(path))
+
+
+def make_firing_handler(
+    spark: SparkSession,
+    work: Paths,
+    plan: Plan,
+    triggers: list[TriggerPlan],
+    redis_client: Any,
+    resolver: ModelResolver,
+    app_id: str,
+) -> Callable[[DataFrame, int], None]:
+    """The ``foreachBatch`` function of a source's trigger query."""
+    by_name = {t.name: t for t in triggers}
+    predictions = predictions_path(work, plan.usecase, "stream")
+    actions = work.table(plan.usecase, "predictions", "actions")
+
+    def handle(batch: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        batch = batch.cache()
+        try:
+            counts = {r["trigger"]: r["count"] for r in batch.groupBy("trigger").count().collect()}
+            if not counts:
+                return
+            scored = None
+            for name in sorted(counts):
+                part = _score_model(spark, work, plan, resolver, by_name[name], batch.where(F.col("trigger") == name))
+                scored = part if scored is None else scored.unionByName(part)
+            thresholds = F.create_map(*[x for t in triggers for x in (F.lit(t.name), F.lit(t.threshold))])
+            rows = scored.withColumns(
+                {"action": F.col("score") >= thresholds[F.col("trigger")], "batch_id": F.lit(batch_id).cast("long")}
+            ).cache()
+            try:
+                _append_once(rows, predictions, app_id, batch_id)
+                if not table_exists(spark, actions) or rows.where("action").limit(1).count():
+                    _append_once(rows.where("action"), actions, app_id, batch_id)
+                collected = rows.where(F.col("score").isNotNull()).collect()
+            finally:
+                rows.unpersist()
+            key = triggers[0].entity_key
+            written = write_latest(
+                redis_client,
+                plan.usecase,
+                plan.version,
+                (
+                    LatestPrediction(
+                        r[key],
+                        r["model_name"],
+                        int(r[FIRING_TS].replace(tzinfo=UTC).timestamp() * 1_000_000),
+                        r["score"],
+                        r["model_version"],
+                        r["trigger"],
+                    )
+                    for r in collected
+                ),
+            )
+            newest = max((r[FIRING_TS] for r in collected), default=None)
+            seconds = time.monotonic() - started
+            lag = (datetime.now(UTC) - newest.replace(tzinfo=UTC)).total_seconds() if newest else float("nan")
+            log.info(
+                "triggers batch %d: %d firings %s, %d scored, %d actions, redis %d, %.1fs (%.0f firings/s), "
+                "lag %.1fs, versions %s",
+                batch_id,
+                sum(counts.values()),
+                counts,
+                len(collected),
+                sum(1 for r in collected if r["action"]),
+                written,
+                seconds,
+                sum(counts.values()) / seconds if seconds else 0.0,
+                lag,
+                sorted({(r["model_name"], r["model_version"]) for r in collected}),
+            )
+        finally:
+            batch.unpersist()
+
+    return handle

@@ -1,0 +1,54 @@
+"""One streaming query per events source that has triggers: bronze (Delta
+stream) -> firings (stateful operator) -> scoring (foreachBatch, exactly once)."""
+
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from common.compile.plan import Plan
+from common.compile.triggers import TriggerPlan
+from common.features.backfill import bronze_path
+from common.redis_server import connect
+from common.settings import Paths
+from common.triggers.operator import firings
+from common.triggers.scoring import ModelResolver, make_firing_handler
+
+
+def triggers_by_source(plan: Plan) -> dict[str, list[TriggerPlan]]:
+    out: dict[str, list[TriggerPlan]] = {}
+    for trigger in plan.triggers.values():
+        out.setdefault(trigger.source, []).append(trigger)
+    return out
+
+
+def start_trigger_streams(
+    spark: SparkSession,
+    work: Paths,
+    plan: Plan,
+    redis_url: str,
+    *,
+    available_now: bool = False,
+    interval: str = "5 seconds",
+    max_files_per_trigger: int | None = None,
+    model_refresh_s: float = 0.0,
+) -> list[StreamingQuery]:
+    """Start the trigger queries of ``plan`` (none when it declares no triggers)."""
+    queries = []
+    resolver = ModelResolver(work, model_refresh_s)
+    client = connect(redis_url)
+    for source, triggers in triggers_by_source(plan).items():
+        reader = spark.readStream.format("delta")
+        if max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+        events = reader.load(bronze_path(work, plan.usecase, source))
+        app_id = f"loom-{plan.usecase}-triggers-{source}"
+        writer = (
+            firings(events, triggers)
+            .writeStream.queryName(f"loom_{plan.usecase}_triggers_{source}")
+            .option("checkpointLocation", work.checkpoint(plan.usecase, f"triggers_{source}"))
+            .foreachBatch(make_firing_handler(spark, work, plan, triggers, client, resolver, app_id))
+        )
+        writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
+        queries.append(writer.start())
+    return queries

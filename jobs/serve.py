@@ -1,0 +1,91 @@
+"""``loom serve --usecase churn``: the REST prediction service (FastAPI under uvicorn).
+
+Every worker process builds the app from the environment
+(:func:`common.serving.app.app_from_env`): this job checks the options, the
+API keys and the models, writes the config into ``LOOM_SERVE_*`` variables
+and hands over to uvicorn. API keys: ``LOOM_API_KEYS`` or ``LOOM_API_KEYS_FILE``;
+Redis: ``REDIS_URL`` (or ``REDIS_URL_FILE``), ``REDIS_USERNAME``,
+``REDIS_PASSWORD(_FILE)``, ``REDIS_TLS_*`` (see common.serving.config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+from common.compile import compile_usecase
+from common.errors import ConfigError
+from common.settings import paths
+from common.spec import load_usecase
+from jobs.runner import add_usecase_argument, main_for
+
+DESCRIPTION = "Serve predictions over REST: entity keys -> online features -> the model's pyfunc (FastAPI + uvicorn)."
+APP_FACTORY = "common.serving.app:app_from_env"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_usecase_argument(parser)
+    parser.add_argument(
+        "--model", action="append", help="registered model to serve (repeatable; default: every model of the use case)"
+    )
+    parser.add_argument("--alias", default="champion", help="alias to follow (default champion)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument(
+        "--reload-interval", type=float, default=10.0, help="seconds between checks of the alias (default 10)"
+    )
+    parser.add_argument("--max-batch", type=int, default=500, help="most entities per request (default 500)")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (off by default: it costs latency)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from common.serving.auth import ApiKeys
+    from common.serving.config import ServingConfig, resolve_redis_url
+    from common.tracking import configure
+
+    plan = compile_usecase(load_usecase(args.usecase))
+    models = args.model or sorted(plan.models)
+    if not models:
+        raise ConfigError(f"use case {plan.usecase!r} declares no model. Fix: add one under models: in its metadata")
+    for name in models:
+        plan.model(name)  # a clear error naming the metadata when the model is not declared
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: at least 1. Fix: pass --workers 1 or more")
+    config = ServingConfig(
+        models=tuple(models),
+        usecase=plan.usecase,
+        alias=args.alias,
+        reload_interval_s=args.reload_interval,
+        max_batch=args.max_batch,
+    )
+    ApiKeys.from_env()  # fail here, once, rather than in every worker
+    work = paths()
+    configure(work)
+    os.environ.update(config.to_env())
+    os.environ["LOOM_HOME"] = str(work.home)
+    if not os.environ.get("REDIS_URL") and not os.environ.get("REDIS_URL_FILE"):
+        # Loom's local server (started here if needed): every worker must use the same one.
+        os.environ["REDIS_URL"] = resolve_redis_url(config, work.home)
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # /metrics of any worker then shows the sum over all workers
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="loom-serve-metrics-")
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+        log_config=None,  # keep Loom's log format (common.log)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for("serve", __import__(__name__)))
