@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from common.compile.plan import Plan
+from common.errors import ConfigError
 from common.features.online_sink import spark_online_writer
 from common.features.streaming import start_feature_streams
 from common.ingest.report import IngestReport
@@ -25,6 +27,16 @@ from common.triggers.stream import start_trigger_streams
 
 log = logging.getLogger("loom.pipeline")
 
+PARTS = ("ingest", "features", "triggers")
+
+
+def _check_parts(parts: Iterable[str]) -> frozenset[str]:
+    chosen = frozenset(parts)
+    unknown = sorted(chosen - set(PARTS))
+    if unknown or not chosen:
+        raise ConfigError(f"unknown stream part(s) {unknown or '(none given)'}. Fix: use some of {list(PARTS)}")
+    return chosen
+
 
 def catch_up(
     spark: SparkSession,
@@ -34,30 +46,39 @@ def catch_up(
     *,
     max_files_per_trigger: int | None = None,
     model_refresh_s: float = 0.0,
+    parts: Iterable[str] = PARTS,
 ) -> list[IngestReport]:
-    """Process everything that has landed, in micro-batches, then stop (availableNow)."""
+    """Process everything that has landed, in micro-batches, then stop (availableNow).
+
+    ``parts`` picks the queries: ingest, features, triggers (e.g. no triggers before any model is trained).
+    """
+    parts = _check_parts(parts)
     require_keys(plan.spec.sources)
     reports = [
         ingest_source(spark, plan.spec, name, work, "batch", max_files_per_trigger=max_files_per_trigger)
         for name in plan.spec.sources
+        if "ingest" in parts
     ]
-    queries = start_feature_streams(
-        spark,
-        work,
-        plan,
-        spark_online_writer(redis_url),
-        available_now=True,
-        max_files_per_trigger=max_files_per_trigger,
-    )
-    queries += start_trigger_streams(
-        spark,
-        work,
-        plan,
-        redis_url,
-        available_now=True,
-        max_files_per_trigger=max_files_per_trigger,
-        model_refresh_s=model_refresh_s,
-    )
+    queries = []
+    if "features" in parts:
+        queries += start_feature_streams(
+            spark,
+            work,
+            plan,
+            spark_online_writer(redis_url),
+            available_now=True,
+            max_files_per_trigger=max_files_per_trigger,
+        )
+    if "triggers" in parts:
+        queries += start_trigger_streams(
+            spark,
+            work,
+            plan,
+            redis_url,
+            available_now=True,
+            max_files_per_trigger=max_files_per_trigger,
+            model_refresh_s=model_refresh_s,
+        )
     for query in queries:
         query.awaitTermination()
         if query.exception() is not None:
@@ -75,10 +96,12 @@ def run_continuously(
     interval: str = "5 seconds",
     max_files_per_trigger: int | None = None,
     model_refresh_s: float = 0.0,
+    parts: Iterable[str] = PARTS,
 ) -> dict[str, IngestReport]:
-    """Ingest and feature queries that run until ``stop`` is set (or one fails)."""
+    """Ingest, feature and trigger queries that run until ``stop`` is set (or one fails)."""
+    parts = _check_parts(parts)
     require_keys(plan.spec.sources)
-    reports = {name: IngestReport(name) for name in plan.spec.sources}
+    reports = {name: IngestReport(name) for name in plan.spec.sources if "ingest" in parts}
     queries: list[StreamingQuery] = [
         start_ingest_stream(
             spark,

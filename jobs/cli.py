@@ -24,6 +24,7 @@ JOBS: dict[str, str] = {
     "train": "jobs.train",
     "score": "jobs.score",
     "rollback": "jobs.rollback",
+    "schedule": "jobs.schedule",
 }
 
 

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     done(started)
 
     started = step("4. stream: landing -> bronze + quarantine -> features -> Redis + Delta (availableNow)")
-    reports = catch_up(spark, plan, work, url, max_files_per_trigger=48)
+    reports = catch_up(spark, plan, work, url, max_files_per_trigger=48, parts=("ingest", "features"))
     print("   " + render_reports(reports).replace("\n", "\n   "))
     done(started)
 
@@ -160,9 +160,10 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     import mlflow
     import numpy as np
     import pandas as pd
+    from pyspark.sql import functions as F
 
     from common.models import registry
-    from common.models.scoring import score_batch
+    from common.models.scoring import predictions_path, score_batch
     from common.models.train import train_model
 
     started = step(f"7. train {name}: point-in-time training set -> MLflow run -> registry")
@@ -188,7 +189,28 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     print("   highest: " + ", ".join(f"{key} {score:.3f}" for key, score in top))
     done(started)
 
-    started = step(f"9. online score: entity keys -> Redis (one round trip) -> {name}@champion pyfunc")
+    triggered = [t for t in plan.triggers.values() if t.model == name]
+    if triggered:
+        started = step(f"9. stream-score: bronze events -> triggers {[t.name for t in triggered]} -> {name}@champion")
+        from common.triggers.stream import start_trigger_streams
+
+        for query in start_trigger_streams(spark, work, plan, url, available_now=True):
+            query.awaitTermination()
+            if query.exception() is not None:
+                raise query.exception()
+        table = spark.read.format("delta").load(predictions_path(work, plan.usecase, "stream"))
+        summary = table.groupBy("trigger", "model_version").agg(
+            F.count("*").alias("firings"), F.sum(F.col("action").cast("int")).alias("actions")
+        )
+        for row in summary.collect():
+            print(
+                f"   {row['trigger']}: {row['firings']} firings scored by v{row['model_version']}, "
+                f"{row['actions']} actions"
+            )
+        print(f"   -> {predictions_path(work, plan.usecase, 'stream')} (+ actions, + latest per customer in Redis)")
+        done(started)
+
+    started = step(f"10. online score: entity keys -> Redis (one round trip) -> {name}@champion pyfunc")
     model = mlflow.pyfunc.load_model(ref.uri, model_config={"redis_url": url})
     keys = sorted(batch)[:200]
     key_column = model.unwrap_python_model().feature_spec.entity_key

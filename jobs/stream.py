@@ -7,7 +7,7 @@ import argparse
 from common.compile import compile_usecase
 from common.ingest.report import render_reports
 from common.ingest.stream import stop_on_signals
-from common.pipeline import catch_up, run_continuously
+from common.pipeline import PARTS, catch_up, run_continuously
 from common.redis_server import describe, redis_url
 from common.settings import paths
 from common.spark import build_session
@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--trigger-interval", default="5 seconds", help="micro-batch interval (default 5 seconds)")
     parser.add_argument("--max-files-per-trigger", type=int, default=None, help="landing files per micro-batch")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run only these parts (repeatable; default all: ingest, features, triggers)",
+    )
     parser.add_argument(
         "--model-refresh",
         type=float,
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             url,
             max_files_per_trigger=args.max_files_per_trigger,
             model_refresh_s=args.model_refresh,
+            parts=args.only or PARTS,
         )
     else:
         with stop_on_signals() as stop:
@@ -64,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                     interval=args.trigger_interval,
                     max_files_per_trigger=args.max_files_per_trigger,
                     model_refresh_s=args.model_refresh,
+                    parts=args.only or PARTS,
                 ).values()
             )
     print(render_reports(reports))

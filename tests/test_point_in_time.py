@@ -8,7 +8,7 @@ import pytest
 
 from common.compile import compile_usecase
 from common.errors import CompileError
-from common.features.point_in_time import as_of
+from common.features.point_in_time import HistoryInput, as_of_join
 from common.spec.usecase import UseCase
 from tests.test_feature_windows import SPEC
 
@@ -59,14 +59,15 @@ def test_as_of_matches_a_naive_scan(spark, plan):
         [(k, t, i) for i, (k, t) in enumerate(queries)], "customer_id string, label_ts timestamp, label int"
     )
     first = plan.feature_names[0]
-    out = {r.label: r for r in as_of(labels, history, plan, "label_ts", [first], prefix="f_").collect()}
+    found = as_of_join(labels, [HistoryInput(plan, history, (first,), "f_ts")], "label_ts").collect()
+    out = {r.label: r for r in found}
     assert len(out) == len(queries)
     for i, (entity, t) in enumerate(queries):
-        assert out[i][f"f_{first}"] == _naive(rows, entity, t, timedelta(hours=2)), (entity, t)
+        assert out[i][first] == _naive(rows, entity, t, timedelta(hours=2)), (entity, t)
 
 
 def test_unknown_feature_is_a_clear_error(spark, plan):
     history, _ = _history(spark, plan)
     labels = spark.createDataFrame([("a", T0)], "customer_id string, label_ts timestamp")
     with pytest.raises(CompileError, match="has no feature"):
-        as_of(labels, history, plan, "label_ts", ["nope"])
+        as_of_join(labels, [HistoryInput(plan, history, ("nope",))], "label_ts")

@@ -9,10 +9,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.compile.feature_spec import FeatureSpec
-from common.compile.plan import FEATURE_TS, Plan
+from common.compile.plan import Plan
 from common.features.backfill import join_tables, read_bronze
 from common.features.compute import feature_history
-from common.features.point_in_time import as_of
+from common.features.point_in_time import HistoryInput, as_of_join
 from common.features.prepare import prepare
 from common.settings import Paths
 
@@ -25,7 +25,7 @@ def features_at(
     key = spec.entity_key
     keys = rows.select(key).distinct()
     bounds = rows.agg(F.min(time_column), F.max(time_column)).first()
-    out = rows
+    inputs = []
     for group in spec.groups:
         group_plan = plan.group(group.name)
         source = read_bronze(spark, work, plan.usecase, group_plan.source).join(F.broadcast(keys), key, "left_semi")
@@ -37,9 +37,5 @@ def features_at(
                     F.col(group_plan.event_time) >= F.lit(bounds[0]) - F.make_dt_interval(secs=F.lit(lookback))
                 )
         history = feature_history(group_plan, prepare(group_plan, source, join_tables(spark, work, group_plan)))
-        prefix = f"_{group.name}__"
-        out = as_of(out, history, group_plan, time_column, list(group.selected), prefix=prefix)
-        out = out.withColumnsRenamed({prefix + n: n for n in group.selected}).withColumnRenamed(
-            prefix + FEATURE_TS, f"_{group.name}_ts"
-        )
-    return out
+        inputs.append(HistoryInput(group_plan, history, tuple(group.selected), f"_{group.name}_ts"))
+    return as_of_join(rows, inputs, time_column)

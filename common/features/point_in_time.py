@@ -1,74 +1,95 @@
 """Point-in-time lookups: for each (entity, time) row, the feature values that
-existed at that time, from a group's offline history.
+existed at that time, from feature histories.
 
-A row at time ``t`` gets the history row with the greatest ``feature_ts <= t``
-(the value the online store held at ``t``: README "Time semantics"), and nulls
-when there is none or when it is older than the group's ``ttl``.
+A row at time ``t`` gets, per group, the history row with the greatest
+``feature_ts <= t`` (the value the online store held at ``t``: README "Time
+semantics"), and nulls when there is none or when it is older than the group's
+``ttl`` (an age of exactly ``ttl`` still counts).
 
-The join is a sort-merge style "as-of" join: labels and history rows of an
-entity are unioned, ordered by time, and each label takes the last history
-row before it with a window function. No cross join, no per-row Python.
+One pass for all groups: the rows and the history rows of every group are
+unioned, partitioned by entity, sorted by time (history before rows at the same
+instant), and each row takes, per group, the last history row before it with a
+window function. The rows travel through the sort as a struct, so nothing is
+joined back: one shuffle, no cross join, no per-row Python, and no reliance on
+generated row ids (which Spark may recompute differently).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan
+from common.errors import CompileError, DataError
 
-_ROW = "_pit_row"
 _T = "_pit_t"
-_IS_QUERY = "_pit_is_query"
-_FOUND = "_pit_found"
+_KIND = "_pit_kind"  # 0 = history row, 1 = query row: history sorts first at equal times
+_ROW = "_pit_row"
 
 
-def as_of(
-    rows: DataFrame,
-    history: DataFrame,
-    plan: GroupPlan,
-    time_column: str,
-    features: list[str] | None = None,
-    prefix: str = "",
-) -> DataFrame:
-    """``rows`` plus the group's features as of ``rows[time_column]`` for each row's entity.
+@dataclass(frozen=True)
+class HistoryInput:
+    """One group's history (entity key, ``feature_ts``, features) and the features to take from it."""
 
-    ``features`` defaults to all of the group's; output columns are
-    ``prefix + name``, and ``prefix + "feature_ts"`` tells when the value was computed.
-    """
-    key = plan.entity_key
-    names = list(features or plan.feature_names)
-    unknown = sorted(set(names) - set(plan.feature_names))
-    if unknown:
-        from common.errors import CompileError
+    plan: GroupPlan
+    history: DataFrame
+    features: tuple[str, ...]
+    time_column: str | None = None  # output column with the value's feature_ts; None = not returned
 
-        raise CompileError(
-            f"feature group {plan.name!r} has no feature(s) {unknown}",
-            fix=f"use some of {list(plan.feature_names)}",
+
+def as_of_join(rows: DataFrame, inputs: Sequence[HistoryInput], time_column: str) -> DataFrame:
+    """``rows`` plus, for each input, its features (as doubles) as of ``rows[time_column]``."""
+    keys = {i.plan.entity_key for i in inputs}
+    if len(keys) != 1:
+        raise DataError(f"feature groups {[i.plan.name for i in inputs]} have different entity keys {sorted(keys)}")
+    key = keys.pop()
+    for item in inputs:
+        unknown = sorted(set(item.features) - set(item.plan.feature_names))
+        if unknown:
+            raise CompileError(
+                f"feature group {item.plan.name!r} has no feature(s) {unknown}",
+                fix=f"use some of {list(item.plan.feature_names)}",
+            )
+    if key not in rows.columns or time_column not in rows.columns:
+        raise DataError(
+            f"rows need columns {key!r} and {time_column!r}; they have {rows.columns}. Fix: select or rename them"
         )
-    numbered = rows.withColumn(_ROW, F.monotonically_increasing_id())
-    queries = numbered.select(
-        F.col(key), F.col(time_column).cast("timestamp").alias(_T), F.col(_ROW), F.lit(1).alias(_IS_QUERY)
-    )
-    facts = history.select(
+    columns = rows.columns
+    queries = rows.select(
         F.col(key),
-        F.col(FEATURE_TS).alias(_T),
-        F.lit(None).cast("long").alias(_ROW),
-        F.lit(0).alias(_IS_QUERY),
-        F.struct(F.col(FEATURE_TS), *[F.col(n) for n in names]).alias(_FOUND),
+        F.col(time_column).cast("timestamp").alias(_T),
+        F.lit(1).alias(_KIND),
+        F.struct(*[F.col(c) for c in columns]).alias(_ROW),
     )
-    both = queries.withColumn(_FOUND, F.lit(None).cast(facts.schema[_FOUND].dataType)).unionByName(facts)
-    # history rows sort before a query at the same instant: feature_ts <= t counts
-    upto = Window.partitionBy(key).orderBy(_T, _IS_QUERY).rowsBetween(Window.unboundedPreceding, 0)
-    found = (
-        both.withColumn(_FOUND, F.last(_FOUND, ignorenulls=True).over(upto))
-        .where(F.col(_IS_QUERY) == 1)
-        .select(_ROW, _T, _FOUND)
-    )
-    fresh = F.col(f"{_FOUND}.{FEATURE_TS}").isNotNull()
-    if plan.ttl_s is not None:
-        age = F.unix_micros(F.col(_T)) - F.unix_micros(F.col(f"{_FOUND}.{FEATURE_TS}"))
-        fresh = fresh & (age <= F.lit(plan.ttl_s * 1_000_000))
-    values = [F.when(fresh, F.col(f"{_FOUND}.{n}")).alias(prefix + n) for n in names]
-    values.append(F.when(fresh, F.col(f"{_FOUND}.{FEATURE_TS}")).alias(prefix + FEATURE_TS))
-    return numbered.join(found.select(_ROW, *values), on=_ROW, how="left").drop(_ROW)
+    null_row = F.lit(None).cast(queries.schema[_ROW].dataType)
+    facts = {
+        f"_g{i}": item.history.select(
+            F.col(item.plan.entity_key).alias(key),
+            F.col(FEATURE_TS).alias(_T),
+            F.lit(0).alias(_KIND),
+            F.struct(F.col(FEATURE_TS), *[F.col(n).cast("double").alias(n) for n in item.features]).alias(f"_g{i}"),
+        )
+        for i, item in enumerate(inputs)
+    }
+    types = {name: df.schema[name].dataType for name, df in facts.items()}
+    both = queries.select("*", *[F.lit(None).cast(types[g]).alias(g) for g in facts])
+    for name, df in facts.items():
+        others = [F.lit(None).cast(types[g]).alias(g) for g in facts if g != name]
+        both = both.unionByName(df.select(key, _T, _KIND, null_row.alias(_ROW), name, *others))
+    upto = Window.partitionBy(key).orderBy(_T, _KIND).rowsBetween(Window.unboundedPreceding, 0)
+    found = both.select(
+        F.col(_KIND), F.col(_T), F.col(_ROW), *[F.last(g, ignorenulls=True).over(upto).alias(g) for g in facts]
+    ).where(F.col(_KIND) == 1)
+    out = [F.col(f"{_ROW}.{c}").alias(c) for c in columns]
+    for name, item in zip(facts, inputs, strict=True):
+        found_at = F.col(f"{name}.{FEATURE_TS}")
+        fresh = found_at.isNotNull()
+        if item.plan.ttl_s is not None:
+            fresh = fresh & (F.unix_micros(F.col(_T)) - F.unix_micros(found_at) <= F.lit(item.plan.ttl_s * 1_000_000))
+        out += [F.when(fresh, F.col(f"{name}.{n}")).alias(n) for n in item.features]
+        if item.time_column:
+            out.append(F.when(fresh, found_at).alias(item.time_column))
+    return found.select(*out)

@@ -3,10 +3,8 @@ existed at each label's time (README "Time semantics": the history row with the
 greatest ``feature_ts <= t``; null when there is none or it is older than the
 group's ``ttl``).
 
-One pass for all groups: the label rows and the history rows of every group are
-unioned, partitioned by entity, sorted by time (history before labels at the
-same instant) and each label takes, per group, the last history row before it.
-That is one shuffle and one sort; no cross join and no per-row Python.
+The join is common.features.point_in_time.as_of_join: one shuffle and one sort
+for all groups; no cross join and no per-row Python.
 
 Every Delta table is read at a pinned version, and the versions are returned, so
 that the same call with ``versions=`` rebuilds an identical training set.
@@ -17,19 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.compile.models import ModelPlan, resolve_feature_refs
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import DataError
 from common.features.offline import PARTITION, history_path, table_exists
+from common.features.point_in_time import HistoryInput, as_of_join
 from common.settings import Paths
 
 LABEL = "label"
-_T = "_tset_t"
-_KIND = "_tset_kind"  # 0 = history row, 1 = label row: history sorts first at equal times
-_ROW = "_tset_row"
 
 
 @dataclass(frozen=True)
@@ -119,50 +115,18 @@ def create_training_set(
         )
 
     times = labels.select(F.min(F.col(time_column)).alias("lo"), F.max(F.col(time_column)).alias("hi")).first()
-    label_columns = labels.columns
-    payload_type = F.struct(*[F.col(c) for c in label_columns])
-    label_rows = labels.select(
-        F.col(key), F.col(time_column).cast("timestamp").alias(_T), F.lit(1).alias(_KIND), payload_type.alias(_ROW)
-    )
-    null_payload = F.lit(None).cast(label_rows.schema[_ROW].dataType)
-    group_structs: dict[str, DataFrame] = {}
+    inputs = []
     for group_name, names in selected.items():
         history = histories[group_name]
         ttl = plan.group(group_name).ttl_s
         if times is not None and times["hi"] is not None:
-            # only dates that can be the newest fresh value of some label
+            # only dates that can hold the newest fresh value of some label
             history = history.where(F.col(PARTITION) <= F.to_date(F.lit(times["hi"])))
             if ttl is not None:
                 earliest = F.date_sub(F.to_date(F.lit(times["lo"])), ttl // 86400 + 1)
                 history = history.where(F.col(PARTITION) >= earliest)
-        group_structs[group_name] = history.select(
-            F.col(key),
-            F.col(FEATURE_TS).alias(_T),
-            F.lit(0).alias(_KIND),
-            F.struct(F.col(FEATURE_TS), *[F.col(n).cast("double").alias(n) for n in names]).alias(f"_g_{group_name}"),
-        )
-    struct_types = {g: df.schema[f"_g_{g}"].dataType for g, df in group_structs.items()}
-    both = label_rows.select("*", *[F.lit(None).cast(struct_types[g]).alias(f"_g_{g}") for g in selected])
-    for group_name, rows in group_structs.items():
-        others = [F.lit(None).cast(struct_types[g]).alias(f"_g_{g}") for g in selected if g != group_name]
-        both = both.unionByName(rows.select(key, _T, _KIND, null_payload.alias(_ROW), f"_g_{group_name}", *others))
-
-    upto = Window.partitionBy(key).orderBy(_T, _KIND).rowsBetween(Window.unboundedPreceding, 0)
-    found = both.select(
-        F.col(_KIND),
-        F.col(_T),
-        F.col(_ROW),
-        *[F.last(f"_g_{g}", ignorenulls=True).over(upto).alias(f"_g_{g}") for g in selected],
-    ).where(F.col(_KIND) == 1)
-    columns = [F.col(f"{_ROW}.{c}").alias(c) for c in label_columns]
-    for group_name, names in selected.items():
-        found_at = F.col(f"_g_{group_name}.{FEATURE_TS}")
-        fresh = found_at.isNotNull()
-        ttl = plan.group(group_name).ttl_s
-        if ttl is not None:
-            fresh = fresh & (F.unix_micros(F.col(_T)) - F.unix_micros(found_at) <= F.lit(ttl * 1_000_000))
-        columns += [F.when(fresh, F.col(f"_g_{group_name}.{n}")).alias(n) for n in names]
-    frame = found.select(*columns)
+        inputs.append(HistoryInput(plan.group(group_name), history, tuple(names)))
+    frame = as_of_join(labels, inputs, time_column)
     flat = [n for names in selected.values() for n in names]
     return TrainingSet(frame=frame, features=flat, entity_key=key, time_column=time_column, versions=pinned)
 

@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr
 from common.spec.base import Name, Strict
 from common.spec.features import FeatureGroup
 from common.spec.models import Model
+from common.spec.schedules import Schedule
 from common.spec.sources import Source
 from common.spec.triggers import Trigger
 
@@ -31,6 +32,7 @@ class UseCase(Strict):
     feature_groups: dict[Name, FeatureGroup] = Field(default_factory=dict)
     models: dict[Name, Model] = Field(default_factory=dict)
     triggers: dict[Name, Trigger] = Field(default_factory=dict)
+    schedules: dict[Name, Schedule] = Field(default_factory=dict)
 
     # file each (section, item) was loaded from, so later phases can name it
     _origins: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

@@ -1,0 +1,141 @@
+"""Trigger semantics: the pure matcher, then the real stateful streaming operator."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from common.compile.triggers import TriggerPlan
+from common.triggers.matcher import Rule, TriggerState, advance
+
+MIN = 60 * 1_000_000
+SEQ = Rule("sequence", 2, 30 * MIN, 0)
+ALL = Rule("all_of", 2, 30 * MIN, 0)
+T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
+A, B = 0, 1
+
+
+def run(rule: Rule, *batches: list[tuple[int, str, int]], watermark_lag: int = 10 * MIN) -> list[tuple[int, str]]:
+    """Feed batches in order (the watermark trails the newest event seen); firings as (minutes, event id)."""
+    state, out, newest = TriggerState(), [], 0
+    for batch in batches:
+        newest = max([newest] + [ts for ts, _, _ in batch])
+        for firing in advance(rule, state, list(batch), newest - watermark_lag):
+            out.append(((firing.time_us - T0) // MIN, firing.event_id))
+    return out
+
+
+def ev(minute: float, event_id: str, condition: int) -> tuple[int, str, int]:
+    return (T0 + int(minute * MIN), event_id, condition)
+
+
+def test_sequence_fires_for_a_then_b_within_the_window():
+    assert run(SEQ, [ev(0, "a", A), ev(20, "b", B)]) == [(20, "b")]
+
+
+def test_sequence_does_not_fire_for_b_then_a_but_all_of_does():
+    assert run(SEQ, [ev(0, "b", B), ev(20, "a", A)]) == []
+    assert run(ALL, [ev(0, "b", B), ev(20, "a", A)]) == [(20, "a")]
+
+
+def test_no_firing_outside_the_window_and_the_edge_counts():
+    assert run(SEQ, [ev(0, "a", A), ev(31, "b", B)]) == []
+    assert run(SEQ, [ev(0, "a", A), ev(30, "b", B)]) == [(30, "b")]  # exactly `within` apart: fires
+
+
+def test_equal_times_are_not_a_sequence():
+    assert run(SEQ, [ev(5, "a", A), ev(5, "b", B)]) == []
+
+
+def test_fires_once_per_cooldown():
+    rule = Rule("sequence", 2, 30 * MIN, 60 * MIN)
+    events = [ev(0, "a1", A), ev(5, "b1", B), ev(10, "b2", B), ev(50, "a2", A), ev(55, "b3", B), ev(70, "b4", B)]
+    # b1 fires; b2 (5 min later) and b3 (50 min later) are inside the cooldown; b4 at 70 is 65 min after b1
+    assert run(rule, events) == [(5, "b1"), (70, "b4")]
+
+
+def test_out_of_order_within_the_watermark_still_fires_at_the_last_event():
+    # the support call arrives first, the outage report that preceded it one batch later
+    assert run(SEQ, [ev(20, "b", B)], [ev(12, "a", A)]) == [(20, "b")]
+
+
+def test_cooldown_looks_both_ways_for_late_completions():
+    rule = Rule("sequence", 2, 30 * MIN, 60 * MIN)
+    # b at 40 fires first; a later-arriving, earlier combination (a0 -> b0 at 30) is within the cooldown
+    assert run(rule, [ev(35, "a1", A), ev(40, "b1", B)], [ev(25, "a0", A), ev(30, "b0", B)]) == [(40, "b1")]
+
+
+def test_duplicates_and_replays_never_fire_twice():
+    batch = [ev(0, "a", A), ev(10, "b", B)]
+    assert run(SEQ, batch, batch, [ev(10, "b", B)]) == [(10, "b")]
+
+
+def test_any_of_and_a_single_event_meeting_two_conditions():
+    rule = Rule("any_of", 2, 0, 0)
+    assert run(rule, [ev(0, "x", A), ev(0, "x", B), ev(3, "y", B)]) == [(0, "x"), (3, "y")]
+
+
+def test_state_is_bounded_by_the_watermark():
+    state = TriggerState()
+    for minute in range(0, 600, 5):
+        advance(SEQ, state, [ev(minute, f"a{minute}", A)], T0 + minute * MIN - 10 * MIN)
+    # only events that a future combination (after the watermark) can still use remain
+    assert len(state.events) <= (30 + 10) // 5 + 1
+    assert TriggerState.from_json(state.to_json()) == state
+
+
+# --- the real operator: Delta stream -> applyInPandasWithState -> foreachBatch ---------------
+
+TRIGGER = TriggerPlan(
+    usecase="t",
+    name="outage_then_call",
+    kind="sequence",
+    conditions=("event_type = 'outage_report'", "event_type = 'support_call'"),
+    entity_key="customer_id",
+    source="events",
+    event_time="ts",
+    id_column="event_id",
+    within_s=1800,
+    cooldown_s=3600,
+    watermark_s=600,
+    model="churn",
+    alias="champion",
+    threshold=0.5,
+)
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _append(spark, path: str, rows: list[tuple[str, str, str, float]]) -> None:
+    frame = spark.createDataFrame(
+        [(eid, cid, kind, START + timedelta(minutes=m)) for eid, cid, kind, m in rows],
+        "event_id string, customer_id string, event_type string, ts timestamp",
+    )
+    frame.write.format("delta").mode("append").save(path)
+
+
+def _drain(spark, path: str, checkpoint: str, sink: list) -> None:
+    from common.triggers.operator import firings
+
+    stream = spark.readStream.format("delta").option("maxFilesPerTrigger", 1).load(path)
+    query = (
+        firings(stream, [TRIGGER])
+        .writeStream.option("checkpointLocation", checkpoint)
+        .foreachBatch(lambda df, _: sink.extend(tuple(r) for r in df.collect()))
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    assert query.exception() is None
+
+
+def test_operator_keeps_state_across_batches_and_restarts(spark, tmp_path):
+    path, checkpoint, out = str(tmp_path / "events"), str(tmp_path / "cp"), []
+    _append(spark, path, [("e1", "C1", "support_call", 20), ("e2", "C2", "outage_report", 0)])
+    _append(spark, path, [("e3", "C1", "outage_report", 12), ("e4", "C2", "payment", 5)])
+    _drain(spark, path, checkpoint, out)
+    # restart from the checkpoint: state (C2's outage) survives
+    _append(spark, path, [("e5", "C2", "support_call", 25), ("e6", "C3", "support_call", 1)])
+    _append(spark, path, [("e7", "C2", "support_call", 40)])  # inside C2's cooldown
+    _append(spark, path, [("e8", "C3", "outage_report", 0.5)])  # C3: call before outage -> no firing
+    _drain(spark, path, checkpoint, out)
+    fired = sorted((r[0], r[3], r[2].replace(tzinfo=UTC) if r[2].tzinfo is None else r[2]) for r in out)
+    assert fired == [("C1", "e1", START + timedelta(minutes=20)), ("C2", "e5", START + timedelta(minutes=25))]
