@@ -10,9 +10,10 @@ Set-up, all on this machine:
 * the real server: ``uvicorn common.serving.app:app_from_env --factory`` in a
   subprocess, one worker (what ``loom serve`` runs), configured by the environment;
 * an open-loop load generator (asyncio on uvloop, raw HTTP/1.1 keep-alive
-  connections, a new connection whenever all are busy): requests leave at a
-  fixed rate whatever the answers do, and each latency is from the moment its
-  request is written to the moment its whole answer is read.
+  connections, up to 32): requests are due at a fixed rate whatever the
+  answers do, and each latency runs from the moment its request is due to the
+  moment its whole answer is read (waiting for a free connection counts). The
+  generator's own timer lag is reported in the note.
 
 Measured path: HTTP -> API key -> one MGET -> on-demand transforms -> predict ->
 JSON, for 1 and for 100 random entities per request. For context, the same
@@ -46,6 +47,7 @@ NAME = "serving"
 FEATURES = 50
 MODEL = "bench_serving"
 RATE = 200  # requests per second, open loop
+MAX_CONNECTIONS = 32  # beyond this, due requests wait for a connection (and that wait counts)
 EVENT_TIME_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 FEAST_PYTHON = Path(__file__).resolve().parent.parent / ".cache" / "feast-venv" / "bin" / "python"
 
@@ -231,9 +233,15 @@ async def _exchange(connection: tuple[Any, Any], request: bytes) -> tuple[int, b
 
 
 async def _open_loop(port: int, requests: list[bytes], rate: float) -> dict[str, Any]:
-    """Send ``requests`` at ``rate`` per second on a pool of keep-alive connections; latency per request."""
+    """Send ``requests`` at ``rate`` per second on at most MAX_CONNECTIONS keep-alive connections.
+
+    Each latency runs from the moment the request is due to leave (after the
+    generator's timer fired) to the moment its whole answer is read, so time
+    spent waiting for a free connection when the server falls behind counts.
+    """
     loop = asyncio.get_running_loop()
     idle: list[tuple[Any, Any]] = []
+    free = asyncio.Semaphore(MAX_CONNECTIONS)
     opened = 0
     latencies: list[float] = []
     lags: list[float] = []
@@ -242,19 +250,20 @@ async def _open_loop(port: int, requests: list[bytes], rate: float) -> dict[str,
 
     async def one(request: bytes, scheduled: float) -> None:
         nonlocal opened
-        if idle:
-            connection = idle.pop()
-        else:
-            connection = await asyncio.open_connection("127.0.0.1", port)
-            opened += 1
-        sent = time.perf_counter()
+        due = time.perf_counter()
         lags.append(loop.time() - scheduled)
-        status, body = await _exchange(connection, request)
-        latencies.append(time.perf_counter() - sent)
+        async with free:
+            if idle:
+                connection = idle.pop()
+            else:
+                connection = await asyncio.open_connection("127.0.0.1", port)
+                opened += 1
+            status, body = await _exchange(connection, request)
+            latencies.append(time.perf_counter() - due)
+            idle.append(connection)
         statuses[status] = statuses.get(status, 0) + 1
         if not sample:
             sample.append(body)
-        idle.append(connection)
 
     start = loop.time() + 0.05
     tasks = []
@@ -278,6 +287,20 @@ async def _open_loop(port: int, requests: list[bytes], rate: float) -> dict[str,
     }
 
 
+async def _sequential(port: int, requests: list[bytes]) -> list[float]:
+    """One request at a time on one connection: the service time, without queueing."""
+    connection = await asyncio.open_connection("127.0.0.1", port)
+    latencies = []
+    for request in requests:
+        sent = time.perf_counter()
+        status, _ = await _exchange(connection, request)
+        latencies.append(time.perf_counter() - sent)
+        if status != 200:
+            raise RuntimeError(f"sequential request answered {status}")
+    connection[1].close()
+    return latencies
+
+
 def _run_loop(coroutine: Any) -> Any:
     try:
         import uvloop
@@ -293,6 +316,19 @@ def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> list[di
     for batch, target in ((1, 2.5), (100, 10.0)):
         warm = _requests(port, api_key, keys, batch, 200)
         _run_loop(_open_loop(port, warm, RATE))
+        label = f"HTTP predict {batch} {'entity' if batch == 1 else 'entities'} × 50 features"
+        alone = _run_loop(_sequential(port, _requests(port, api_key, keys, batch, 200 if quick else 1000)))
+        note = f"{len(alone)} requests one after the other (closed loop, no queueing): the service time"
+        for q in (50, 99):
+            rows.append(
+                {
+                    "metric": f"{label}, sequential p{q}",
+                    "value": _ms(alone, q),
+                    "unit": "ms",
+                    "target": None,
+                    "note": note,
+                }
+            )
         result = _run_loop(_open_loop(port, _requests(port, api_key, keys, batch, int(RATE * seconds)), RATE))
         body = json.loads(result["sample"])
         if result["statuses"] != {200: len(result["latencies"])} or len(body["predictions"]) != batch:
@@ -301,9 +337,8 @@ def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> list[di
             raise RuntimeError(f"the server did not find the bench features: {result['sample'][:300]!r}")
         note = (
             f"{len(result['latencies'])} requests at {RATE} rps open loop (achieved {result['achieved_rps']:.0f}), "
-            f"{result['connections']} connection(s), send lag p99 {result['lag_p99_ms']} ms, 1 uvicorn worker"
+            f"{result['connections']} connection(s) (max {MAX_CONNECTIONS}), timer lag p99 {result['lag_p99_ms']} ms, 1 uvicorn worker"
         )
-        label = f"HTTP predict {batch} {'entity' if batch == 1 else 'entities'} × 50 features"
         rows.append(
             {
                 "metric": f"{label} p50",

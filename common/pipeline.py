@@ -113,10 +113,14 @@ def run_continuously(
             max_files_per_trigger=max_files_per_trigger,
             report=reports[name],
         )
-        for name in plan.spec.sources
+        for name in reports
     ]
-    queries += start_feature_streams(spark, work, plan, spark_online_writer(redis_url), interval=interval)
-    queries += start_trigger_streams(spark, work, plan, redis_url, interval=interval, model_refresh_s=model_refresh_s)
+    if "features" in parts:
+        queries += start_feature_streams(spark, work, plan, spark_online_writer(redis_url), interval=interval)
+    if "triggers" in parts:
+        queries += start_trigger_streams(
+            spark, work, plan, redis_url, interval=interval, model_refresh_s=model_refresh_s
+        )
     log.info("streaming %d queries every %s; stop with Ctrl-C or SIGTERM", len(queries), interval)
     run_until_stopped(queries, stop)
     for query in queries:

@@ -25,6 +25,7 @@ JOBS: dict[str, str] = {
     "score": "jobs.score",
     "rollback": "jobs.rollback",
     "schedule": "jobs.schedule",
+    "serve": "jobs.serve",
 }
 
 

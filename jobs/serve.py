@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 
 from common.compile import compile_usecase
@@ -72,18 +73,24 @@ def run(args: argparse.Namespace) -> int:
     if not os.environ.get("REDIS_URL") and not os.environ.get("REDIS_URL_FILE"):
         # Loom's local server (started here if needed): every worker must use the same one.
         os.environ["REDIS_URL"] = resolve_redis_url(config, work.home)
+    metrics_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics of any worker then shows the sum over all workers
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="loom-serve-metrics-")
-    uvicorn.run(
-        APP_FACTORY,
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        access_log=args.access_log,
-        log_config=None,  # keep Loom's log format (common.log)
-    )
+        metrics_dir = tempfile.mkdtemp(prefix="loom-serve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=args.access_log,
+            log_config=None,  # keep Loom's log format (common.log)
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

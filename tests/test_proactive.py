@@ -23,6 +23,7 @@ import mlflow
 import pytest
 from pyspark.sql import functions as F
 
+from common.features.offline import table_exists
 from common.models import registry
 from common.models.scoring import predictions_path, score_batch
 from common.settings import Paths
@@ -172,9 +173,8 @@ def test_champion_moves_during_a_run_without_restart(spark, clean_run, stream_la
     try:
         deadline = time.monotonic() + 300
         path = predictions_path(work, "churn", "stream")
-        while time.monotonic() < deadline:
-            if Path(path, "_delta_log").exists() and _predictions(spark, work).count() > 0:
-                break
+        while time.monotonic() < deadline and not (table_exists(spark, path) and _predictions(spark, work).count()):
+            assert query.exception() is None
             time.sleep(1)
         registry.promote("churn", int(new.version), "redeploy test", registry.client(trained_churn.work))
         query.processAllAvailable()

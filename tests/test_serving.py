@@ -159,22 +159,30 @@ def _lookup_features(client) -> tuple[str, ...]:
 # -- security -----------------------------------------------------------------
 
 
-def test_api_keys_are_required_and_scoped(api, latest_rows):
+def test_api_keys_are_required_and_scoped(api, latest_rows, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
     entities = [{"customer_id": _keys(latest_rows, 1)[0]}]
-    no_key = _predict(api, entities, headers={})
+    wrong = "not-a-key-of-this-server-123"
+    answers = [no_key := _predict(api, entities, headers={})]
     assert no_key.status_code == 401 and no_key.headers["www-authenticate"] == "Bearer"
-    assert _predict(api, entities, headers={"X-API-Key": "not-a-key-of-this-server-123"}).status_code == 401
-    assert _predict(api, entities, headers={"Authorization": "Basic " + OPS_KEY}).status_code == 401
-    assert _predict(api, entities, headers={"X-API-Key": OPS_KEY[:-1]}).status_code == 401  # a prefix is no key
-    forbidden = _predict(api, entities, headers={"X-API-Key": OTHER_KEY})
-    assert forbidden.status_code == 403 and "other" in forbidden.json()["detail"]
+    answers.append(_predict(api, entities, headers={"X-API-Key": wrong}))
+    answers.append(_predict(api, entities, headers={"Authorization": "Basic " + OPS_KEY}))
+    answers.append(_predict(api, entities, headers={"X-API-Key": OPS_KEY[:-1]}))  # a prefix is no key
+    assert [a.status_code for a in answers[1:]] == [401, 401, 401]
+    answers.append(forbidden := _predict(api, entities, headers={"X-API-Key": OTHER_KEY}))
+    assert forbidden.status_code == 403 and "(other)" in forbidden.json()["detail"]  # the key's name, not the key
     assert _predict(api, entities, headers={"Authorization": f"Bearer {SCREEN_KEY}"}).status_code == 200
     assert _predict(api, entities, headers={"X-API-Key": SCREEN_KEY}).status_code == 200
     # 403 before 404: a restricted key learns nothing about other models
-    assert _predict(api, entities, headers={"X-API-Key": SCREEN_KEY}, model="secret_model").status_code == 403
+    answers.append(hidden := _predict(api, entities, headers={"X-API-Key": SCREEN_KEY}, model="secret_model"))
+    assert hidden.status_code == 403
     # the body of an unauthenticated request is not even parsed
     assert api.post("/v1/models/churn/predict", content=b"{not json", headers={}).status_code == 401
     assert api.get("/metrics").status_code == 401
+    captured = capsys.readouterr()
+    for text in [*(a.text for a in answers), caplog.text, captured.out, captured.err]:
+        for secret in (OPS_KEY, OPS_KEY[:-1], SCREEN_KEY, OTHER_KEY, wrong):
+            assert secret not in text
 
 
 def test_key_file_and_bad_key_configs(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def lookup(store: OnlineStore, spec: FeatureSpec, keys: Sequence[Any], at_us: in
     now_us = int(time.time() * 1_000_000) if at_us is None else int(at_us)
     keys = list(keys)
     result = store.read(keys, [g.name for g in spec.groups])
-    columns: dict[str, Any] = {spec.entity_key: keys}
+    blocks: list[np.ndarray] = []
     times: dict[str, np.ndarray] = {}
     missing: list[list[str]] = [[] for _ in keys]
     for group in spec.groups:
@@ -60,9 +60,12 @@ def lookup(store: OnlineStore, spec: FeatureSpec, keys: Sequence[Any], at_us: in
             if fresh:
                 values[row] = vector.values[positions]
                 stamps[row] = vector.event_time_us
-        for row in range(len(keys)):
-            missing[row] += [name for name, value in zip(group.selected, values[row], strict=True) if value != value]
-        for index, name in enumerate(group.selected):
-            columns[name] = values[:, index]
+        absent = np.isnan(values)
+        if absent.any():
+            for row in np.flatnonzero(absent.any(axis=1)):
+                missing[row] += [name for name, gone in zip(group.selected, absent[row], strict=True) if gone]
+        blocks.append(values)
         times[group.name] = stamps
-    return OnlineFeatures(pd.DataFrame(columns), times, missing)
+    frame = pd.DataFrame(np.hstack(blocks) if blocks else np.empty((len(keys), 0)), columns=list(spec.lookup_features))
+    frame.insert(0, spec.entity_key, keys)
+    return OnlineFeatures(frame, times, missing)

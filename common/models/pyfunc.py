@@ -35,7 +35,14 @@ ESTIMATOR = "estimator"
 def model_matrix(spec: FeatureSpec, features: pd.DataFrame) -> np.ndarray:
     """The estimator's input: looked-up features plus on-demand outputs, as float64 (NaN = missing)."""
     lookup = list(spec.lookup_features)
-    frame = features[lookup].apply(pd.to_numeric, errors="coerce").astype("float64")
+    block = features[lookup]
+    if all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
+        values = block.to_numpy(dtype="float64", na_value=np.nan)  # fast path: REST and stream send numbers
+    else:
+        values = block.apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    if not spec.on_demand:
+        return values
+    frame = pd.DataFrame(values, columns=lookup, index=features.index)
     extra = [c for c in features.columns if c not in frame.columns]
     frame = pd.concat([frame, features[extra]], axis=1) if extra else frame
     frame = apply_on_demand(frame, spec.on_demand)

@@ -42,7 +42,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
-from common.errors import StoreError
+from common.errors import ConfigError, StoreError
 from common.models.online_features import online_groups
 from common.online.base import get_online_store
 from common.serving.auth import ApiKeys, Client
@@ -231,7 +231,7 @@ def create_app(
             found = holder.cached(name, version) if name in config.models else None
             # loading an explicit version takes a second or more: not on the event loop
             return found if found is not None else await run_in_threadpool(holder.get, name, version)
-        except ModelNotFound as err:
+        except (ModelNotFound, ConfigError) as err:  # ConfigError: a registered version that is no Loom model
             raise HTTPException(404, str(err)) from None
         except ModelNotReady as err:
             raise unavailable(f"{err}; retry later") from None
@@ -279,7 +279,8 @@ def create_app(
         missing = sum(len(m) for m in scored.missing)
         if missing:
             metrics.missing.labels(model).inc(missing)
-        return Response(response_body(loaded, scored, at_us), media_type="application/json")
+        alias = config.alias if parsed.version is None else None
+        return Response(response_body(loaded, scored, at_us, alias), media_type="application/json")
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -309,9 +310,23 @@ def app_from_env() -> FastAPI:
     setup_logging()
     config = ServingConfig.from_env()
     if config.threads > 0:
-        from threadpoolctl import threadpool_limits
-
-        # One request = a few rows: OpenMP/BLAS threads only add wake-up latency (and on a loaded
-        # machine, long stalls), and the workers already use the cores. Kept for the worker's life.
-        threadpool_limits(config.threads)
+        limit_threads(config.threads)
     return create_app(config)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap OpenMP/BLAS threads of this process for good (a serving worker's, not a test run's).
+
+    One request is a few rows: extra threads only add wake-up latency (on a busy
+    machine, stalls of many milliseconds), and the workers already share the
+    cores. The variables cover runtimes loaded later (the estimator's OpenMP
+    comes with the model); threadpoolctl covers those already loaded (numpy's BLAS).
+    """
+    import os
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import sklearn.ensemble  # noqa: F401  - loads scikit-learn's OpenMP runtime now, so the cap below reaches it
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)

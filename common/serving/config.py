@@ -75,7 +75,7 @@ class ServingConfig:
             if not ok:
                 raise ConfigError(
                     f"serving setting {name} = {getattr(self, name)!r} is out of range. "
-                    f"Fix: give {PREFIX}{name.upper()} a positive value"
+                    f"Fix: set {PREFIX}{name.upper()} to {'0 or more' if name == 'threads' else 'a positive number'}"
                 )
 
     @classmethod

@@ -64,8 +64,10 @@ def score_entities(model: LoadedModel, entities: Sequence[dict[str, Any]], at_us
     return Scored(keys, scores, online.event_times_us, missing)
 
 
-def response_body(model: LoadedModel, scored: Scored, at_us: int) -> bytes:
+def response_body(model: LoadedModel, scored: Scored, at_us: int, alias: str | None) -> bytes:
     """The JSON of :class:`common.serving.schemas.PredictResponse` for ``scored``.
+
+    ``alias``: the alias that selected the version (None when the request named the version).
 
     Built as plain JSON rather than through pydantic: this is the hot path, and
     the tests check that its output validates against the schema.
@@ -99,7 +101,7 @@ def response_body(model: LoadedModel, scored: Scored, at_us: int) -> bytes:
     body = {
         "model": model.name,
         "version": model.version,
-        "alias": model.alias,
+        "alias": alias,
         "as_of": iso_us(at_us),
         "predictions": predictions,
     }
