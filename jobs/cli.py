@@ -26,6 +26,8 @@ JOBS: dict[str, str] = {
     "rollback": "jobs.rollback",
     "schedule": "jobs.schedule",
     "serve": "jobs.serve",
+    "evaluate": "jobs.evaluate",
+    "retrain": "jobs.retrain",
 }
 
 

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--late-rate", type=float, default=defaults.late_rate, help="share of late events")
     parser.add_argument("--events-per-day", type=float, default=defaults.events_per_day, help="per active customer")
     parser.add_argument("--rows-per-file", type=int, default=defaults.rows_per_file, help="largest file, in rows")
+    parser.add_argument(
+        "--drift-at", type=iso_date, default=None, help="the world changes from this day on (YYYY-MM-DD; default never)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="landing root (default $LOOM_HOME/landing/<usecase>)")
     parser.add_argument("--overwrite", action="store_true", help="delete files already in the source folders")
 
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         late_rate=args.late_rate,
         events_per_day=args.events_per_day,
         rows_per_file=args.rows_per_file,
+        drift_at=args.drift_at,
     )
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file. Fix: pass a folder")

@@ -19,6 +19,19 @@ The model, i.e. the signal a churn model can learn:
   + 0.8·min(failed payments, 3) + 0.4·[plan = basic]``, counting only events
   before ``label_ts``. A churned customer sends nothing after it.
 
+The drift switch (``GenerateOptions.drift_at``): from 00:00 UTC of that day the
+world changes, and everything before it stays byte-identical to the run
+without the switch (the drift draws its own random numbers):
+
+* concept: outages stop mattering (the operator now credits every outage
+  automatically) and failed payments matter much more (a price rise): labels
+  with ``label_ts`` at or after the switch use ``LOGIT_OUTAGE_THEN_CALL_AFTER``
+  and ``LOGIT_FAILED_PAYMENT_AFTER``;
+* features: another ``SHORT_OF_MONEY_SHARE_AFTER`` of the customers become short
+  of money (more failed payments: ``failed_payments_30d`` shifts), and streaming
+  sessions get ``STREAMING_FACTOR_AFTER`` times as long (``streaming_minutes_1d``
+  shifts).
+
 Files (names sort in arrival order; folders come from the use case's source paths):
 
 * ``customers/customers-<time>-NNN.csv``: the snapshot before the first day, then
@@ -95,6 +108,13 @@ LOGIT_OUTAGE_THEN_CALL = 2.6
 LOGIT_SUPPORT_CALL = 0.3
 LOGIT_FAILED_PAYMENT = 0.8
 LOGIT_BASIC_PLAN = 0.4
+
+# after GenerateOptions.drift_at
+LOGIT_OUTAGE_THEN_CALL_AFTER = 0.0
+LOGIT_FAILED_PAYMENT_AFTER = 2.0
+SHORT_OF_MONEY_SHARE_AFTER = 0.5
+STREAMING_FACTOR_AFTER = 0.25
+DRIFT_SEED_SALT = 1  # the drift's own random stream: [seed, salt]
 
 VERY_LATE_SHARE = 0.1
 REPLAY_RESERVOIR = 256
@@ -269,12 +289,15 @@ class _Population:
         owner = np.repeat(np.arange(regions.size), highs - lows)
         return (np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)), owner
 
-    def churn_probability(self, customers: np.ndarray) -> np.ndarray:
+    def churn_probability(self, customers: np.ndarray, after_drift: np.ndarray | bool = False) -> np.ndarray:
+        """P(churn) at the label; ``after_drift`` (per customer) switches to the drifted coefficients."""
+        outage = np.where(after_drift, LOGIT_OUTAGE_THEN_CALL_AFTER, LOGIT_OUTAGE_THEN_CALL)
+        failed = np.where(after_drift, LOGIT_FAILED_PAYMENT_AFTER, LOGIT_FAILED_PAYMENT)
         logit = (
             LOGIT_BASE
-            + LOGIT_OUTAGE_THEN_CALL * np.minimum(self.outage_then_call[customers], 2)
+            + outage * np.minimum(self.outage_then_call[customers], 2)
             + LOGIT_SUPPORT_CALL * np.minimum(self.calls[customers], 6)
-            + LOGIT_FAILED_PAYMENT * np.minimum(self.failed[customers], 3)
+            + failed * np.minimum(self.failed[customers], 3)
             + LOGIT_BASIC_PLAN * (self.plan[customers] == 0)
         )
         return _sigmoid(logit)
@@ -336,6 +359,10 @@ class _Simulation:
         self.customer_reservoir: list[str] = []
         self.valid_events = 0
         self.late_events = 0
+        self.drift_ts: int | None = None
+        if options.drift_at is not None:
+            at = options.drift_at
+            self.drift_ts = int(datetime(at.year, at.month, at.day, tzinfo=UTC).timestamp())
 
     # --- the loop ---
 
@@ -362,13 +389,32 @@ class _Simulation:
             "churn_rate": float(pop.churned[decided].mean()) if decided.any() else math.nan,
             "churn_rate_outage_then_call": float(pop.churned[with_signal].mean()) if with_signal.any() else math.nan,
             "churn_rate_other": float(pop.churned[without].mean()) if without.any() else math.nan,
+            **self._drift_facts(decided),
         }
 
+    def _drift_facts(self, decided: np.ndarray) -> dict[str, float]:
+        if self.drift_ts is None:
+            return {}
+        after = decided & (self.pop.label_ts >= self.drift_ts)
+        rates = {}
+        for name, mask in (("churn_rate_before_drift", decided & ~after), ("churn_rate_after_drift", after)):
+            rates[name] = float(self.pop.churned[mask].mean()) if mask.any() else math.nan
+        return rates
+
     # --- one simulated hour ---
+
+    def _drift_population(self) -> None:
+        """At the switch: more customers become short of money (own random stream: the main one is untouched)."""
+        pop = self.pop
+        drift_rng = np.random.default_rng([self.options.seed, DRIFT_SEED_SALT])
+        newly = drift_rng.random(pop.n) < SHORT_OF_MONEY_SHARE_AFTER
+        pop.fail_p = np.where(newly, FAIL_P_POOR, pop.fail_p)
 
     def _hour_events(self, hour: int) -> pd.DataFrame:
         rng, pop = self.rng, self.pop
         h0 = self.start + hour * 3600
+        if self.drift_ts is not None and h0 == self.drift_ts:
+            self._drift_population()
 
         weights = pop.activity * pop.active
         total = float(weights.sum())
@@ -408,6 +454,9 @@ class _Simulation:
         calls, streams = kinds == CALL, kinds == STREAMING
         duration[calls] = np.round(rng.lognormal(math.log(360), 0.6, int(calls.sum())), 1)
         duration[streams] = np.round(rng.lognormal(math.log(2400), 0.7, int(streams.sum())), 1)
+        if self.drift_ts is not None:  # same draws, scaled: the random stream stays aligned
+            shifted = streams & (ts >= self.drift_ts)
+            duration[shifted] = np.round(duration[shifted] * STREAMING_FACTOR_AFTER, 1)
         channel = np.zeros(n, dtype=np.int8)
         for kind in range(EVENT_TYPES.size):
             mask = kinds == kind
@@ -454,7 +503,8 @@ class _Simulation:
         due = np.flatnonzero((pop.churned < 0) & (pop.label_ts < until))
         if not due.size:
             return
-        churned = (self.rng.random(due.size) < pop.churn_probability(due)).astype(np.int8)
+        after = pop.label_ts[due] >= self.drift_ts if self.drift_ts is not None else False
+        churned = (self.rng.random(due.size) < pop.churn_probability(due, after)).astype(np.int8)
         pop.churned[due] = churned
         pop.active[due[churned == 1]] = False
         self.outcomes.append(pd.DataFrame({"customer": due, "ts": pop.label_ts[due], "churned": churned}))

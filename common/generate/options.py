@@ -21,6 +21,7 @@ class GenerateOptions:
     late_rate: float = 0.02
     events_per_day: float = 4.0
     rows_per_file: int = 250_000
+    drift_at: date | None = None  # the world changes at 00:00 UTC of this day (common/generate/churn.py)
 
     def __post_init__(self) -> None:
         checks = [
@@ -31,6 +32,16 @@ class GenerateOptions:
             (self.events_per_day > 0, "--events-per-day", self.events_per_day, "use a positive number"),
             (self.rows_per_file >= 1, "--rows-per-file", self.rows_per_file, "use at least 1"),
         ]
+        if self.drift_at is not None:
+            last = self.start + timedelta(days=self.days - 1)
+            checks.append(
+                (
+                    self.start < self.drift_at <= last,
+                    "--drift-at",
+                    self.drift_at.isoformat(),
+                    f"pick a day after --start {self.start.isoformat()} and at most {last.isoformat()}",
+                )
+            )
         for ok, option, value, fix in checks:
             if not ok:
                 raise ConfigError(f"{option} {value!r} is out of range. Fix: {fix}")

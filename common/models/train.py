@@ -26,6 +26,7 @@ from common.models.lineage import code_version, pip_requirements
 from common.models.metrics import evaluate, improvement
 from common.models.pyfunc import ESTIMATOR, FEATURE_SPEC, LoomModel, model_matrix
 from common.models.training_set import LABEL, TableVersion, model_training_set
+from common.monitoring.profile import log_training_profile, training_profile
 from common.settings import Paths
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ def train_model(
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if v == v})
         mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_dict(importances, "feature_importance.json")
+        log_training_profile(training_profile(frame, model.feature_spec.lookup_features, scores))
         mlflow.log_text(model.feature_spec.to_json(), "feature_spec.json")
         _log_plots(y_test, scores, importances)
         example = split.holdout[[model.entity_key, *model.feature_spec.lookup_features]].head(3)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator
 
 from common.spec.base import Name, Strict
+from common.spec.monitoring import DriftRule, Evaluation, Retrain
 from common.spec.sql import check_sql
 from common.spec.transforms import BucketizeTransform, ClipTransform, FillTransform, LogTransform, RatioTransform
 
@@ -84,6 +85,9 @@ class Model(Strict):
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="action threshold for precision/recall")
     promotion: Promotion = Field(default_factory=Promotion)
     schedule: str | None = Field(default=None, description="retraining schedule, a cron expression")
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    drift: DriftRule = Field(default_factory=DriftRule)
+    retrain: Retrain = Field(default_factory=Retrain)
 
     @field_validator("schedule")
     @classmethod

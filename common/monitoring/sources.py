@@ -1,0 +1,100 @@
+"""What the evaluation reads: every prediction table of a use case, and the outcomes.
+
+Prediction tables live at ``common.models.scoring.predictions_path(work,
+usecase, kind)`` for kind batch, stream and rest; a missing table is skipped.
+Each is normalized to: entity key, ``prediction_ts``, ``score``, ``model_name``,
+``model_version`` and ``path`` (the kind). The prediction time is the table's
+``prediction_ts`` (batch, REST) or ``firing_ts`` (stream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from common.compile.models import ModelPlan
+from common.errors import DataError
+from common.features.offline import table_exists
+from common.models.scoring import predictions_path
+from common.settings import Paths
+
+PATHS: tuple[str, ...] = ("batch", "stream", "rest")
+PREDICTION_TS = "prediction_ts"
+LABEL_TS = "label_ts"
+LABEL = "label"
+# the prediction time of each table, by the first of these columns it has
+TIME_COLUMNS: tuple[str, ...] = ("prediction_ts", "firing_ts")
+
+
+@dataclass
+class Predictions:
+    """The normalized union of the prediction tables that exist, and which ones did."""
+
+    frame: DataFrame | None
+    found: dict[str, str] = field(default_factory=dict)  # kind -> table path
+    missing: list[str] = field(default_factory=list)
+
+
+def _normalize(table: DataFrame, kind: str, path: str, key: str) -> DataFrame:
+    time_column = next((c for c in TIME_COLUMNS if c in table.columns), None)
+    needed = [key, "score", "model_name", "model_version"]
+    absent = [c for c in needed if c not in table.columns] + ([] if time_column else [" or ".join(TIME_COLUMNS)])
+    if absent:
+        raise DataError(
+            f"predictions table {path} ({kind}) lacks columns {absent}; it has {table.columns}. "
+            f"Fix: write {needed} and a prediction time ({' or '.join(TIME_COLUMNS)}) to it"
+        )
+    return table.select(
+        F.col(key).cast("string").alias(key),
+        F.col(time_column).cast("timestamp").alias(PREDICTION_TS),
+        F.col("score").cast("double").alias("score"),
+        F.col("model_name").cast("string").alias("model_name"),
+        F.col("model_version").cast("int").alias("model_version"),
+        F.lit(kind).alias("path"),
+    )
+
+
+def read_predictions(
+    spark: SparkSession, work: Paths, usecase: str, model_name: str, key: str, paths: tuple[str, ...] = PATHS
+) -> Predictions:
+    """Scored predictions of ``model_name`` from every prediction table that exists (rows without a
+    score or a version, e.g. firings while no model was registered, are not predictions)."""
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    union: DataFrame | None = None
+    for kind in paths:
+        path = predictions_path(work, usecase, kind)
+        if not table_exists(spark, path):
+            missing.append(kind)
+            continue
+        found[kind] = path
+        rows = _normalize(spark.read.format("delta").load(path), kind, path, key)
+        rows = rows.where(
+            (F.col("model_name") == model_name)
+            & F.col("score").isNotNull()
+            & F.col("model_version").isNotNull()
+            & F.col(PREDICTION_TS).isNotNull()
+        )
+        union = rows if union is None else union.unionByName(rows)
+    return Predictions(union, found, missing)
+
+
+def read_outcomes(spark: SparkSession, work: Paths, usecase: str, model: ModelPlan) -> DataFrame:
+    """The model's labels as they have arrived: entity key, ``label_ts`` and 0/1 ``label``, from the
+    label source's bronze table (the same expression and time column as the training set)."""
+    from common.features.backfill import bronze_path
+
+    path = bronze_path(work, usecase, model.label_source)
+    if not table_exists(spark, path):
+        raise DataError(
+            f"bronze table of label source {model.label_source!r} does not exist at {path}. "
+            f"Fix: run `loom ingest --usecase {usecase}` first"
+        )
+    bronze = spark.read.format("delta").load(path)
+    return bronze.select(
+        F.col(model.entity_key).cast("string").alias(model.entity_key),
+        F.col(model.label_time).cast("timestamp").alias(LABEL_TS),
+        F.expr(model.label_expr).cast("int").alias(LABEL),
+    ).where(F.col(LABEL).isNotNull() & F.col(LABEL_TS).isNotNull())
