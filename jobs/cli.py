@@ -28,6 +28,9 @@ JOBS: dict[str, str] = {
     "serve": "jobs.serve",
     "evaluate": "jobs.evaluate",
     "retrain": "jobs.retrain",
+    "forget": "jobs.forget",
+    "audit-pii": "jobs.audit_pii",
+    "privacy-report": "jobs.privacy_report",
 }
 
 

@@ -163,7 +163,8 @@ def start_feature_streams(
     queries = []
     for name in groups or list(plan.groups):
         group = plan.group(name)
-        reader = spark.readStream.format("delta")
+        # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them
+        reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
         stream = reader.load(bronze_path(work, plan.usecase, group.source))

@@ -4,23 +4,31 @@
   keyrings for rotation, :func:`require_keys` to fail fast at job start;
 * :mod:`common.privacy.crypto`: pseudonyms, ciphertext tokens, audited :func:`decrypt`;
 * :mod:`common.privacy.policies`: :func:`apply_policies` (DataFrame -> DataFrame,
-  batch or streaming) and :func:`protected_type` (the bronze type of a column).
+  batch or streaming) and :func:`protected_type` (the bronze type of a column);
+* :mod:`common.privacy.aggregate`: k-anonymous publication (the ``aggregate`` policy);
+* :mod:`common.privacy.forget`, :mod:`common.privacy.audit`,
+  :mod:`common.privacy.efficacy`: ``loom forget``, ``loom audit-pii`` and
+  ``loom privacy-report`` (imported on use: they need Spark, Redis and MLflow).
 """
 
+from common.privacy.aggregate import KAnonymityReport, k_anonymize, published_counts
 from common.privacy.crypto import DecryptError, decrypt, encrypt, pseudonym
 from common.privacy.keys import Keyring, key_variable, load_keyring, require_keys
 from common.privacy.policies import apply_policies, protected_columns, protected_type
 
 __all__ = [
     "DecryptError",
+    "KAnonymityReport",
     "Keyring",
     "apply_policies",
     "decrypt",
     "encrypt",
+    "k_anonymize",
     "key_variable",
     "load_keyring",
     "protected_columns",
     "protected_type",
     "pseudonym",
+    "published_counts",
     "require_keys",
 ]

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from common.errors import ConfigError, DataError, LoomError
-from common.privacy.keys import Keyring, load_keyring
+from common.privacy.keys import Keyring, key_id, load_keyring
 
 Mode = Literal["deterministic", "randomized"]
 Algorithm = Literal["siv", "gcm"]
@@ -77,6 +77,18 @@ def pseudonym(value: str, key_name: str, *, kid: str | None = None) -> str:
     if material is None:
         raise _unknown_kid(keyring, kid)
     return f"{kid}:{hmac.new(material, value.encode('utf-8'), hashlib.sha256).hexdigest()}"
+
+
+def pseudonyms_under_every_key(value: str, key_name: str) -> list[str]:
+    """The pseudonym of ``value`` under each key id of the keyring, active first.
+
+    After a rotation, rows written before it carry the old key id's token:
+    finding a person (``loom forget``) needs every one of them. A key that was
+    a single un-named key before it joined the keyring wrote its hash id, so
+    that id is included too.
+    """
+    keyring = load_keyring(key_name, "hmac")
+    return [pseudonym(value, key_name, kid=kid) for kid in _all_ids(keyring)]
 
 
 # --- encryption ---------------------------------------------------------------------------------
@@ -128,6 +140,25 @@ def encrypt(value: str, key_name: str, *, mode: Mode = "randomized") -> str:
     if token is None:
         raise TypeError(f"encrypt needs a str, got {type(value).__name__}")
     return token
+
+
+def deterministic_tokens(value: str, key_name: str) -> list[str]:
+    """The AES-SIV token of ``value`` under each key id of the keyring, active first (see above)."""
+    keyring = load_keyring(key_name, "encryption")
+    tokens = []
+    for kid in _all_ids(keyring):
+        material = keyring.get(kid)
+        token = Sealer(kid=kid, algorithm="siv", key=subkey(material, "siv")).seal_many([value])[0]
+        if token is not None:
+            tokens.append(token)
+    return tokens
+
+
+def _all_ids(keyring: Keyring) -> list[str]:
+    """Every key id a token of ``keyring`` can carry: each entry's name and its hash id (see Keyring.get)."""
+    ids = list(keyring.keys)
+    ids += [key_id(material) for material in keyring.keys.values() if key_id(material) not in ids]
+    return ids
 
 
 def decrypt(token: str, key_name: str, *, reason: str, actor: str) -> str:

@@ -14,7 +14,12 @@ encrypt randomized           string      ``<kid>:gcm:<base64url>`` (AES-GCM, ran
 generalize prefix            string      the first ``keep`` characters
 generalize year              date        January 1st of the value's year
 generalize bucket            double      ``floor(x / size) * size``
+aggregate                    string      a prefix shared by >= k entities, else null
 ===========================  ==========  =============================================
+
+``aggregate`` counts groups over the whole batch (:mod:`common.privacy.aggregate`),
+so a DataFrame with such a column must be static (ingestion's ``foreachBatch``
+batches are); the others are column expressions and work on streams too.
 
 Nulls stay null. Columns of the DataFrame that the source does not declare, or
 declares with ``pii: false``, pass through unchanged and keep their position.
@@ -32,14 +37,15 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import BinaryType, StructField, StructType
 
 from common.errors import PrivacyError
+from common.privacy.aggregate import KAnonymityReport, check_aggregate, k_anonymize
 from common.privacy.crypto import Sealer, hmac_pads, sealer
 from common.privacy.keys import Keyring, load_keyring
-from common.spec.privacy import Drop, Encrypt, Generalize, Pseudonymize
+from common.spec.privacy import Aggregate, Drop, Encrypt, Generalize, Pseudonymize
 from common.spec.sources import Column, Source
 
 _POLICY_EXAMPLES = (
-    "{method: drop}, {method: pseudonymize, key: pii_hmac}, {method: encrypt, key: pii_encryption} "
-    "or {method: generalize, rule: prefix|year|bucket, ...}"
+    "{method: drop}, {method: pseudonymize, key: pii_hmac}, {method: encrypt, key: pii_encryption}, "
+    "{method: generalize, rule: prefix|year|bucket, ...} or {method: aggregate, k: 10, keep: [3, 2]}"
 )
 _DATES = ("date", "timestamp")
 _NUMBERS = ("int", "long", "double")
@@ -60,6 +66,15 @@ def protected_type(column: Column, *, where: str = "column") -> str | None:
     if isinstance(policy, Drop):
         return None
     if isinstance(policy, (Pseudonymize, Encrypt)):
+        return "string"
+    if isinstance(policy, Aggregate):
+        if column.type != "string":
+            raise PrivacyError(
+                "the aggregate policy publishes prefixes of a string column",
+                path=f"{where}.pii",
+                value=column.type,
+                fix="declare the column as type string, or use {method: generalize, rule: bucket|year}",
+            )
         return "string"
     if policy.rule == "prefix":
         return "string"
@@ -84,6 +99,9 @@ def protected_type(column: Column, *, where: str = "column") -> str | None:
 
 def protected_columns(source: Source, source_name: str) -> dict[str, str]:
     """Bronze schema of ``source``: declared column -> Spark SQL type after policies (dropped ones left out)."""
+    for name, column in source.columns.items():
+        if isinstance(column.policy, Aggregate):
+            check_aggregate(source, source_name, name, column.policy)
     types = {
         name: protected_type(column, where=f"sources.{source_name}.columns.{name}")
         for name, column in source.columns.items()
@@ -91,13 +109,18 @@ def protected_columns(source: Source, source_name: str) -> dict[str, str]:
     return {name: kind for name, kind in types.items() if kind is not None}
 
 
-def apply_policies(df: DataFrame, source: Source, source_name: str) -> DataFrame:
+def apply_policies(
+    df: DataFrame, source: Source, source_name: str, *, reports: list[KAnonymityReport] | None = None
+) -> DataFrame:
     """Protect every PII column of ``df`` as ``source`` declares; batch or streaming alike.
 
     Columns are matched case-insensitively, as Spark resolves them. Keys are read
     once, here, on the driver; a missing or invalid key raises ConfigError. A
     column marked ``pii: true`` (PII without a policy) raises PrivacyError:
-    raw PII never passes through.
+    raw PII never passes through. ``aggregate`` columns are decided here, with
+    Spark jobs over ``df`` (static DataFrames only); their
+    :class:`~common.privacy.aggregate.KAnonymityReport` is logged and, when
+    ``reports`` is given, appended to it.
     """
     bare = sorted(name for name, column in source.columns.items() if column.pii is True)
     if bare:
@@ -129,6 +152,8 @@ def apply_policies(df: DataFrame, source: Source, source_name: str) -> DataFrame
             if cache_key not in sealers:
                 sealers[cache_key] = sealer(load_keyring(policy.key, "encryption"), policy.mode)
             protected[field] = _encrypt(value, sealers[cache_key])
+        elif isinstance(policy, Aggregate):
+            continue  # decided below, over the whole batch
         else:
             protected[field] = _generalize(value, policy)
 
@@ -139,7 +164,25 @@ def apply_policies(df: DataFrame, source: Source, source_name: str) -> DataFrame
                 output.append(protected[field].alias(field))
         elif not _is_pad(field, pads):
             output.append(F.col(_quote(field)))
-    return df.select(*output)
+    out = df.select(*output)
+    # k-anonymity last: it counts entities by the source's id, which the other policies leave as is
+    for field, name, column in present:
+        if isinstance(column.policy, Aggregate):
+            id_column = check_aggregate(source, source_name, name, column.policy)
+            id_field = next((f for f in out.columns if f.lower() == id_column.lower()), None)
+            if id_field is None:
+                raise PrivacyError(
+                    f"the aggregate policy of {name!r} counts entities by {id_column!r}, which is not in the data",
+                    path=f"sources.{source_name}.columns.{name}.pii",
+                    value=column.policy.method,
+                    fix=f"keep the id column {id_column!r} in the records",
+                )
+            out, report = k_anonymize(
+                out, field, id_field, column.policy, where=f"sources.{source_name}.columns.{name}"
+            )
+            if reports is not None:
+                reports.append(report)
+    return out
 
 
 def _pseudonymize(value: SparkColumn, kid: str, pad_columns: tuple[str, str]) -> SparkColumn:

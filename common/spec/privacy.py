@@ -60,5 +60,36 @@ class Generalize(Strict):
         return self
 
 
-Policy = Annotated[Union[Drop, Pseudonymize, Encrypt, Generalize], Field(discriminator="method")]
+class Aggregate(Strict):
+    """Publish a quasi-identifier only for groups of at least ``k`` entities (k-anonymity of the column).
+
+    For a string column of a ``kind: table`` source with an ``id``. Values are
+    grouped by their first ``keep[0]`` characters (the whole value when ``keep``
+    is empty) and a group is published when at least ``k`` distinct ids share
+    it. The rest is merged into the coarser prefix ``keep[1]``, again only for
+    groups of at least ``k`` of the ids still unpublished, and so on; what is
+    left is suppressed (null). Every published value is therefore shared by at
+    least ``k`` entities, so no aggregate over the column has a cell with a
+    count from 1 to k-1. Ingestion counts within each batch and logs how many
+    values it merged and suppressed (:mod:`common.privacy.aggregate`).
+    """
+
+    method: Literal["aggregate"]
+    k: int = Field(ge=2, description="smallest number of distinct entities a published value may describe")
+    keep: list[int] = Field(
+        default_factory=list,
+        description="prefix lengths tried in order, finest first (e.g. [3, 2] for zip: zip3, then zip2); "
+        "empty: the whole value or nothing",
+    )
+
+    @model_validator(mode="after")
+    def _coarser_levels(self) -> Aggregate:
+        if any(length < 1 for length in self.keep):
+            raise ValueError("every 'keep' length must be at least 1, e.g. keep: [3, 2]")
+        if any(finer <= coarser for finer, coarser in zip(self.keep, self.keep[1:], strict=False)):
+            raise ValueError("'keep' must list strictly shorter prefixes, finest first, e.g. keep: [3, 2]")
+        return self
+
+
+Policy = Annotated[Union[Drop, Pseudonymize, Encrypt, Generalize, Aggregate], Field(discriminator="method")]
 """One privacy policy; ``method`` selects which."""

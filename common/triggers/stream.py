@@ -38,7 +38,8 @@ def start_trigger_streams(
     resolver = ModelResolver(work, model_refresh_s)
     client = connect(redis_url)
     for source, triggers in triggers_by_source(plan).items():
-        reader = spark.readStream.format("delta")
+        # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them
+        reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
         events = reader.load(bronze_path(work, plan.usecase, source))
