@@ -13,13 +13,51 @@ Benchmarks are measurements, not tests: they never run under pytest.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 _TARGET = re.compile(r"^\s*(>=|<=|≥|≤)\s*([-+0-9.eE]+)\s*$")
+
+
+def machine_load_row(note: str = "") -> dict[str, Any]:
+    """A row with the 1-minute load average at start: the machine is shared, so read the figures with it.
+
+    ``note`` follows the core count in the row's note.
+    """
+    return {
+        "metric": "machine load, 1-min average at start",
+        "value": round(os.getloadavg()[0], 2),
+        "unit": "runnable",
+        "target": None,
+        "note": f"{os.cpu_count()} cores{note}",
+    }
+
+
+@contextmanager
+def local_spark(name: str) -> Iterator[Any]:
+    """A Spark session of the ``local`` profile named ``loom-bench-<name>``, stopped at the end of the block."""
+    from common.spark import build_session
+
+    spark = build_session("local", app_name=f"loom-bench-{name}")
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def throwaway_keys() -> None:
+    """Random PII keys for this process when none are configured: benchmark data is synthetic."""
+    import base64
+    import secrets
+
+    os.environ.setdefault("LOOM_KEY_PII_HMAC", base64.b64encode(secrets.token_bytes(32)).decode())
+    os.environ.setdefault("LOOM_KEY_PII_ENCRYPTION", base64.b64encode(secrets.token_bytes(32)).decode())
 
 
 def discover() -> dict[str, ModuleType]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import local_spark, machine_load_row
 from common.redis_server import configured_or_throwaway
 
 NAME = "materialize"
@@ -163,26 +164,13 @@ def run(quick: bool) -> list[dict[str, Any]]:
     """Spark and Python write throughput, then read latency; ``quick`` shrinks everything 10×."""
     from common.online import OnlineGroup
     from common.online.redis_store import RedisOnlineStore
-    from common.spark import build_session
 
     entities = 20_000 if quick else 200_000
     usecase = f"bench{os.getpid()}"
-    # The machine is shared: record how busy it was, to read the figures below in context.
-    rows: list[dict[str, Any]] = [
-        {
-            "metric": "machine load, 1-min average at start",
-            "value": round(os.getloadavg()[0], 2),
-            "unit": "runnable",
-            "target": None,
-            "note": f"{os.cpu_count()} cores",
-        }
-    ]
+    rows: list[dict[str, Any]] = [machine_load_row()]
     with configured_or_throwaway() as url:
-        spark = build_session("local", app_name="loom-bench-materialize")
-        try:
+        with local_spark("materialize") as spark:
             rows += _spark_rows(spark, entities, usecase, url)
-        finally:
-            spark.stop()
         names = tuple(f"f{i:02d}" for i in range(FEATURES))
         with RedisOnlineStore(
             url, usecase=usecase, version=1, groups=[OnlineGroup("activity", names, ttl_seconds=86_400)]

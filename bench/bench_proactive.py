@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from bench import local_spark, machine_load_row, throwaway_keys
+
 NAME = "proactive"
 MODEL = "churn"
 INTERVAL = "1 second"  # processing-time trigger of every query in the freshness run
@@ -63,15 +65,6 @@ BACKGROUND = (  # event type, share, channels: everyday events that never comple
     ("payment", 0.15, ("app", "web", "store")),
     ("plan_change", 0.01, ("phone", "web", "store")),
 )
-
-
-def _setup_keys() -> None:
-    # bench-only throwaway keys when none are configured: the data is synthetic
-    import base64
-    import secrets
-
-    os.environ.setdefault("LOOM_KEY_PII_HMAC", base64.b64encode(secrets.token_bytes(32)).decode())
-    os.environ.setdefault("LOOM_KEY_PII_ENCRYPTION", base64.b64encode(secrets.token_bytes(32)).decode())
 
 
 class _Capture(logging.Handler):
@@ -506,12 +499,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
     The full run measures freshness twice: at half the measured catch-up rate (a rate the pipeline
     can sustain here: its latency floor), then at 10,000 events/s (the target's rate).
     """
-    _setup_keys()
+    throwaway_keys()
     from common.compile import compile_usecase
     from common.generate import GenerateOptions, generate_landing
     from common.redis_server import configured_or_throwaway
     from common.settings import Paths
-    from common.spark import build_session
     from common.spec import load_usecase
 
     size = _sizes(quick)
@@ -523,17 +515,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
     work = Paths(home)
     spec = load_usecase("churn")
     plan = compile_usecase(spec)
-    rows: list[dict[str, Any]] = [
-        {
-            "metric": "machine load, 1-min average at start",
-            "value": round(os.getloadavg()[0], 2),
-            "unit": "runnable",
-            "note": f"{os.cpu_count()} cores, shared with other agents' Spark jobs: figures are noisy",
-        }
-    ]
-    spark = build_session("local", app_name="loom-bench-proactive")
+    rows: list[dict[str, Any]] = [machine_load_row(", shared with other agents' Spark jobs: figures are noisy")]
     try:
-        with configured_or_throwaway() as url, _captured() as capture:
+        with local_spark("proactive") as spark, configured_or_throwaway() as url, _captured() as capture:
             outcome, setup = _prepare(spark, plan, work, train_customers, train_days, log_start)
             options = GenerateOptions(customers=log_customers, days=log_days, start=log_start, rows_per_file=50_000)
             generate_landing(spec, work, options, overwrite=True)
@@ -554,7 +538,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 )
                 rows += _freshness_rows(tag, fresh, capture.take(), size["warmup"], drain)
     finally:
-        spark.stop()
         shutil.rmtree(home, ignore_errors=True)
     for row in rows:
         row.setdefault("target", None)

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import machine_load_row
 from common.redis_server import configured_or_throwaway, free_port
 
 NAME = "serving"
@@ -485,15 +486,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     home = Path(tempfile.mkdtemp(prefix="loom-bench-serving-"))
     work = Paths(home)
     saved_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    rows: list[dict[str, Any]] = [
-        {
-            "metric": "machine load, 1-min average at start",
-            "value": round(os.getloadavg()[0], 2),
-            "unit": "runnable",
-            "target": None,
-            "note": f"{os.cpu_count()} cores; other jobs on this machine inflate the tail",
-        }
-    ]
+    rows: list[dict[str, Any]] = [machine_load_row("; other jobs on this machine inflate the tail")]
     process = None
     try:
         configure(work)

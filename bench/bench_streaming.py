@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import local_spark, throwaway_keys
+
 NAME = "streaming"
 
 
-def _setup_keys() -> None:
-    # bench-only throwaway keys when none are configured: the data is synthetic
-    import base64
-    import secrets
-
-    os.environ.setdefault("LOOM_KEY_PII_HMAC", base64.b64encode(secrets.token_bytes(32)).decode())
-    os.environ.setdefault("LOOM_KEY_PII_ENCRYPTION", base64.b64encode(secrets.token_bytes(32)).decode())
-
-
 def run(quick: bool) -> list[dict[str, Any]]:
-    _setup_keys()
+    throwaway_keys()
     from common.compile import compile_usecase
     from common.features.online_sink import spark_online_writer
     from common.features.streaming import start_feature_streams
@@ -30,7 +22,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from common.ingest.stream import ingest_source
     from common.redis_server import configured_or_throwaway
     from common.settings import Paths
-    from common.spark import build_session
     from common.spec import load_usecase
 
     customers, days = (2_000, 7) if quick else (20_000, 14)
@@ -39,9 +30,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     spec = load_usecase("churn")
     plan = compile_usecase(spec)
     summary = generate_landing(spec, work, GenerateOptions(customers=customers, days=days, rows_per_file=50_000))
-    spark = build_session("local", app_name="loom-bench-streaming")
     try:
-        with configured_or_throwaway() as url:
+        with local_spark("streaming") as spark, configured_or_throwaway() as url:
             started = time.perf_counter()
             reports = {name: ingest_source(spark, spec, name, work, "batch") for name in spec.sources}
             ingest_s = time.perf_counter() - started

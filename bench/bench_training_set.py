@@ -15,12 +15,13 @@ Full size: 1M labels over 10M ``activity`` rows (100k customers × 100 rows over
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import local_spark, machine_load_row
 
 NAME = "training_set"
 START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z: first activity row
@@ -154,31 +155,20 @@ def run(quick: bool) -> list[dict[str, Any]]:
     """Write synthetic inputs, then time ``create_training_set`` once; ``quick`` uses tiny sizes."""
     from common.compile import compile_usecase
     from common.settings import Paths
-    from common.spark import build_session
     from common.spec import load_usecase
 
     plan = compile_usecase(load_usecase("churn"))
     home = Path(tempfile.mkdtemp(prefix="loom-bench-tset-"))
     work = Paths(home)
-    # The machine is shared: record how busy it was, to read the figures below in context.
-    rows: list[dict[str, Any]] = [
-        {
-            "metric": "machine load, 1-min average at start",
-            "value": round(os.getloadavg()[0], 2),
-            "unit": "runnable",
-            "target": None,
-            "note": f"{os.cpu_count()} cores",
-        }
-    ]
-    spark = build_session("local", app_name="loom-bench-training-set")
+    rows: list[dict[str, Any]] = [machine_load_row()]
     try:
-        started = time.perf_counter()
-        sizes = _write_inputs(spark, plan, work, quick)
-        setup_s = time.perf_counter() - started
-        seconds, call_s, counts = _timed_training_set(spark, plan, work, sizes["label_path"])
-        scan_s = _scan_seconds(spark, plan, work)
+        with local_spark("training-set") as spark:
+            started = time.perf_counter()
+            sizes = _write_inputs(spark, plan, work, quick)
+            setup_s = time.perf_counter() - started
+            seconds, call_s, counts = _timed_training_set(spark, plan, work, sizes["label_path"])
+            scan_s = _scan_seconds(spark, plan, work)
     finally:
-        spark.stop()
         shutil.rmtree(home, ignore_errors=True)
     labels = sizes["labels"]
     if counts["rows"] != labels:

@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.settings import paths
-from common.spark import build_session
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, main_for, set_up
 
 DESCRIPTION = "Search Delta (all versions on disk), Redis, MLflow and job logs for raw PII; exit 1 on any hit."
 
@@ -42,14 +39,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sample < 0:
         raise ConfigError(f"--sample {args.sample} is negative. Fix: pass 0 or more")
-    spec = load_usecase(args.usecase)
-    work = paths()
-    url = None if args.no_redis else redis_url(work.home)
-    spark = build_session(args.profile, app_name=f"loom-audit-pii-{spec.name}")
+    job = set_up("audit-pii", args)
+    url = None if args.no_redis else redis_url(job.work.home)
     report = audit(
-        spark,
-        spec,
-        work,
+        job.spark,
+        job.spec,
+        job.work,
         redis_url=url,
         sample=args.sample,
         entities=args.entities,

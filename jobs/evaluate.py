@@ -8,11 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from common.compile import compile_usecase
-from common.settings import paths
-from common.spark import build_session
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, iso_time, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, iso_time, main_for, set_up
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -47,13 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from common.monitoring.drift import compute_drift
     from common.monitoring.evaluate import evaluate_model
-    from common.tracking import configure
 
-    plan = compile_usecase(load_usecase(args.usecase))
-    plan.model(args.model)  # unknown model: a clear error before Spark starts
-    work = paths()
-    configure(work)
-    spark = build_session(args.profile, app_name=f"loom-evaluate-{plan.usecase}-{args.model}")
+    job = set_up("evaluate", args, model=True, mlflow=True)
+    spark, plan, work = job.spark, job.plan, job.work
     result = evaluate_model(spark, plan, args.model, work, log_to_mlflow=not args.no_mlflow)
     print(result.render())
     if not args.no_drift:

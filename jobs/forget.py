@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.settings import paths
-from common.spark import build_session
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, main_for, set_up
 
 DESCRIPTION = "Right to be forgotten: delete one entity from every Delta table and Redis, VACUUM, report counts."
 
@@ -44,14 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from common.privacy.forget import forget
     from common.redis_server import redis_url
 
-    spec = load_usecase(args.usecase)
-    work = paths()
-    url = None if args.no_redis else redis_url(work.home)
-    spark = build_session(args.profile, app_name=f"loom-forget-{spec.name}")
+    job = set_up("forget", args)
+    url = None if args.no_redis else redis_url(job.work.home)
     report = forget(
-        spark,
-        spec,
-        work,
+        job.spark,
+        job.spec,
+        job.work,
         args.entity,
         redis_url=url,
         entity_type=args.entity_type,

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.compile import compile_usecase
-from common.settings import paths
-from common.spark import build_session
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, iso_time, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, iso_time, main_for, set_up
 
 DESCRIPTION = (
     "Retrain a model when its policy says so (drift, metric below a floor, schedule, or --force): "
@@ -31,14 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.monitoring.retrain import retrain
-    from common.tracking import configure
 
-    plan = compile_usecase(load_usecase(args.usecase))
-    plan.model(args.model)  # unknown model: a clear error before Spark starts
-    work = paths()
-    configure(work)
-    spark = build_session(args.profile, app_name=f"loom-retrain-{plan.usecase}-{args.model}")
-    result = retrain(spark, plan, args.model, work, at=args.at, force=args.force, dry_run=args.dry_run)
+    job = set_up("retrain", args, model=True, mlflow=True)
+    result = retrain(job.spark, job.plan, args.model, job.work, at=args.at, force=args.force, dry_run=args.dry_run)
     print(result.render())
     return 0
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.compile import compile_usecase
-from common.spec import load_usecase
-from jobs.runner import add_usecase_argument, main_for
+from jobs.runner import add_usecase_argument, main_for, set_up
 
 DESCRIPTION = "Move a model's @champion alias back to the version that held it before; the registry records it."
 
@@ -19,8 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from common.models.registry import rollback
 
-    plan = compile_usecase(load_usecase(args.usecase))
-    plan.model(args.model)
+    set_up("rollback", args, model=True)
     move = rollback(args.model)
     print(move.describe())
     return 0

@@ -1,15 +1,28 @@
-"""The shared shell of every job: arguments, logging, and user errors without tracebacks."""
+"""The shared shell of every job: arguments, logging, user errors without tracebacks, and the
+common start of a use-case job (:func:`set_up`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Protocol
+from functools import cached_property
+from typing import TYPE_CHECKING, Protocol
 
 from common.errors import LoomError
 from common.log import setup_logging
+from common.settings import paths
+from common.spark import build_session
+from common.spec import load_usecase
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from common.compile.plan import Plan
+    from common.settings import Paths
+    from common.spec import UseCase
 
 
 class Job(Protocol):
@@ -49,6 +62,60 @@ def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", default="local", help="Spark profile in spark-conf/ (local, standalone, databricks)"
     )
+
+
+def _compile(spec: UseCase) -> Plan:
+    # imported on use: the compiler loads pyspark, which jobs such as `loom validate` never need
+    from common.compile import compile_usecase
+
+    return compile_usecase(spec)
+
+
+@dataclass
+class UseCaseJob:
+    """What a use-case job works with, made by :func:`set_up`."""
+
+    name: str
+    args: argparse.Namespace
+    spec: UseCase
+    work: Paths
+    with_model: bool = False
+    _plan: Plan | None = field(default=None, repr=False)
+
+    @property
+    def plan(self) -> Plan:
+        """The compiled use case."""
+        if self._plan is None:
+            self._plan = _compile(self.spec)
+        return self._plan
+
+    @cached_property
+    def spark(self) -> SparkSession:
+        """The session of ``--profile``, named ``loom-<job>-<usecase>[-<model>]``. Started on first use:
+        what a job checks before it uses Spark fails before Spark starts."""
+        app_name = f"loom-{self.name}-{self.spec.name}" + (f"-{self.args.model}" if self.with_model else "")
+        return build_session(self.args.profile, app_name=app_name)
+
+
+def set_up(
+    name: str, args: argparse.Namespace, *, model: bool = False, compiled: bool = False, mlflow: bool = False
+) -> UseCaseJob:
+    """The common start of a use-case job ``loom <name>``, in this order: load ``--usecase``; compile it
+    (``compiled`` or ``model``); check that ``--model`` names one of its models (``model``: a clear error
+    before anything is created); the work paths; point MLflow at their store (``mlflow``).
+
+    Spark starts on the first use of :attr:`UseCaseJob.spark`, so a job can check more first.
+    """
+    spec = load_usecase(args.usecase)
+    plan = _compile(spec) if compiled or model else None
+    if plan is not None and model:
+        plan.model(args.model)
+    work = paths()
+    if mlflow:
+        from common.tracking import configure
+
+        configure(work)
+    return UseCaseJob(name, args, spec, work, with_model=model, _plan=plan)
 
 
 def execute(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

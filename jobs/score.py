@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.compile import compile_usecase
-from common.settings import paths
-from common.spark import build_session
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, iso_time, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, iso_time, main_for, set_up
 
 DESCRIPTION = "Score entities with a registered model as of a time; write the predictions Delta table."
 
@@ -26,14 +22,10 @@ def run(args: argparse.Namespace) -> int:
     from pyspark.sql import functions as F
 
     from common.models.scoring import resolve_model, score_batch
-    from common.tracking import configure
 
-    plan = compile_usecase(load_usecase(args.usecase))
-    work = paths()
-    configure(work)
+    job = set_up("score", args, compiled=True, mlflow=True)
     resolve_model(args.model)  # a clear error before Spark starts
-    spark = build_session(args.profile, app_name=f"loom-score-{plan.usecase}")
-    ref, written, path = score_batch(spark, plan, args.model, args.at, work)
+    ref, written, path = score_batch(job.spark, job.plan, args.model, args.at, job.work)
     count = written.count()
     print(f"scored {count} entities with {ref} as of {args.at.isoformat()} -> {path}")
     if args.show:

@@ -6,11 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from common.compile import compile_usecase
-from common.settings import paths
-from common.spark import build_session
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, main_for, set_up
 
 DESCRIPTION = "Train a model from metadata, log it to MLflow, register it and promote it by the promotion rule."
 
@@ -27,15 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.models.train import lineage_versions, load_lineage, train_model
-    from common.tracking import configure
 
-    plan = compile_usecase(load_usecase(args.usecase))
-    plan.model(args.model)  # unknown model: a clear error before Spark starts
-    work = paths()
-    configure(work)
-    versions = lineage_versions(load_lineage(args.from_run)) if args.from_run else None
-    spark = build_session(args.profile, app_name=f"loom-train-{plan.usecase}-{args.model}")
-    outcome = train_model(spark, plan, args.model, work, versions=versions, register=not args.no_register)
+    job = set_up("train", args, model=True, mlflow=True)
+    versions = lineage_versions(load_lineage(args.from_run)) if args.from_run else None  # before Spark starts
+    outcome = train_model(job.spark, job.plan, args.model, job.work, versions=versions, register=not args.no_register)
     print(outcome.render())
     print("  lineage: " + json.dumps(outcome.lineage["tables"]))
     return 0

@@ -22,6 +22,7 @@ import yaml
 from croniter import croniter
 from pydantic import Field, ValidationError
 
+from common import schedules as schedule_lib  # the library; `scheduler` is the job
 from common.errors import SpecError, SpecErrors
 from common.spec import load_usecase
 from common.spec.base import Name
@@ -274,14 +275,14 @@ def test_args_become_flags_in_order(tmp_path):
     ],
 )
 def test_quartz_conversion(cron, quartz):
-    assert scheduler.to_quartz(cron) == quartz
+    assert schedule_lib.to_quartz(cron) == quartz
 
 
 @pytest.mark.parametrize(
     "cron", ["30 1 * * *", "*/15 9-17 * * 1-5", "0 */6 1,15 * *", "0 0 */2 */3 *", "10,20 0 * * 5-7", "7 4 29 2 *"]
 )
 def test_quartz_fires_at_the_same_times_as_cron(cron):
-    quartz = scheduler.to_quartz(cron)
+    quartz = schedule_lib.to_quartz(cron)
     seconds, *fields = quartz.split()
     assert seconds == "0"
     back = " ".join("*" if f == "?" else f.lower() for f in fields)  # croniter reads Quartz's a/k and day names
@@ -293,13 +294,13 @@ def test_quartz_fires_at_the_same_times_as_cron(cron):
 
 def test_quartz_refuses_both_day_fields(tmp_path):
     with pytest.raises(ValueError, match="restricts both day-of-month and day-of-week"):
-        scheduler.to_quartz("0 0 1 * 1")
+        schedule_lib.to_quartz("0 0 1 * 1")
     spec = spec_with(tmp_path, {"odd": {"job": "backfill", "cron": "0 0 1 * 1"}})
     with pytest.raises(SpecError) as caught:
-        scheduler.export_bundle(spec, scheduler.plan(spec), "churn")
+        schedule_lib.export_bundle(spec, scheduler.plan(spec), "churn")
     assert "schedules.yaml: schedules.odd.cron:" in str(caught.value)
     assert "Fix: split it into two schedules" in str(caught.value)
-    assert scheduler.export_crontab(spec, scheduler.plan(spec), "churn")  # cron itself has no such limit
+    assert schedule_lib.export_crontab(spec, scheduler.plan(spec), "churn")  # cron itself has no such limit
 
 
 # --- export --------------------------------------------------------------------
@@ -318,7 +319,7 @@ def crontab_jobs(text: str) -> list[tuple[str, str]]:
 
 def test_crontab_lines_parse_and_call_the_loom_entry_points(tmp_path):
     spec = spec_with(tmp_path, EXAMPLE)
-    text = scheduler.export_crontab(spec, scheduler.plan(spec), "churn", home=tmp_path / "home")
+    text = schedule_lib.export_crontab(spec, scheduler.plan(spec), "churn", home=tmp_path / "home")
     lines = crontab_jobs(text)
     assert len(lines) == 4
     assert "CRON_TZ=UTC" in text.splitlines()
@@ -343,7 +344,7 @@ def test_crontab_line_runs_and_flock_prevents_overlap(tmp_path):
     spec = spec_with(tmp_path, {"check": {"job": "validate", "cron": "* * * * *"}}, model_schedule=None)
     home = tmp_path / "home"
     # the job loads `churn` from metadata/ (the subprocess sees the repository's use case)
-    [(_, command)] = crontab_jobs(scheduler.export_crontab(spec, scheduler.plan(spec), "churn", home=home))
+    [(_, command)] = crontab_jobs(schedule_lib.export_crontab(spec, scheduler.plan(spec), "churn", home=home))
     env = {**os.environ, "LOOM_HOME": str(home)}
     done = subprocess.run(["sh", "-c", command], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -364,14 +365,14 @@ def test_crontab_escapes_percent(tmp_path):
     )
     planned = scheduler.plan(spec)
     planned = [dataclasses.replace(planned[0], argv=(*planned[0].argv[:-1], "5%"))]  # cron's special %
-    [(_, command)] = crontab_jobs(scheduler.export_crontab(spec, planned, "churn"))
+    [(_, command)] = crontab_jobs(schedule_lib.export_crontab(spec, planned, "churn"))
     assert "5\\%" in command and "5%" not in command.replace("5\\%", "")
 
 
 def test_databricks_bundle_loads_and_every_task_is_a_valid_entry_point(tmp_path):
     spec = spec_with(tmp_path, {**EXAMPLE, "catch_up_ingest": {"job": "ingest", "cron": "*/10 * * * *"}})
     out = REPO / "resources" / "loom.yml"  # where a bundle keeps resource files; never written here
-    document = yaml.safe_load(scheduler.export_bundle(spec, scheduler.plan(spec), "churn", out.parent))
+    document = yaml.safe_load(schedule_lib.export_bundle(spec, scheduler.plan(spec), "churn", out.parent))
     jobs = document["resources"]["jobs"]
     assert sorted(jobs) == sorted(f"loom_churn_{name}" for name in [*EXAMPLE, "catch_up_ingest"])
     assert "loom_cluster_id" in document["variables"]
@@ -381,7 +382,7 @@ def test_databricks_bundle_loads_and_every_task_is_a_valid_entry_point(tmp_path)
     }
     for key, job in jobs.items():
         assert job["schedule"]["timezone_id"] == "UTC"
-        assert job["schedule"]["quartz_cron_expression"] == scheduler.to_quartz(crons[key])
+        assert job["schedule"]["quartz_cron_expression"] == schedule_lib.to_quartz(crons[key])
         assert job["max_concurrent_runs"] == 1
         [task] = job["tasks"]
         assert task["existing_cluster_id"] == "${var.loom_cluster_id}"
@@ -423,7 +424,7 @@ def at(text: str) -> datetime:
 )
 def test_dry_run_first_time_picks_exactly_the_ticks_of_the_last_minute(tmp_path, home, capsys, now, expected):
     spec = spec_with(tmp_path, EXAMPLE)
-    assert scheduler.run_due(spec, scheduler.plan(spec), "churn", at(now), dry_run=True) == 0
+    assert schedule_lib.run_due(spec, scheduler.plan(spec), "churn", at(now), dry_run=True) == 0
     assert due_names(capsys.readouterr().out) == expected
     assert not home.exists()  # a dry run records nothing
 
@@ -441,8 +442,8 @@ def test_dry_run_picks_ticks_since_the_last_check(tmp_path, home, capsys, now, e
     spec = spec_with(tmp_path, EXAMPLE)
     home.mkdir()
     checked = {name: {"checked": "2026-01-18T00:00:00Z"} for name in EXAMPLE}
-    (home / scheduler.STATE_FILE).write_text(json.dumps({"version": 1, "usecases": {"churn": checked}}))
-    scheduler.run_due(spec, scheduler.plan(spec), "churn", at(now), dry_run=True)
+    (home / schedule_lib.STATE_FILE).write_text(json.dumps({"version": 1, "usecases": {"churn": checked}}))
+    schedule_lib.run_due(spec, scheduler.plan(spec), "churn", at(now), dry_run=True)
     output = capsys.readouterr().out
     assert due_names(output) == expected
     for name, command in [("weekly_retrain", "-m jobs.train --usecase churn --model churn")]:
@@ -459,33 +460,33 @@ def test_run_runs_each_due_job_once_and_records_it(tmp_path, home, capsys):
     planned = scheduler.plan(spec)
     now = at("2026-01-18T03:10:20")
     # the job loads `churn` from metadata/ in its own process, as a crontab line would
-    assert scheduler.run_due(spec, planned, "churn", now) == 0
+    assert schedule_lib.run_due(spec, planned, "churn", now) == 0
     output = capsys.readouterr().out
     assert due_names(output) == {"check"}
     assert "done check: exit 0" in output
-    state = json.loads((home / scheduler.STATE_FILE).read_text())["usecases"]["churn"]
+    state = json.loads((home / schedule_lib.STATE_FILE).read_text())["usecases"]["churn"]
     assert state["check"]["last_tick"] == "2026-01-18T03:10:00Z"
     assert state["check"]["exit_code"] == 0
     assert state["later"] == {"checked": "2026-01-18T03:10:20Z"}
 
-    assert scheduler.run_due(spec, planned, "churn", now) == 0  # same time again: idempotent
+    assert schedule_lib.run_due(spec, planned, "churn", now) == 0  # same time again: idempotent
     assert due_names(capsys.readouterr().out) == set()
-    assert scheduler.run_due(spec, planned, "churn", now + timedelta(minutes=5)) == 0
+    assert schedule_lib.run_due(spec, planned, "churn", now + timedelta(minutes=5)) == 0
     assert due_names(capsys.readouterr().out) == set()
 
-    scheduler.run_due(spec, planned, "churn", at("2026-01-18T04:00:05"), dry_run=True)  # both ticked meanwhile
+    schedule_lib.run_due(spec, planned, "churn", at("2026-01-18T04:00:05"), dry_run=True)  # both ticked meanwhile
     assert due_names(capsys.readouterr().out) == {"check", "later"}
-    assert scheduler.run_due(spec, planned, "churn", at("2026-01-18T04:10:00")) == 0  # exactly on check's tick
+    assert schedule_lib.run_due(spec, planned, "churn", at("2026-01-18T04:10:00")) == 0  # exactly on check's tick
     assert due_names(capsys.readouterr().out) == {"check", "later"}
-    scheduler.run_due(spec, planned, "churn", at("2026-01-18T04:10:30"), dry_run=True)
+    schedule_lib.run_due(spec, planned, "churn", at("2026-01-18T04:10:30"), dry_run=True)
     assert due_names(capsys.readouterr().out) == set()  # that tick ran; it is not due twice
 
 
 def test_a_failing_job_is_recorded_and_fails_the_run(tmp_path, home, capsys):
     spec = spec_with(tmp_path, {"check": {"job": "validate", "cron": "* * * * *"}}, model_schedule=None)
-    assert scheduler.run_due(spec, scheduler.plan(spec), "no_such_case", at("2026-01-18T03:10:20")) == 1
+    assert schedule_lib.run_due(spec, scheduler.plan(spec), "no_such_case", at("2026-01-18T03:10:20")) == 1
     assert "done check: exit 2" in capsys.readouterr().out
-    state = json.loads((home / scheduler.STATE_FILE).read_text())["usecases"]["churn"]
+    state = json.loads((home / schedule_lib.STATE_FILE).read_text())["usecases"]["churn"]
     assert state["check"]["exit_code"] == 2
 
 
@@ -494,9 +495,9 @@ def test_a_second_scheduler_does_nothing_while_one_runs(tmp_path, home, capsys):
     home.mkdir()
     with open(home / "schedule-state.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert scheduler.run_due(spec, scheduler.plan(spec), "churn", at("2026-01-18T03:10:20")) == 0
+        assert schedule_lib.run_due(spec, scheduler.plan(spec), "churn", at("2026-01-18T03:10:20")) == 0
     assert "nothing to do" in capsys.readouterr().out
-    assert not (home / scheduler.STATE_FILE).exists()
+    assert not (home / schedule_lib.STATE_FILE).exists()
 
 
 # --- the CLI on the repository's churn use case ----------------------------------

@@ -1,9 +1,11 @@
-"""Streaming readers of a landing folder, one per file format.
+"""Readers of a landing folder, one per file format, as a stream or as a batch.
 
 Batch and stream ingestion use the same file stream source; only the trigger
-differs (``availableNow`` for batch). Every reader returns the raw shape that
-:func:`common.ingest.validation.validate_records` expects, plus the file each
-record came from (``_source_file``) and that file's modification time:
+differs (``availableNow`` for batch). The privacy audit and report read the
+same files with a batch reader (:mod:`common.privacy.landing`). Every reader
+returns the raw shape that :func:`common.ingest.validation.validate_records`
+expects, plus the file each record came from (``_source_file``) and that
+file's modification time:
 
 * ``json``: JSON lines read as text, one ``value`` per line; blank lines are
   skipped (they are not records);
@@ -20,24 +22,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import DataStreamReader
 
 from common.ingest.paths import is_local
 from common.ingest.validation import CORRUPT, FILE_TIME, SOURCE_FILE, string_schema, typed_schema
 from common.spec.sources import Source
 
 
-def read_landing_stream(
-    spark: SparkSession, source: Source, folder: str, *, max_files_per_trigger: int | None = None
-) -> DataFrame:
-    """A streaming DataFrame over the files of ``folder`` (created if local and missing)."""
-    if is_local(folder):
-        # The file source refuses a folder that does not exist yet; an empty one is fine.
-        Path(folder).mkdir(parents=True, exist_ok=True)
-    reader = spark.readStream
-    if max_files_per_trigger is not None:
-        reader = reader.option("maxFilesPerTrigger", str(max_files_per_trigger))
+def read_landing(reader: DataFrameReader | DataStreamReader, source: Source, folder: str) -> DataFrame:
+    """The files of ``folder`` in the raw shape of ``source.format``, with each record's file and its time.
+
+    ``reader`` decides batch (``spark.read``) or stream (``spark.readStream``,
+    with its options, e.g. ``maxFilesPerTrigger``).
+    """
     if source.format == "json":
         frame = reader.format("text").load(folder)
         frame = frame.where(F.trim("value") != "")
@@ -58,3 +57,16 @@ def read_landing_stream(
         F.col("_metadata.file_path").alias(SOURCE_FILE),
         F.col("_metadata.file_modification_time").alias(FILE_TIME),
     )
+
+
+def read_landing_stream(
+    spark: SparkSession, source: Source, folder: str, *, max_files_per_trigger: int | None = None
+) -> DataFrame:
+    """A streaming DataFrame over the files of ``folder`` (created if local and missing)."""
+    if is_local(folder):
+        # The file source refuses a folder that does not exist yet; an empty one is fine.
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    reader = spark.readStream
+    if max_files_per_trigger is not None:
+        reader = reader.option("maxFilesPerTrigger", str(max_files_per_trigger))
+    return read_landing(reader, source, folder)

@@ -14,6 +14,12 @@ _EXTRAS = {"xgboost": "xgboost", "lightgbm": "lightgbm"}
 
 def build_estimator(spec: Estimator, where: str, file: str | None = None) -> Any:
     """A new, unfitted estimator; errors name the YAML path, the class and the fix."""
+
+    def problem(message: str, *, params: bool = False, fix: str | None = None) -> SpecError:
+        """The error at ``<where>.class`` showing the class, or at ``<where>.params`` showing the params."""
+        key, value = ("params", spec.params) if params else ("class", spec.class_)
+        return SpecError(message, file=file, path=f"{where}.{key}", value=value, fix=fix)
+
     module_name, _, class_name = spec.class_.rpartition(".")
     package = module_name.split(".", 1)[0]
     try:
@@ -24,34 +30,24 @@ def build_estimator(spec: Estimator, where: str, file: str | None = None) -> Any
                 f"estimator {spec.class_} needs {package}, which is not installed. "
                 f"Fix: pip install 'loom[{_EXTRAS[package]}]'"
             ) from None
-        raise SpecError(
+        raise problem(
             f"cannot import module {module_name!r}",
-            file=file,
-            path=f"{where}.class",
-            value=spec.class_,
             fix="use an import path such as sklearn.ensemble.HistGradientBoostingClassifier",
         ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise SpecError(
-            f"module {module_name!r} has no {class_name!r}", file=file, path=f"{where}.class", value=spec.class_
-        )
+        raise problem(f"module {module_name!r} has no {class_name!r}")
     try:
         estimator = cls(**spec.params)
     except TypeError as err:
-        raise SpecError(
+        raise problem(
             f"{spec.class_} rejects its params: {err}",
-            file=file,
-            path=f"{where}.params",
-            value=spec.params,
+            params=True,
             fix=f"use the constructor arguments of {spec.class_}",
         ) from None
     if not hasattr(estimator, "predict_proba"):
-        raise SpecError(
+        raise problem(
             f"{spec.class_} has no predict_proba; Loom models are probabilistic classifiers",
-            file=file,
-            path=f"{where}.class",
-            value=spec.class_,
             fix="use a classifier with predict_proba",
         )
     return estimator

@@ -29,7 +29,14 @@ from pyspark.sql import types as T
 from common.compile.plan import Plan
 from common.errors import DataError
 from common.monitoring.matching import MATCHED, STATUS, labels_through, match_outcomes
-from common.monitoring.metrics import COUNT_COLUMNS, ECE_BINS, METRIC_COLUMNS, bucket_metrics
+from common.monitoring.metrics import (
+    COUNT_COLUMNS,
+    ECE_BINS,
+    LOGGED_METRICS,
+    METRIC_COLUMNS,
+    PREDICTION_COUNTS,
+    bucket_metrics,
+)
 from common.monitoring.settings import MonitoringSettings, settings_of
 from common.monitoring.sources import LABEL, PATHS, PREDICTION_TS, Predictions, read_outcomes, read_predictions
 from common.monitoring.tables import METRICS, monitoring_path, replace_rows, sql_string
@@ -40,18 +47,6 @@ log = logging.getLogger("loom.monitoring")
 ALL_PATHS = "all"
 BUCKET = "bucket"
 GROUP: tuple[str, ...] = ("model_name", "model_version", "path", BUCKET)
-LOGGED: tuple[str, ...] = (
-    "roc_auc",
-    "precision",
-    "recall",
-    "mean_score",
-    "observed_rate",
-    "ece",
-    "volume",
-    "matched",
-    "pending",
-    "expired",
-)
 
 _SCHEMA = T.StructType(
     [
@@ -81,7 +76,7 @@ class EvaluationResult:
         every = self.rows[self.rows["path"] == ALL_PATHS]
         if version is not None:
             every = every[every["model_version"] == version]
-        return {name: int(every[name].sum()) for name in ("volume", "matched", "pending", "expired")}
+        return {name: int(every[name].sum()) for name in PREDICTION_COUNTS}
 
     def render(self) -> str:
         through = self.labels_through.isoformat() if self.labels_through else "no outcomes yet"
@@ -253,7 +248,7 @@ def log_evaluation(work: Paths, model_name: str, rows: pd.DataFrame, calibration
                 int(row[BUCKET] * row["bucket_s"] * 1000),
             )
             for _, row in part.iterrows()
-            for metric in LOGGED
+            for metric in LOGGED_METRICS
             if row[metric] is not None and not pd.isna(row[metric])
         ]
         logged[version] = log_points(client, run_id, points)

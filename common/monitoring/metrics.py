@@ -22,20 +22,16 @@ import pandas as pd
 from common.monitoring.matching import EXPIRED, MATCHED, PENDING, STATUS
 
 ECE_BINS = 10
-METRIC_COLUMNS: tuple[str, ...] = (
-    "volume",
-    "matched",
-    "pending",
-    "expired",
-    "positives",
-    "roc_auc",
-    "precision",
-    "recall",
-    "mean_score",
-    "observed_rate",
-    "ece",
-)
-COUNT_COLUMNS = ("volume", "matched", "pending", "expired", "positives")
+# every prediction of a bucket, and how many are matched, pending or expired
+PREDICTION_COUNTS: tuple[str, ...] = ("volume", "matched", "pending", "expired")
+# plus the matched predictions whose label is 1
+COUNT_COLUMNS: tuple[str, ...] = (*PREDICTION_COUNTS, "positives")
+# of the matched predictions: classification_metrics()
+CLASSIFICATION_COLUMNS: tuple[str, ...] = ("roc_auc", "precision", "recall", "mean_score", "observed_rate", "ece")
+METRIC_COLUMNS: tuple[str, ...] = (*COUNT_COLUMNS, *CLASSIFICATION_COLUMNS)
+# what `loom evaluate` logs to MLflow per bucket, as eval_<path>_<metric> (not positives, which
+# equals matched × observed_rate)
+LOGGED_METRICS: tuple[str, ...] = (*CLASSIFICATION_COLUMNS, *PREDICTION_COUNTS)
 
 
 def calibration_bins(labels: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> pd.DataFrame:
@@ -62,7 +58,7 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: fl
     p = np.asarray(scores, dtype=float)
     nan = math.nan
     if len(y) == 0:
-        return {"roc_auc": nan, "precision": nan, "recall": nan, "mean_score": nan, "observed_rate": nan, "ece": nan}
+        return dict.fromkeys(CLASSIFICATION_COLUMNS, nan)
     predicted = p >= threshold
     true_positive = int((predicted & (y == 1)).sum())
     return {

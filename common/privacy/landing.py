@@ -16,7 +16,8 @@ from pyspark.sql import functions as F
 
 from common.errors import ConfigError, DataError
 from common.ingest.paths import IngestLocations, is_local
-from common.ingest.validation import CORRUPT, FILE_TIME, SOURCE_FILE, string_schema, typed_schema, validate_records
+from common.ingest.readers import read_landing
+from common.ingest.validation import SOURCE_FILE, string_schema, validate_records
 from common.settings import Paths
 from common.spec.sources import Source
 from common.spec.usecase import UseCase
@@ -41,29 +42,6 @@ def landing_folder_of(spec: UseCase, source_name: str, work: Paths, landing: Pat
     return folder
 
 
-def _read_landing(spark: SparkSession, source: Source, folder: str) -> DataFrame:
-    """The landing files in the shape ingestion's checks expect (common.ingest.readers, as a batch)."""
-    if source.format == "json":
-        frame = spark.read.format("text").load(folder).where(F.trim("value") != "")
-    elif source.format == "csv":
-        frame = (
-            spark.read.format("csv")
-            .schema(string_schema(source, corrupt_column=True))
-            .option("header", "true")
-            .option("enforceSchema", "false")
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", CORRUPT)
-            .load(folder)
-        )
-    else:
-        frame = spark.read.format("parquet").schema(typed_schema(source)).load(folder)
-    return frame.select(
-        "*",
-        F.col("_metadata.file_path").alias(SOURCE_FILE),
-        F.col("_metadata.file_modification_time").alias(FILE_TIME),
-    )
-
-
 def read_raw(spark: SparkSession, spec: UseCase, source_name: str, folder: str) -> DataFrame:
     """Every landing record of a source as strings, one column per declared column.
 
@@ -71,7 +49,7 @@ def read_raw(spark: SparkSession, spec: UseCase, source_name: str, folder: str) 
     rejected record must not leak either.
     """
     source = spec.sources[source_name]
-    frame = _read_landing(spark, source, folder)
+    frame = read_landing(spark.read, source, folder)
     if source.format == "json":
         parsed = F.from_json("value", string_schema(source), {"mode": "PERMISSIVE"})
         return frame.select(parsed.alias("r")).select(*[F.col("r")[name].alias(name) for name in source.columns])
@@ -85,7 +63,7 @@ def read_raw_typed(spark: SparkSession, spec: UseCase, source_name: str, folder:
     so malformed records and replays are left out as they are from bronze.
     """
     source = spec.sources[source_name]
-    accepted, _ = validate_records(_read_landing(spark, source, folder), source)
+    accepted, _ = validate_records(read_landing(spark.read, source, folder), source)
     return accepted.drop(SOURCE_FILE)
 
 
