@@ -32,6 +32,7 @@ setup(
         "uvicorn[standard]==0.54.0",
         "prometheus-client==0.26.0",
         "croniter==7.0.0",
+        "deltalake==1.6.6",  # REST prediction log: Delta appends without a JVM
     ],
     extras_require={
         "dev": ["pytest==9.2.0", "ruff==0.17.6", "httpx==0.28.1"],

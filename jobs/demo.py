@@ -162,6 +162,7 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     import pandas as pd
     from pyspark.sql import functions as F
 
+    from common.features.offline import table_exists
     from common.models import registry
     from common.models.scoring import predictions_path, score_batch
     from common.models.train import train_model
@@ -220,17 +221,28 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     done(started)
 
     started = step(f"11. REST: POST /v1/models/{name}/predict (uvicorn, API key) -> Redis -> {name}@champion")
-    rest = _rest_scores(plan.usecase, name, work, url, keys[:3])
+    rest, request_id = _rest_scores(plan.usecase, name, work, url, keys[:3])
     for key, (score, version) in rest.items():
         print(f"   {key}: {score:.4f} by v{version} (batch {batch[key]:.4f})")
     rest_worst = max(abs(score - batch[key]) for key, (score, _) in rest.items())
     print(f"   REST vs batch score, max |diff| {rest_worst:.2g}")
+    # the server has stopped: its shutdown wrote every logged prediction to Delta
+    rest_table = predictions_path(work, plan.usecase, "rest")
+    if table_exists(spark, rest_table):
+        logged = spark.read.format("delta").load(rest_table)
+        ours = logged.where(F.col("request_id") == request_id).count()
+        print(f"   prediction log: {ours} rows of this request ({logged.count()} in all) -> {rest_table}")
+    else:
+        print(f"   prediction log: no table at {rest_table} (see the log above)")
     done(started)
     return worst <= 1e-9 and rest_worst <= 1e-9
 
 
-def _rest_scores(usecase: str, model: str, work: Paths, redis: str, keys: list[str]) -> dict[str, tuple[float, int]]:
-    """Start the REST service on a free port with a throwaway API key, ask it for ``keys``, stop it."""
+def _rest_scores(
+    usecase: str, model: str, work: Paths, redis: str, keys: list[str]
+) -> tuple[dict[str, tuple[float, int]], str]:
+    """Start the REST service on a free port with a throwaway API key, ask it for ``keys``, stop it.
+    Returns the scores and the request id (the answer's ``X-Request-Id``, the prediction log's ``request_id``)."""
     import json
     import threading
     import urllib.request
@@ -264,10 +276,11 @@ def _rest_scores(usecase: str, model: str, work: Paths, redis: str, keys: list[s
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             answer = json.loads(response.read())
+            request_id = response.headers["X-Request-Id"]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    return {p["key"]: (p["score"], answer["version"]) for p in answer["predictions"]}
+    return {p["key"]: (p["score"], answer["version"]) for p in answer["predictions"]}, request_id
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ API keys and the models, writes the config into ``LOOM_SERVE_*`` variables
 and hands over to uvicorn. API keys: ``LOOM_API_KEYS`` or ``LOOM_API_KEYS_FILE``;
 Redis: ``REDIS_URL`` (or ``REDIS_URL_FILE``), ``REDIS_USERNAME``,
 ``REDIS_PASSWORD(_FILE)``, ``REDIS_TLS_*`` (see common.serving.config).
+
+Every answered prediction is logged to ``lake/<usecase>/predictions/rest``
+(Delta, off the request path; see common.serving.prediction_log) unless
+``--no-log-predictions``; stopping the server (Ctrl-C, SIGTERM) writes what is
+still queued.
 """
 
 from __future__ import annotations
@@ -41,6 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--access-log", action="store_true", help="log every request (off by default: it costs latency)"
     )
+    parser.add_argument(
+        "--no-log-predictions",
+        dest="log_predictions",
+        action="store_false",
+        help="do not append predictions to the use case's predictions/rest Delta table (logged by default)",
+    )
+    parser.add_argument(
+        "--log-flush-seconds",
+        type=float,
+        default=5.0,
+        help="most seconds a logged prediction waits before it is written (default 5)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         alias=args.alias,
         reload_interval_s=args.reload_interval,
         max_batch=args.max_batch,
+        log_predictions=args.log_predictions,
+        log_flush_s=args.log_flush_seconds,
     )
     ApiKeys.from_env()  # fail here, once, rather than in every worker
     work = paths()

@@ -24,12 +24,19 @@ The endpoint is ``async`` and does its work inline: one MGET (sub-millisecond)
 and a small predict cost less than a hop to the thread pool; the Redis timeout
 (``LOOM_SERVE_REDIS_TIMEOUT_S``) bounds how long an outage can hold the loop.
 Scale out with workers (processes), not threads.
+
+Every 200 answer is also queued, one row per entity, for the prediction log
+(:mod:`common.serving.prediction_log`): a background thread appends it to the
+use case's ``predictions/rest`` Delta table, which the evaluation reads next to
+the batch and stream tables; shutdown writes what is still queued. The answer
+carries the row's ``request_id`` in the ``X-Request-Id`` header.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -50,6 +57,13 @@ from common.serving.config import ServingConfig, open_redis, resolve_redis_url
 from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
 from common.serving.metrics import CONTENT_TYPE, ServingMetrics
 from common.serving.predict import epoch_us, response_body, score_entities
+from common.serving.prediction_log import (
+    SPOOL_FOLDER,
+    DeltaPredictionSink,
+    LoggedRequest,
+    PredictionLogger,
+    PredictionSink,
+)
 from common.serving.schemas import ErrorBody, PredictRequest, PredictResponse, entity_errors
 from common.settings import Paths, paths
 
@@ -154,8 +168,13 @@ def create_app(
     work: Paths | None = None,
     keys: ApiKeys | None = None,
     clock: Clock | None = None,
+    prediction_sink: PredictionSink | None = None,
 ) -> FastAPI:
-    """The service for ``config``. ``clock`` (tests only) fixes the lookup time; default: now (UTC)."""
+    """The service for ``config``. ``clock`` (tests only) fixes the lookup time; default: now (UTC).
+
+    ``prediction_sink`` (tests only) replaces the Delta table of the prediction log; the spool
+    stays next to that table.
+    """
     work = work or paths()
     keys = keys or ApiKeys.from_env()
     clock = clock or _utc_now
@@ -176,6 +195,7 @@ def create_app(
         )
 
     holder = ModelHolder(config, work, store_for, listeners=[metrics.model_loaded])
+    prediction_log = _prediction_logger(config, work, metrics, prediction_sink)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -192,10 +212,15 @@ def create_app(
         )
         await run_in_threadpool(holder.refresh)  # first load before the first request: /readyz is true at once
         holder.start()
+        if prediction_log is not None:
+            prediction_log.start()
         try:
             yield
         finally:
             holder.stop()
+            if prediction_log is not None:
+                # uvicorn has answered every request by now: all their predictions are queued
+                await run_in_threadpool(prediction_log.close)
             redis_client.close()
 
     app = FastAPI(
@@ -207,6 +232,7 @@ def create_app(
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.config = config
+    app.state.prediction_log = prediction_log
     app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)
 
     def authenticate(
@@ -280,7 +306,25 @@ def create_app(
         if missing:
             metrics.missing.labels(model).inc(missing)
         alias = config.alias if parsed.version is None else None
-        return Response(response_body(loaded, scored, at_us, alias), media_type="application/json")
+        body = response_body(loaded, scored, at_us, alias)
+        request_id = str(uuid.uuid4())
+        if prediction_log is not None:
+            prediction_log.log(
+                LoggedRequest(
+                    request_id,
+                    at_us,
+                    client.name,
+                    loaded.name,
+                    loaded.version,
+                    alias,
+                    loaded.spec.entity_key,
+                    scored.keys,
+                    scored.scores,
+                    scored.event_times_us,
+                    scored.missing,
+                )
+            )
+        return Response(body, media_type="application/json", headers={"X-Request-Id": request_id})
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -301,6 +345,28 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def _prediction_logger(
+    config: ServingConfig, work: Paths, metrics: ServingMetrics, sink: PredictionSink | None
+) -> PredictionLogger | None:
+    """The prediction log of ``config`` (None when off, or when no use case names its table)."""
+    if not config.log_predictions:
+        log.info("predictions are not logged (LOOM_SERVE_LOG_PREDICTIONS=0)")
+        return None
+    if not config.usecase:
+        log.warning("predictions are not logged: no use case names the table. Fix: set LOOM_SERVE_USECASE")
+        return None
+    from common.models.scoring import predictions_path
+
+    table = predictions_path(work, config.usecase, "rest")
+    log.info("predictions are logged to %s (written every %.1fs at most)", table, config.log_flush_s)
+    return PredictionLogger(
+        sink or DeltaPredictionSink(table),
+        spool_dir=f"{table}/{SPOOL_FOLDER}",
+        flush_interval_s=config.log_flush_s,
+        metrics=metrics.prediction_log,
+    )
 
 
 def app_from_env() -> FastAPI:

@@ -7,7 +7,7 @@ worker (a separate process with ``--workers N``) builds the same app:
 variable                           meaning                                      default
 =================================  ===========================================  =========
 ``LOOM_SERVE_MODELS``              registered models served, comma-separated    required
-``LOOM_SERVE_USECASE``             the use case (informational)                 ``""``
+``LOOM_SERVE_USECASE``             the use case (names the prediction log)      ``""``
 ``LOOM_SERVE_ALIAS``               alias followed when a request names no       champion
                                    version
 ``LOOM_SERVE_RELOAD_INTERVAL_S``   how often the alias is checked (seconds)     10
@@ -16,6 +16,10 @@ variable                           meaning                                      
 ``LOOM_SERVE_REDIS_TIMEOUT_S``     Redis connect and read timeout (seconds)     0.5
 ``LOOM_SERVE_VERSION_CACHE``       explicit versions kept loaded per model      4
 ``LOOM_SERVE_THREADS``             OpenMP/BLAS threads per worker (0: leave)    1
+``LOOM_SERVE_LOG_PREDICTIONS``     append every prediction to the use case's    1
+                                   ``predictions/rest`` Delta table (0: off)
+``LOOM_SERVE_LOG_FLUSH_S``         most seconds a logged prediction waits       5
+                                   before it is written
 =================================  ===========================================  =========
 
 Redis: ``REDIS_URL`` (or ``REDIS_URL_FILE``: the URL may hold a password),
@@ -58,6 +62,8 @@ class ServingConfig:
     redis_timeout_s: float = 0.5
     version_cache: int = 4
     threads: int = 1  # applied by app_from_env (uvicorn workers), not by create_app
+    log_predictions: bool = True  # needs the use case: the table is predictions/rest of it
+    log_flush_s: float = 5.0
     redis_url: str | None = field(default=None, repr=False)  # None: REDIS_URL or Loom's local server
 
     def __post_init__(self) -> None:
@@ -70,6 +76,7 @@ class ServingConfig:
             ("redis_timeout_s", self.redis_timeout_s > 0),
             ("version_cache", self.version_cache >= 1),
             ("threads", self.threads >= 0),
+            ("log_flush_s", self.log_flush_s > 0),
         )
         for name, ok in checks:
             if not ok:
@@ -93,6 +100,8 @@ class ServingConfig:
             redis_timeout_s=_number(env, "REDIS_TIMEOUT_S", 0.5, float),
             version_cache=_number(env, "VERSION_CACHE", 4, int),
             threads=_number(env, "THREADS", 1, int),
+            log_predictions=_flag(env, "LOG_PREDICTIONS", True),
+            log_flush_s=_number(env, "LOG_FLUSH_S", 5.0, float),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -107,6 +116,8 @@ class ServingConfig:
             f"{PREFIX}REDIS_TIMEOUT_S": str(self.redis_timeout_s),
             f"{PREFIX}VERSION_CACHE": str(self.version_cache),
             f"{PREFIX}THREADS": str(self.threads),
+            f"{PREFIX}LOG_PREDICTIONS": "1" if self.log_predictions else "0",
+            f"{PREFIX}LOG_FLUSH_S": str(self.log_flush_s),
         }
 
 
@@ -120,6 +131,21 @@ def _number(env: Any, name: str, default: Any, kind: type) -> Any:
         raise ConfigError(
             f"{PREFIX}{name}={text!r} is not a{'n integer' if kind is int else ' number'}. Fix: set a number"
         ) from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(env: Any, name: str, default: bool) -> bool:
+    text = env.get(f"{PREFIX}{name}")
+    if text is None or text.strip() == "":
+        return default
+    if text.strip().lower() in _TRUE:
+        return True
+    if text.strip().lower() in _FALSE:
+        return False
+    raise ConfigError(f"{PREFIX}{name}={text!r} is not a yes/no value. Fix: set it to 1 or 0")
 
 
 def redis_connect_kwargs(url: str, timeout_s: float) -> dict[str, Any]:

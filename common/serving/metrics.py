@@ -12,6 +12,13 @@ Metrics:
 * ``loom_serving_errors_total{endpoint, model, reason}``: every answer >= 400
 * ``loom_serving_entities_total{model}``, ``loom_serving_missing_features_total{model}``
 * ``loom_serving_model_version{model, alias}`` and ``loom_serving_model_loads_total{model}``
+* the prediction log (:mod:`common.serving.prediction_log`), in rows:
+  ``loom_serving_predictions_logged_total`` (queued by requests),
+  ``loom_serving_predictions_written_total`` (in the Delta table),
+  ``loom_serving_predictions_spooled_total``, ``loom_serving_predictions_recovered_total`` (spool
+  files appended at a start), ``loom_serving_predictions_lost_total`` (should stay 0),
+  ``loom_serving_prediction_log_pending`` (queued or awaiting a retry) and
+  ``loom_serving_prediction_log_errors_total`` (failed writes)
 """
 
 from __future__ import annotations
@@ -36,6 +43,29 @@ REASONS = {
     500: "internal",
     503: "unavailable",
 }
+
+
+class PredictionLogMetrics:
+    """Counters of the prediction log, in rows (the names :class:`common.serving.prediction_log.PredictionLogger` uses)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.queued = Counter("loom_serving_predictions_logged", "Prediction rows queued for the log", registry=r)
+        self.written = Counter("loom_serving_predictions_written", "Prediction rows written to the log", registry=r)
+        self.spooled = Counter(
+            "loom_serving_predictions_spooled", "Prediction rows saved to the spool: the log failed", registry=r
+        )
+        self.recovered = Counter(
+            "loom_serving_predictions_recovered", "Spooled prediction rows appended to the log", registry=r
+        )
+        self.lost = Counter("loom_serving_predictions_lost", "Prediction rows neither written nor spooled", registry=r)
+        self.errors = Counter("loom_serving_prediction_log_errors", "Failed writes of the prediction log", registry=r)
+        self.pending = Gauge(
+            "loom_serving_prediction_log_pending",
+            "Prediction rows queued or awaiting a retry",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
 
 
 class ServingMetrics:
@@ -67,6 +97,7 @@ class ServingMetrics:
             registry=r,
         )
         self.model_loads = Counter("loom_serving_model_loads", "Alias versions loaded", ["model"], registry=r)
+        self.prediction_log = PredictionLogMetrics(r)
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:
         """Record one answered request."""
