@@ -192,7 +192,7 @@ def drifted(spark, mini):
 
 def test_evaluation_metrics_match_hand_computed_values(evaluated):
     rows = evaluated.rows
-    assert evaluated.missing == ["rest"] and set(evaluated.found) == {"batch", "stream"}
+    assert evaluated.missing == ["rest", "shadow"] and set(evaluated.found) == {"batch", "stream"}
     assert evaluated.labels_through.replace(tzinfo=UTC) == _t(3)
 
     batch = _row(rows, 1, "batch", 0)
@@ -364,7 +364,7 @@ def test_evaluate_and_retrain_jobs_from_the_command_line(mini, monkeypatch, caps
     monkeypatch.setenv("LOOM_HOME", str(mini.work.home))
     assert main_for("evaluate", evaluate_job, ["--usecase", "churn", "--model", "churn", "--at", AT.isoformat()]) == 0
     out = capsys.readouterr().out
-    assert "evaluated model churn: predictions from ['batch', 'stream'] (no table yet: ['rest'])" in out
+    assert "evaluated model churn: predictions from ['batch', 'stream'] (no table yet: ['rest', 'shadow'])" in out
     assert "drift of churn v2" in out and "failed_payments_30d" in out
     argv = ["--usecase", "churn", "--model", "churn", "--dry-run", "--at", AT.isoformat()]
     assert main_for("retrain", retrain_job, argv) == 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
@@ -117,19 +119,30 @@ def score_batch(
     spark: SparkSession,
     plan: Plan,
     model: str,
-    at: datetime,
+    at: datetime | Sequence[datetime],
     work: Paths,
     entities: DataFrame | None = None,
 ) -> tuple[ModelRef, DataFrame, str]:
-    """Score ``entities`` (default: all known) as of ``at``; returns the model, the written rows and the table.
+    """Score ``entities`` (default: all known at each time) as of ``at``; returns the model, the written
+    rows and the table.
 
-    Re-running the same model version and ``at`` replaces its earlier rows (idempotent).
+    ``at`` may be several times (a backtest, or daily runs caught up in one job): one point-in-time
+    join and one scoring pass for all of them. Re-running the same model version and times replaces
+    their earlier rows (idempotent).
     """
+    times = sorted({at} if isinstance(at, datetime) else set(at))
+    if not times:
+        raise ConfigError("score_batch needs at least one time in `at`. Fix: pass a datetime or a list of them")
     ref = resolve_model(model, work)
     spec = model_feature_spec(ref, work)
     key = spec.entity_key
-    rows = (entities if entities is not None else known_entities(spark, plan, spec, work, at)).select(key)
-    rows = rows.withColumn(PREDICTION_TS, F.lit(at).cast("timestamp"))
+    frames = [
+        (entities if entities is not None else known_entities(spark, plan, spec, work, t))
+        .select(key)
+        .withColumn(PREDICTION_TS, F.lit(t).cast("timestamp"))
+        for t in times
+    ]
+    rows = reduce(DataFrame.unionByName, frames)
     refs = [f"{g.name}.{f}" for g in spec.groups for f in g.selected]
     features = create_training_set(rows, refs, plan=plan, work=work, time_column=PREDICTION_TS).frame
     scored = score_frame(spark, ref, spec, features, work).select(
@@ -141,12 +154,13 @@ def score_batch(
         F.current_timestamp().alias("scored_at"),
     )
     path = predictions_path(work, plan.usecase)
-    writer = scored.write.format("delta").mode("overwrite" if table_exists(spark, path) else "errorifexists")
-    if table_exists(spark, path):
-        stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+    exists = table_exists(spark, path)
+    writer = scored.write.format("delta").mode("overwrite" if exists else "errorifexists")
+    stamps = ", ".join(f"TIMESTAMP'{t.strftime('%Y-%m-%d %H:%M:%S.%f')}'" for t in times)
+    if exists:
         writer = writer.option(
             "replaceWhere",
-            f"model_name = '{ref.name}' AND model_version = {ref.version} AND {PREDICTION_TS} = TIMESTAMP'{stamp}'",
+            f"model_name = '{ref.name}' AND model_version = {ref.version} AND {PREDICTION_TS} IN ({stamps})",
         )
     writer.save(path)
     written = (
@@ -155,7 +169,7 @@ def score_batch(
         .where(
             (F.col("model_name") == ref.name)
             & (F.col("model_version") == ref.version)
-            & (F.col(PREDICTION_TS) == F.lit(at))
+            & F.col(PREDICTION_TS).isin(*[F.lit(t).cast("timestamp") for t in times])
         )
     )
     return ref, written, path

@@ -1,7 +1,8 @@
 """Train a model of the metadata: point-in-time training set -> time split ->
 fit -> holdout metrics -> MLflow run (params, metrics, plots, lineage, pyfunc
 with its feature spec) -> registered version @challenger -> @champion when the
-promotion rule passes against the current champion on the same holdout."""
+promotion rule passes against the current champion on the same holdout (or
+@shadow first, when the model declares a shadow period: common.models.shadow)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from common.models.estimators import build_estimator
 from common.models.lineage import code_version, pip_requirements
 from common.models.metrics import evaluate, improvement
 from common.models.pyfunc import ESTIMATOR, FEATURE_SPEC, LoomModel, model_matrix
+from common.models.shadow import shadow_until, start_shadow
 from common.models.training_set import LABEL, TableVersion, model_training_set
 from common.monitoring.profile import log_training_profile, training_profile
 from common.settings import Paths
@@ -55,6 +58,7 @@ class TrainOutcome:
     promoted: bool
     lineage: dict[str, Any] = field(default_factory=dict)
     champion_metric: float | None = None
+    shadow_until: datetime | None = None  # set when the winner went to @shadow first (promotion.shadow)
 
     def render(self) -> str:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
@@ -274,7 +278,15 @@ def train_model(
     champion = _champion_metric(client, model_name, metric, split, spec.threshold)
     outcome.champion_metric = champion[1]
     promoted, why = decide(model, version, metrics[metric], champion)
-    if promoted:
+    if promoted and champion[0] is not None and spec.promotion.shadow:
+        outcome.shadow_until = shadow_until(spec.promotion.shadow)
+        start_shadow(model_name, version, outcome.shadow_until, client)
+        promoted = False
+        why = (
+            f"{why.rsplit('; ', 1)[0]}; v{version} is @shadow until {outcome.shadow_until:%Y-%m-%d %H:%M} UTC "
+            f"(streams score it beside champion v{champion[0]}; `loom retrain` promotes it after)"
+        )
+    elif promoted:
         registry.promote(model_name, version, why, client)
     client.set_model_version_tag(model_name, str(version), "loom.decision", why)
     outcome.decision, outcome.promoted = why, promoted

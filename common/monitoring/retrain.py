@@ -13,6 +13,11 @@ Retraining is due when any of these holds (``models.<name>.retrain``):
   (all paths together) with at least ``min_labels`` matched outcomes and a
   defined metric has that metric below ``below``.
 
+While a version is under @shadow (``promotion.shadow``), nothing retrains
+(except ``--force``); once its period is over, ``retrain`` first concludes it
+(``common.models.shadow.conclude_shadow``: promote or not) and leaves the next
+retraining decision to the next run.
+
 Drift and metric results count only when computed after the latest version was
 created: a retraining is never repeated on the evidence that caused it (even
 when its challenger was not promoted); the next ``loom evaluate`` brings new
@@ -34,6 +39,7 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import Plan
 from common.models import registry
+from common.models.shadow import ShadowVerdict, conclude_shadow, current_shadow
 from common.monitoring.evaluate import ALL_PATHS
 from common.monitoring.settings import MonitoringSettings, settings_of
 from common.monitoring.tables import DRIFT, METRICS, read_table
@@ -66,13 +72,15 @@ class Decision:
 
 @dataclass
 class RetrainResult:
-    """The decision, and the training outcome when it was due."""
+    """The decision, the training outcome when it was due, and a shadow concluded on the way."""
 
     decision: Decision
     outcome: Any = None  # common.models.train.TrainOutcome
+    shadow: ShadowVerdict | None = None
 
     def render(self) -> str:
-        text = self.decision.render()
+        text = "" if self.shadow is None else self.shadow.render() + "\n"
+        text += self.decision.render()
         if self.outcome is not None:
             text += "\n" + self.outcome.render()
         return text
@@ -202,6 +210,15 @@ def decide(
     if decision.champion is None:
         decision.reasons.append("there is no @champion")
         return decision
+    shadow = current_shadow(model_name, client)
+    if shadow is not None and not force:
+        state = "ended" if shadow.over(decision.at) else "runs"
+        decision.reasons.clear()
+        decision.checks.append(
+            f"shadow v{shadow.version} {state} until {shadow.until:%Y-%m-%d %H:%M} UTC: "
+            "no retraining until it is concluded (`loom retrain` concludes it once it has ended)"
+        )
+        return decision
     rule = settings.retrain
     if rule.on_schedule and settings.schedule:
         _schedule_check(decision, settings.schedule, since, decision.latest)
@@ -227,10 +244,16 @@ def retrain(
 
     ``train`` defaults to ``common.models.train.train_model``.
     """
-    decision = decide(spark, plan, model_name, work, at=at, force=force, settings=settings)
+    concluded = None if dry_run else conclude_shadow(spark, plan, model_name, work, at=at)
+    if concluded is not None and not force:
+        # the evidence gathered during the shadow judged that version; new evidence decides the next retraining
+        decision = Decision(model_name, (at or datetime.now(UTC)).astimezone(UTC), champion=concluded.champion)
+        decision.checks.append(f"shadow v{concluded.shadow.version} concluded: the next run decides on retraining")
+    else:
+        decision = decide(spark, plan, model_name, work, at=at, force=force, settings=settings)
     log.info("%s", decision.render())
     if not decision.due or dry_run:
-        return RetrainResult(decision)
+        return RetrainResult(decision, shadow=concluded)
     if train is None:
         from common.models.train import train_model as train
     outcome = train(spark, plan, model_name, work)
@@ -238,4 +261,4 @@ def retrain(
         registry.client(work).set_model_version_tag(
             model_name, str(outcome.version), REASON_TAG, "; ".join(decision.reasons)[:5000]
         )
-    return RetrainResult(decision, outcome)
+    return RetrainResult(decision, outcome, concluded)

@@ -1,10 +1,10 @@
 """What the evaluation reads: every prediction table of a use case, and the outcomes.
 
 Prediction tables live at ``common.models.scoring.predictions_path(work,
-usecase, kind)`` for kind batch, stream and rest; a missing table is skipped.
+usecase, kind)`` for kind batch, stream, rest and shadow; a missing table is skipped.
 Each is normalized to: entity key, ``prediction_ts``, ``score``, ``model_name``,
 ``model_version`` and ``path`` (the kind). The prediction time is the table's
-``prediction_ts`` (batch, REST) or ``firing_ts`` (stream).
+``prediction_ts`` (batch, REST) or ``firing_ts`` (stream, shadow).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from common.features.offline import table_exists
 from common.models.scoring import predictions_path
 from common.settings import Paths
 
-PATHS: tuple[str, ...] = ("batch", "stream", "rest")
+# shadow: a @shadow version's scores of the stream's firings (common.models.shadow)
+PATHS: tuple[str, ...] = ("batch", "stream", "rest", "shadow")
 PREDICTION_TS = "prediction_ts"
 LABEL_TS = "label_ts"
 LABEL = "label"

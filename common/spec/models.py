@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator
 
-from common.spec.base import Name, Strict
+from common.spec.base import Duration, Name, Strict
 from common.spec.monitoring import DriftRule, Evaluation, Retrain
 from common.spec.sql import check_sql
 from common.spec.transforms import BucketizeTransform, ClipTransform, FillTransform, LogTransform, RatioTransform
@@ -65,10 +65,27 @@ class Split(Strict):
 
 
 class Promotion(Strict):
-    """Move @champion to a new version when it beats the champion on the same holdout."""
+    """Move @champion to a new version when it beats the champion on the same holdout.
+
+    With ``shadow``, a winning version is not promoted at once: it becomes @shadow, the trigger
+    streams score it beside the champion (``predictions/shadow``, no actions) for that long, and
+    ``loom retrain`` then promotes it by the same rule, judged on the shadow firings' outcomes
+    when enough have arrived (``common.models.shadow``).
+    """
 
     metric: Metric = "roc_auc"
     min_improvement: float = Field(default=0.0, ge=0.0, description="in the metric's own units")
+    shadow: Duration | None = Field(
+        default=None,
+        description="score a winning challenger in shadow for this long before it becomes @champion "
+        "(only when there is a champion to compare with)",
+    )
+    shadow_min_labels: int = Field(
+        default=50,
+        ge=1,
+        description="judge the shadow on its firings' outcomes when at least this many matched; "
+        "otherwise the holdout verdict stands",
+    )
 
 
 class Model(Strict):

@@ -9,7 +9,9 @@ score with ``mlflow.pyfunc.spark_udf`` and write
 * the predictions Delta table and the actions table (score >= threshold), each
   an idempotent append keyed by ``txnAppId``/``txnVersion`` = the batch id, so
   a replayed batch never writes twice;
-* the latest prediction per entity and model in Redis, guarded by time.
+* the latest prediction per entity and model in Redis, guarded by time;
+* while a model has a @shadow version (``promotion.shadow``), the same firings
+  scored by it to ``predictions/shadow`` (idempotent too; no actions, no Redis).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import reduce
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -31,6 +34,7 @@ from common.features.at_times import features_at
 from common.features.offline import table_exists
 from common.models import registry
 from common.models.scoring import ModelRef, model_feature_spec, predictions_path
+from common.models.shadow import SHADOW
 from common.online.predictions import LatestPrediction, write_latest
 from common.settings import Paths
 from common.triggers.operator import FIRING_TS
@@ -74,30 +78,19 @@ class ModelResolver:
         return self._udfs[(ref.name, ref.version)]
 
 
-def _score_model(
-    spark: SparkSession, work: Paths, plan: Plan, resolver: ModelResolver, trigger: TriggerPlan, firings: DataFrame
-) -> DataFrame:
-    """Firings of one trigger with features, score, model name and version."""
-    key = trigger.entity_key
-    version = resolver.version(trigger.model, trigger.alias)
-    base = firings.select(key, "trigger", FIRING_TS, "event_id")
-    if version is None:
-        log.warning(
-            "trigger %s fired but %s@%s does not exist: firings recorded without a score",
-            trigger.name,
-            trigger.model,
-            trigger.alias,
-        )
-        return base.select(
-            "*",
-            F.lit(None).cast("map<string,double>").alias("features"),
-            F.lit(None).cast("double").alias("score"),
-            F.lit(trigger.model).alias("model_name"),
-            F.lit(None).cast("int").alias("model_version"),
-        )
-    ref = ModelRef(trigger.model, version, trigger.alias)
+def _unscored(trigger: TriggerPlan, base: DataFrame) -> DataFrame:
+    return base.select(
+        "*",
+        F.lit(None).cast("map<string,double>").alias("features"),
+        F.lit(None).cast("double").alias("score"),
+        F.lit(trigger.model).alias("model_name"),
+        F.lit(None).cast("int").alias("model_version"),
+    )
+
+
+def _scored(spark: SparkSession, resolver: ModelResolver, key: str, with_features: DataFrame, ref: ModelRef):
+    """The firings (with the features ``ref`` reads) scored by ``ref``, with a features snapshot."""
     spec = resolver.spec(ref)
-    with_features = features_at(spark, work, plan, spec, base, FIRING_TS)
     udf = resolver.udf(spark, ref)
     names = list(spec.lookup_features)
     snapshot = F.map_from_arrays(
@@ -113,6 +106,37 @@ def _score_model(
         F.lit(ref.name).alias("model_name"),
         F.lit(ref.version).alias("model_version"),
     )
+
+
+def _score_model(
+    spark: SparkSession, work: Paths, plan: Plan, resolver: ModelResolver, trigger: TriggerPlan, firings: DataFrame
+) -> tuple[DataFrame, DataFrame | None]:
+    """Firings of one trigger scored by the trigger's alias (features, score, model name and version),
+    and by the model's @shadow when one runs beside it (else None)."""
+    key = trigger.entity_key
+    version = resolver.version(trigger.model, trigger.alias)
+    base = firings.select(key, "trigger", FIRING_TS, "event_id")
+    if version is None:
+        log.warning(
+            "trigger %s fired but %s@%s does not exist: firings recorded without a score",
+            trigger.name,
+            trigger.model,
+            trigger.alias,
+        )
+        return _unscored(trigger, base), None
+    ref = ModelRef(trigger.model, version, trigger.alias)
+    spec = resolver.spec(ref)
+    with_features = features_at(spark, work, plan, spec, base, FIRING_TS)
+    scored = _scored(spark, resolver, key, with_features, ref)
+    model = plan.models.get(trigger.model)
+    shadow = resolver.version(trigger.model, SHADOW) if model and model.spec.promotion.shadow else None
+    if shadow is None or shadow == version:
+        return scored, None
+    shadow_ref = ModelRef(trigger.model, shadow, SHADOW)
+    shadow_spec = resolver.spec(shadow_ref)
+    if shadow_spec.groups != spec.groups:  # it reads other features: compute them
+        with_features = features_at(spark, work, plan, shadow_spec, base, FIRING_TS)
+    return scored, _scored(spark, resolver, key, with_features, shadow_ref)
 
 
 def _append_once(frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
@@ -132,6 +156,7 @@ def make_firing_handler(
     """The ``foreachBatch`` function of a source's trigger query."""
     by_name = {t.name: t for t in triggers}
     predictions = predictions_path(work, plan.usecase, "stream")
+    shadow_predictions = predictions_path(work, plan.usecase, SHADOW)
     actions = work.table(plan.usecase, "predictions", "actions")
 
     def handle(batch: DataFrame, batch_id: int) -> None:
@@ -141,14 +166,21 @@ def make_firing_handler(
             counts = {r["trigger"]: r["count"] for r in batch.groupBy("trigger").count().collect()}
             if not counts:
                 return
-            scored = None
-            for name in sorted(counts):
-                part = _score_model(spark, work, plan, resolver, by_name[name], batch.where(F.col("trigger") == name))
-                scored = part if scored is None else scored.unionByName(part)
+            parts = [
+                _score_model(spark, work, plan, resolver, by_name[name], batch.where(F.col("trigger") == name))
+                for name in sorted(counts)
+            ]
             thresholds = F.create_map(*[x for t in triggers for x in (F.lit(t.name), F.lit(t.threshold))])
-            rows = scored.withColumns(
-                {"action": F.col("score") >= thresholds[F.col("trigger")], "batch_id": F.lit(batch_id).cast("long")}
-            ).cache()
+
+            def with_action(frames: list[DataFrame]) -> DataFrame:
+                return reduce(DataFrame.unionByName, frames).withColumns(
+                    {"action": F.col("score") >= thresholds[F.col("trigger")], "batch_id": F.lit(batch_id).cast("long")}
+                )
+
+            shadowed = [s for _, s in parts if s is not None]
+            if shadowed:  # logged beside the champion's rows, never acted on
+                _append_once(with_action(shadowed), shadow_predictions, f"{app_id}-shadow", batch_id)
+            rows = with_action([p for p, _ in parts]).cache()
             try:
                 _append_once(rows, predictions, app_id, batch_id)
                 if not table_exists(spark, actions) or rows.where("action").limit(1).count():

@@ -3,6 +3,8 @@ stream) -> firings (stateful operator) -> scoring (foreachBatch, exactly once)."
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -32,14 +34,22 @@ def start_trigger_streams(
     interval: str = "5 seconds",
     max_files_per_trigger: int | None = None,
     model_refresh_s: float = 0.0,
+    starting: Literal["earliest", "latest"] = "earliest",
 ) -> list[StreamingQuery]:
-    """Start the trigger queries of ``plan`` (none when it declares no triggers)."""
+    """Start the trigger queries of ``plan`` (none when it declares no triggers).
+
+    ``starting="latest"`` makes a *first* start (no checkpoint yet) skip the events already in
+    bronze: deploying triggers on an existing lake then scores and acts on new events only, not
+    on weeks of history. Once a checkpoint exists it decides where the query resumes.
+    """
     queries = []
     resolver = ModelResolver(work, model_refresh_s)
     client = connect(redis_url)
     for source, triggers in triggers_by_source(plan).items():
         # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them
         reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
+        if starting == "latest":
+            reader = reader.option("startingVersion", "latest")
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
         events = reader.load(bronze_path(work, plan.usecase, source))
