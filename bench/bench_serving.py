@@ -9,6 +9,10 @@ Set-up, all on this machine:
   entities × 50 features;
 * the real server: ``uvicorn common.serving.app:app_from_env --factory`` in a
   subprocess, one worker (what ``loom serve`` runs), configured by the environment;
+  with its defaults, so the prediction log is on: ``LOOM_SERVE_USECASE`` names
+  the bench's use case and every answer is appended to its ``predictions/rest``
+  Delta table in the bench's own work folder (deleted at the end). A row says
+  whether the log was on and how many rows it wrote by the server's shutdown;
 * an open-loop load generator (asyncio on uvloop, raw HTTP/1.1 keep-alive
   connections, up to 32): requests are due at a fixed rate whatever the
   answers do, and each latency runs from the moment its request is due to the
@@ -159,8 +163,11 @@ def _in_process(spec: Any, url: str, keys: list[str], iterations: int) -> list[d
 # -- the server ----------------------------------------------------------------
 
 
-def _start_server(home: Path, url: str, api_key: str, max_batch: int) -> tuple[subprocess.Popen, int, Path]:
+def _start_server(
+    home: Path, url: str, api_key: str, max_batch: int, usecase: str
+) -> tuple[subprocess.Popen, int, Path]:
     port = free_port()
+    # every other LOOM_SERVE_ setting keeps its default: the prediction log is on, as in production
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOM_SERVE_") and k != "MLFLOW_TRACKING_URI"}
     env.update(
         {
@@ -168,6 +175,7 @@ def _start_server(home: Path, url: str, api_key: str, max_batch: int) -> tuple[s
             "REDIS_URL": url,
             "LOOM_API_KEYS": f"bench:{api_key}:{MODEL}",
             "LOOM_SERVE_MODELS": MODEL,
+            "LOOM_SERVE_USECASE": usecase,  # names the prediction log's table (under LOOM_HOME)
             "LOOM_SERVE_MAX_BATCH": str(max_batch),
             "LOOM_LOG_LEVEL": "WARNING",
         }
@@ -311,14 +319,18 @@ def _run_loop(coroutine: Any) -> Any:
         return asyncio.run(coroutine)
 
 
-def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> list[dict[str, Any]]:
+def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> tuple[list[dict[str, Any]], int]:
+    """The HTTP latency rows, and how many entities the server scored (what its prediction log should hold)."""
     seconds = 3 if quick else 30
     rows: list[dict[str, Any]] = []
+    entities = 0
     for batch, target in ((1, 2.5), (100, 10.0)):
         warm = _requests(port, api_key, keys, batch, 200)
-        _run_loop(_open_loop(port, warm, RATE))
+        warmed = _run_loop(_open_loop(port, warm, RATE))
+        entities += warmed["statuses"].get(200, 0) * batch
         label = f"HTTP predict {batch} {'entity' if batch == 1 else 'entities'} × 50 features"
         alone = _run_loop(_sequential(port, _requests(port, api_key, keys, batch, 200 if quick else 1000)))
+        entities += len(alone) * batch  # _sequential raises unless every answer is a 200
         note = f"{len(alone)} requests one after the other (closed loop, no queueing): the service time"
         for q in (50, 99):
             rows.append(
@@ -336,9 +348,11 @@ def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> list[di
             raise RuntimeError(f"unexpected answers: {result['statuses']}, sample {result['sample'][:300]!r}")
         if not all(p["known"] and not p["missing"] for p in body["predictions"]):
             raise RuntimeError(f"the server did not find the bench features: {result['sample'][:300]!r}")
+        entities += len(result["latencies"]) * batch
         note = (
             f"{len(result['latencies'])} requests at {RATE} rps open loop (achieved {result['achieved_rps']:.0f}), "
-            f"{result['connections']} connection(s) (max {MAX_CONNECTIONS}), timer lag p99 {result['lag_p99_ms']} ms, 1 uvicorn worker"
+            f"{result['connections']} connection(s) (max {MAX_CONNECTIONS}), timer lag p99 {result['lag_p99_ms']} ms, 1 uvicorn worker, "
+            "prediction log on (defaults)"
         )
         rows.append(
             {
@@ -358,7 +372,31 @@ def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> list[di
                 "note": note,
             }
         )
-    return rows
+    return rows, entities
+
+
+def _prediction_log_row(work: Any, usecase: str, scored: int) -> dict[str, Any]:
+    """Was the prediction log on during the HTTP runs? Read its Delta table after the server's clean shutdown."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from common.models.scoring import predictions_path
+    from common.serving.prediction_spool import SPOOL_FOLDER
+
+    table = predictions_path(work, usecase, "rest")
+    try:
+        written = DeltaTable(table).to_pyarrow_dataset().count_rows()
+    except TableNotFoundError:
+        written = 0
+    spooled = len(list((Path(table) / SPOOL_FOLDER).glob("*.parquet")))
+    return {
+        "metric": "prediction log during the HTTP runs",
+        "value": "on" if written or spooled else "off",
+        "unit": "",
+        "target": None,
+        "note": f"{written} row(s) in the Delta table predictions/rest of the bench work folder after shutdown, "
+        f"for {scored} entities scored; {spooled} spool file(s); default flush interval (LOOM_SERVE_LOG_FLUSH_S)",
+    }
 
 
 # -- the peer: Feast, in its own venv --------------------------------------------
@@ -496,11 +534,13 @@ def run(quick: bool) -> list[dict[str, Any]]:
             try:
                 rows += _in_process(spec, url, keys, 300 if quick else 3000)
                 api_key = secrets.token_hex(24)  # this run's throwaway key
-                process, port, _ = _start_server(home, url, api_key, max_batch=100)
-                rows += _http_rows(port, api_key, keys, quick)
-                process.terminate()
+                process, port, _ = _start_server(home, url, api_key, max_batch=100, usecase=usecase)
+                http, scored = _http_rows(port, api_key, keys, quick)
+                rows += http
+                process.terminate()  # a clean shutdown: the prediction log writes what is still queued
                 process.wait(timeout=30)
                 process = None
+                rows.append(_prediction_log_row(work, usecase, scored))
                 rows += _feast_rows(url, values, quick)
             finally:
                 from common.redis_server import connect

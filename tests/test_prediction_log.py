@@ -32,13 +32,10 @@ from common.serving.app import create_app
 from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig
 from common.serving.predict import epoch_us
-from common.serving.prediction_log import (
-    SPOOL_FOLDER,
-    DeltaPredictionSink,
-    LoggedRequest,
-    PredictionLogger,
-    PredictionSink,
-)
+from common.serving.prediction_log import PredictionLogger
+from common.serving.prediction_rows import LoggedRequest
+from common.serving.prediction_sink import DeltaPredictionSink, PredictionSink
+from common.serving.prediction_spool import SPOOL_FOLDER
 from tests.conftest import REPO
 from tests.test_serving import AT, _keys, latest_rows, online_url  # noqa: F401 - fixtures reused
 
@@ -291,7 +288,9 @@ _WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from common.serving.prediction_log import DeltaPredictionSink, LoggedRequest, PredictionLogger, Txn, rows_table
+from common.serving.prediction_log import PredictionLogger
+from common.serving.prediction_rows import LoggedRequest, rows_table
+from common.serving.prediction_sink import DeltaPredictionSink, Txn
 
 table, name, go, records = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 
@@ -410,7 +409,7 @@ def test_rows_hold_scores_and_names_but_no_feature_values():
         {"activity": np.array([5, -1]), "profile": np.array([-1, -1])},
         [["tenure_days"], ["a", "b"]],
     )
-    from common.serving.prediction_log import rows_table
+    from common.serving.prediction_rows import rows_table
 
     rows = rows_table([record]).to_pylist()
     assert [r["customer_id"] for r in rows] == ["C1", "42"]  # keys as strings, as sent

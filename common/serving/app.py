@@ -57,13 +57,10 @@ from common.serving.config import ServingConfig, open_redis, resolve_redis_url
 from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
 from common.serving.metrics import CONTENT_TYPE, ServingMetrics
 from common.serving.predict import epoch_us, response_body, score_entities
-from common.serving.prediction_log import (
-    SPOOL_FOLDER,
-    DeltaPredictionSink,
-    LoggedRequest,
-    PredictionLogger,
-    PredictionSink,
-)
+from common.serving.prediction_log import PredictionLogger
+from common.serving.prediction_rows import LoggedRequest
+from common.serving.prediction_sink import DeltaPredictionSink, PredictionSink
+from common.serving.prediction_spool import SPOOL_FOLDER
 from common.serving.schemas import ErrorBody, PredictRequest, PredictResponse, entity_errors
 from common.settings import Paths, paths
 

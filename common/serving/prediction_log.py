@@ -1,12 +1,20 @@
 """The REST service's prediction log: every answered prediction, appended to a Delta table off the request path.
 
-The request only appends a record to an in-memory queue (:meth:`PredictionLogger.log`:
-a ``deque.append``, no lock held across I/O, no bound that could make it wait).
-A background thread turns the queued records into an Arrow table every
-``flush_interval_s`` seconds (sooner when ``max_rows`` rows wait) and hands it
-to a :class:`PredictionSink`; :class:`DeltaPredictionSink` appends it with
-delta-rs (no JVM in the serving process). Several workers may append to the
-same table: delta-rs retries an append whose commit lost the race.
+The request only appends a record (:class:`~common.serving.prediction_rows.LoggedRequest`)
+to an in-memory queue (:meth:`PredictionLogger.log`: a ``deque.append``, no lock
+held across I/O, no bound that could make it wait). A background thread turns
+the queued records into an Arrow table every ``flush_interval_s`` seconds
+(sooner when ``max_rows`` rows wait) and hands it to a
+:class:`~common.serving.prediction_sink.PredictionSink`, in production the Delta
+table written with delta-rs.
+
+The concepts live in modules of their own:
+
+* :mod:`common.serving.prediction_rows`: the queued record and the rows (columns) it becomes;
+* :mod:`common.serving.prediction_sink`: the sink, the Delta table, transaction ids;
+* :mod:`common.serving.prediction_spool`: Parquet files of rows the sink could not take;
+* this module: the queue, the writer thread, retries and shutdown, which decide
+  when to write, retry, spool and recover.
 
 Nothing is dropped:
 
@@ -26,188 +34,39 @@ Nothing is dropped:
 
 What it cannot save: the queue of a process killed without a shutdown (SIGKILL,
 out of memory), at most the last ``flush_interval_s`` seconds of predictions.
-
-Rows (one per entity): the entity key as a string (column named after the
-model's entity key), ``prediction_ts`` (the lookup time of the request, UTC),
-``score``, ``model_name``, ``model_version``, ``alias`` (null when the request
-named the version), ``known``, ``missing`` (names of the features passed as
-NaN), ``request_id``, ``client`` (the API key's name, never the key) and
-``logged_at`` (when the row was written). No feature value.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import re
 import threading
 import time
 import uuid
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from common.serving.prediction_rows import LoggedRequest, rows_table, stamp_logged_at
+from common.serving.prediction_sink import PredictionSink, Txn
+from common.serving.prediction_spool import UnreadableSpoolFile, load_spool_file, spooled_files, write_spool_file
 
 if TYPE_CHECKING:
     from common.serving.metrics import PredictionLogMetrics
 
 log = logging.getLogger(__name__)
 
-UTC_US = pa.timestamp("us", tz="UTC")
-SPOOL_FOLDER = "_spool"  # inside the table folder: Delta readers and VACUUM skip folders starting with "_"
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 CLOSE_ATTEMPTS = 3
-_SPOOL_NAME = re.compile(r"^(?P<app>[A-Za-z0-9_.-]+)-(?P<seq>\d{10})\.parquet$")
-
-
-@dataclass(frozen=True)
-class Txn:
-    """A Delta transaction id: ``app_id`` and a version that only grows for that app id."""
-
-    app_id: str
-    version: int
-
-
-class LoggedRequest(NamedTuple):
-    """One answered prediction request, as queued by the request path (turned into rows later;
-    a tuple: the cheapest record to build on the hot path)."""
-
-    request_id: str
-    at_us: int  # the lookup time, epoch microseconds UTC
-    client: str  # the API key's name
-    model: str
-    version: int
-    alias: str | None
-    entity_key: str
-    keys: Sequence[Any]
-    scores: np.ndarray
-    event_times_us: dict[str, np.ndarray]  # group -> per entity, -1 when absent or stale
-    missing: Sequence[Sequence[str]]
-
-
-def rows_table(records: Sequence[LoggedRequest], logged_at_us: int | None = None) -> pa.Table:
-    """The Delta rows of ``records``: one per entity, in request order among requests that read the
-    same feature groups.
-
-    Built with list extends and one numpy operation per feature group, not per request: the
-    writer thread holds the GIL meanwhile, and requests wait for it.
-    """
-    key_columns = list(dict.fromkeys(r.entity_key for r in records))
-    keys: dict[str, list[Any]] = {name: [] for name in key_columns}
-    at: list[int] = []
-    request_ids: list[str] = []
-    clients: list[str] = []
-    models: list[str] = []
-    versions: list[int] = []
-    aliases: list[str | None] = []
-    missing: list[Sequence[str]] = []
-    scores: list[np.ndarray] = []
-    known: list[np.ndarray] = []
-    by_groups: dict[tuple[str, ...], list[LoggedRequest]] = {}
-    for r in records:
-        by_groups.setdefault(tuple(r.event_times_us), []).append(r)
-    for groups, same in by_groups.items():
-        for r in same:
-            n = len(r.keys)
-            for name, column in keys.items():
-                column.extend(map(str, r.keys) if name == r.entity_key else [None] * n)  # str: keys may be numbers
-            at += [r.at_us] * n
-            request_ids += [r.request_id] * n
-            clients += [r.client] * n
-            models += [r.model] * n
-            versions += [r.version] * n
-            aliases += [r.alias] * n
-            missing += r.missing
-            scores.append(r.scores)
-        seen = np.zeros(sum(len(r.keys) for r in same), dtype=bool)
-        for group in groups:
-            seen |= np.concatenate([r.event_times_us[group] for r in same]) >= 0
-        known.append(seen)
-    logged = time.time_ns() // 1000 if logged_at_us is None else logged_at_us
-    columns = {name: pa.array(values, pa.string()) for name, values in keys.items()}
-    columns.update(
-        {
-            "prediction_ts": pa.array(at, pa.int64()).cast(UTC_US),
-            "score": pa.array(np.concatenate(scores).astype("float64"), pa.float64(), from_pandas=True),  # NaN: null
-            "model_name": pa.array(models, pa.string()),
-            "model_version": pa.array(versions, pa.int32()),
-            "alias": pa.array(aliases, pa.string()),
-            "known": pa.array(np.concatenate(known), pa.bool_()),
-            "missing": pa.array(missing, pa.list_(pa.string())),
-            "request_id": pa.array(request_ids, pa.string()),
-            "client": pa.array(clients, pa.string()),
-            "logged_at": pa.array(np.full(len(at), logged, dtype="int64")).cast(UTC_US),
-        }
-    )
-    return pa.table(columns)
-
-
-def _stamp(table: pa.Table) -> pa.Table:
-    """``table`` with ``logged_at`` set to now (the moment it is written)."""
-    now = pa.array(np.full(table.num_rows, time.time_ns() // 1000, dtype="int64"), UTC_US)
-    return table.set_column(table.schema.get_field_index("logged_at"), "logged_at", now)
-
-
-class PredictionSink(ABC):
-    """Where batches of prediction rows go."""
-
-    @abstractmethod
-    def write(self, batch: pa.Table, txn: Txn) -> None:
-        """Append ``batch`` atomically, recording ``txn``; raise on failure (the logger retries)."""
-
-    def written(self, txn: Txn) -> bool:
-        """Has a batch with ``txn`` (or a later version of its app id) been committed? Default: unknown, no."""
-        return False
-
-    def __str__(self) -> str:
-        return type(self).__name__
-
-
-class DeltaPredictionSink(PredictionSink):
-    """Appends to the Delta table at ``path`` with delta-rs (created by the first append)."""
-
-    def __init__(self, path: str | Path, max_commit_retries: int = 50) -> None:
-        self.path = str(path)
-        # several workers append every few seconds: a lost commit race is normal, retry it
-        self.max_commit_retries = max_commit_retries
-
-    def write(self, batch: pa.Table, txn: Txn) -> None:
-        from deltalake import CommitProperties, Transaction, write_deltalake
-
-        write_deltalake(
-            self.path,
-            batch,
-            mode="append",
-            schema_mode="merge",  # a model with another entity key adds its key column
-            commit_properties=CommitProperties(
-                app_transactions=[Transaction(txn.app_id, txn.version)], max_commit_retries=self.max_commit_retries
-            ),
-        )
-
-    def written(self, txn: Txn) -> bool:
-        from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
-
-        try:
-            committed = DeltaTable(self.path).transaction_version(txn.app_id)
-        except TableNotFoundError:
-            return False
-        return committed is not None and committed >= txn.version
-
-    def __str__(self) -> str:
-        return f"Delta table {self.path}"
 
 
 @dataclass
 class _Batch:
+    """Rows taken from the queue, with the txn they are written under and the failed attempts so far."""
+
     txn: Txn
     table: pa.Table
     failures: int = 0
@@ -402,7 +261,7 @@ class PredictionLogger:
         try:
             # after a failure the commit may have happened anyway: its txn says so
             if not (batch.failures and self.sink.written(batch.txn)):
-                self.sink.write(_stamp(batch.table), batch.txn)
+                self.sink.write(stamp_logged_at(batch.table), batch.txn)
         except Exception as err:  # any sink failure: keep the rows, retry later
             batch.failures += 1
             self._metrics.add("errors", 1)
@@ -449,7 +308,7 @@ class PredictionLogger:
             try:
                 self.spool_dir.mkdir(parents=True, exist_ok=True)
                 for batch in batches:
-                    files.append(_write_spool_file(self.spool_dir, batch))
+                    files.append(write_spool_file(self.spool_dir, batch.table, batch.txn))
             except Exception as err:  # disk full, permissions: say what is lost rather than die
                 failure = str(err)
         spooled = sum(b.table.num_rows for b in batches[: len(files)])
@@ -473,16 +332,15 @@ class PredictionLogger:
     def _recover_spool(self) -> None:
         """Append every spooled file to the sink and delete it; stop at the first failure."""
         self._spool_dirty = False
-        if self.spool_dir is None or not self.spool_dir.is_dir():
+        if self.spool_dir is None:
             return
-        for path in sorted(self.spool_dir.glob("*.parquet")):
-            match = _SPOOL_NAME.match(path.name)
-            if match is None or self._abandoned:
-                continue
+        for path, original in spooled_files(self.spool_dir):
+            if self._abandoned:
+                break
             self._writing = True
             try:
-                rows = _load_spool_file(path, self.sink, Txn(match["app"], int(match["seq"])))
-            except _UnreadableSpoolFile as err:  # retrying cannot help: set it aside, go on with the others
+                rows = load_spool_file(path, self.sink, original)
+            except UnreadableSpoolFile as err:  # retrying cannot help: set it aside, go on with the others
                 self._metrics.add("errors", 1)
                 log.error("prediction log: spooled %s cannot be read (%s); moved to %s", path, err.__cause__, err)
                 continue
@@ -499,45 +357,5 @@ class PredictionLogger:
                 log.info("prediction log: appended %d spooled row(s) from %s to %s", rows, path, self.sink)
 
 
-class _UnreadableSpoolFile(Exception):
-    """A spool file that is no Parquet file of prediction rows (the message is where it was moved)."""
-
-
 def _new_app_id() -> str:
     return f"loom-rest-{uuid.uuid4().hex}"
-
-
-def _write_spool_file(folder: Path, batch: _Batch) -> Path:
-    """``batch`` as ``<app id>-<version>.parquet``, written under a temporary name then renamed (atomic)."""
-    path = folder / f"{batch.txn.app_id}-{batch.txn.version:010d}.parquet"
-    partial = folder / f".{path.name}.{os.getpid()}.tmp"
-    pq.write_table(batch.table, partial)
-    os.replace(partial, path)
-    return path
-
-
-def _load_spool_file(path: Path, sink: PredictionSink, original: Txn) -> int:
-    """Append the spooled ``path`` (once) and delete it; the rows appended, 0 if another process has it."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - held open for the lock
-    except FileNotFoundError:
-        return 0  # another worker loaded it
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return 0  # another worker is loading it now
-        if os.fstat(handle.fileno()).st_nlink == 0:
-            return 0  # loaded and deleted while we waited for the lock
-        own = Txn(f"{original.app_id}-{original.version:010d}", 1)
-        try:
-            table = pq.read_table(handle)
-        except Exception as err:  # truncated or foreign file
-            aside = path.with_name(path.name + ".unreadable")
-            os.replace(path, aside)
-            raise _UnreadableSpoolFile(str(aside)) from err
-        landed = sink.written(original) or sink.written(own)  # written before the crash
-        if not landed:
-            sink.write(_stamp(table), own)
-        path.unlink()
-    return 0 if landed else table.num_rows
