@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if not failed:
         for name in plan.models:
             failed |= not _model_lifecycle(spark, plan, name, work, url)
+            _monitoring(spark, plan, name, work)
+        _schedules(spec, work)
 
     print("\n== where everything lives")
     print(f"delta tables:  {work.lake}")
@@ -285,3 +287,38 @@ def _rest_scores(
 
 if __name__ == "__main__":
     raise SystemExit(main_for("demo", __import__(__name__)))
+
+
+def _monitoring(spark, plan, name: str, work: Paths) -> None:
+    """Evaluate the logged predictions against the outcomes, drift, and the retraining policy."""
+    from common.monitoring.drift import compute_drift
+    from common.monitoring.evaluate import evaluate_model
+    from common.monitoring.retrain import retrain
+
+    started = step(f"12. evaluate {name}: predictions (batch, stream, REST) vs outcomes as they arrived; drift")
+    print("   " + evaluate_model(spark, plan, name, work).render().replace("\n", "\n   "))
+    drift = compute_drift(spark, plan, name, work)
+    print("   " + "\n   ".join(drift.render().splitlines()[:6]) + "\n   ...")
+    done(started)
+
+    started = step(f"13. retrain {name}: the policy in metadata (drift, metric floor, schedule) -> challenger?")
+    print("   " + retrain(spark, plan, name, work).render().replace("\n", "\n   "))
+    done(started)
+
+
+def _schedules(spec, work: Paths) -> None:
+    """Export the metadata's schedules as a crontab and as Databricks Asset Bundle jobs."""
+    from common.schedules import export_bundle, export_crontab
+    from jobs.schedule import plan as plan_schedules
+
+    started = step("14. schedules: metadata crons -> crontab and Databricks Asset Bundle jobs (same entry points)")
+    planned = plan_schedules(spec)
+    folder = work.home / "schedules"
+    folder.mkdir(parents=True, exist_ok=True)
+    crontab, bundle = folder / f"{spec.name}.crontab", folder / f"{spec.name}.databricks.yml"
+    crontab.write_text(export_crontab(spec, planned, spec.name, work.home))
+    bundle.write_text(export_bundle(spec, planned, spec.name, folder))
+    for item in planned:
+        print(f"   {item.entry.schedule.cron:<14} loom {item.job} {' '.join(item.argv)}  ({item.name})")
+    print(f"   -> {crontab}\n   -> {bundle}")
+    done(started)

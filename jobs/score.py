@@ -14,7 +14,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_usecase_argument(parser)
     add_spark_arguments(parser)
     parser.add_argument("--model", required=True, help="churn@champion, churn@challenger, churn/3 (version) or churn")
-    parser.add_argument("--at", required=True, type=iso_time, help="features as of this time (ISO 8601, UTC), or now")
+    parser.add_argument(
+        "--at",
+        required=True,
+        type=iso_time,
+        action="append",
+        help="features as of this time (ISO 8601, UTC), or now; repeat it to score several times in one job "
+        "(a backtest, or daily runs caught up)",
+    )
     parser.add_argument("--show", type=int, default=5, help="print this many of the top scores (default 5)")
 
 
@@ -27,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     resolve_model(args.model)  # a clear error before Spark starts
     ref, written, path = score_batch(job.spark, job.plan, args.model, args.at, job.work)
     count = written.count()
-    print(f"scored {count} entities with {ref} as of {args.at.isoformat()} -> {path}")
+    times = ", ".join(t.isoformat() for t in sorted(set(args.at)))
+    print(f"scored {count} entity rows with {ref} as of {times} -> {path}")
     if args.show:
         for row in written.orderBy(F.col("score").desc()).limit(args.show).collect():
             print(f"  {row[0]}  {row['score']:.4f}")

@@ -7,7 +7,7 @@ store with a local artifact folder, a real Redis for the online lookup.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import mlflow
@@ -151,6 +151,23 @@ def test_batch_scoring_writes_predictions_with_the_model_version(spark, trained_
     score_batch(spark, trained_churn.plan, "churn@champion", AT, trained_churn.work, entities)
     table = spark.read.format("delta").load(path)
     assert table.where(f"model_version = {ref.version}").where(table.prediction_ts == AT).count() == 3
+
+
+def test_batch_scoring_at_several_times_equals_one_time_at_a_time(spark, trained_churn):
+    """One job for several times (a backtest, daily runs caught up): the rows of each time are the
+    rows a single-time run writes, and re-running replaces exactly those times."""
+    entities = spark.createDataFrame([("C00000004",), ("C00000005",)], "customer_id string")
+    earlier, later = AT - timedelta(days=3), AT - timedelta(days=1)
+    work, plan = trained_churn.work, trained_churn.plan
+    _, together, path = score_batch(spark, plan, "churn@champion", [later, earlier, later], work, entities)
+    both = {(r["customer_id"], r["prediction_ts"].replace(tzinfo=UTC)): r["score"] for r in together.collect()}
+    assert set(both) == {(c, t) for c in ("C00000004", "C00000005") for t in (earlier, later)}
+    for at in (earlier, later):
+        _, alone, _ = score_batch(spark, plan, "churn@champion", at, work, entities)
+        for row in alone.collect():
+            assert row["score"] == pytest.approx(both[(row["customer_id"], at)], abs=1e-12)
+    table = spark.read.format("delta").load(path).where(F.col("customer_id").isin("C00000004", "C00000005"))
+    assert table.count() == 4  # replaced, never duplicated
 
 
 @pytest.fixture(scope="module")

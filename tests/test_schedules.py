@@ -118,6 +118,13 @@ def test_model_schedule_implies_a_retrain(tmp_path):
     assert scheduler.plan(spec)[-1].argv == ("--model", "churn")
 
 
+def test_the_retraining_policy_job_replaces_the_implied_retrain(tmp_path):
+    policy = {"job": "retrain", "args": {"model": "churn"}, "cron": "0 3 * * *"}
+    spec = spec_with(tmp_path, {"daily_retrain": policy})
+    assert sorted(usecase_schedules(spec)) == ["daily_retrain"]  # `loom retrain` honours the model's schedule
+    assert scheduler.plan(spec)[0].argv == ("--model", "churn")
+
+
 def test_no_model_schedule_no_implied_retrain(tmp_path):
     spec = spec_with(tmp_path, None, model_schedule=None)
     assert usecase_schedules(spec) == {}
@@ -517,7 +524,8 @@ def test_cli_exports_and_dry_runs_churn(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = crontab_jobs(crontab.read_text())
     assert lines and all(croniter.is_valid(cron) for cron, _ in lines)
-    assert any("loom train --usecase churn --model churn >>" in command for _, command in lines)
+    assert any("loom retrain --usecase churn --model churn >>" in command for _, command in lines)
+    assert any("loom evaluate --usecase churn --model churn >>" in command for _, command in lines)
 
     done = cli(["export", "--usecase", "churn", "--target", "databricks", "--out", str(bundle)], home)
     assert done.returncode == 0, done.stderr
@@ -528,11 +536,11 @@ def test_cli_exports_and_dry_runs_churn(tmp_path):
         name = next(n for n, m in JOBS.items() if m == f"jobs.{python_file.stem}")
         parse_with_job(name, job["tasks"][0]["spark_python_task"]["parameters"])
 
-    # Sunday 03:00 retrains churn (declared in schedules.yaml or implied by models.churn.schedule)
+    # 03:00 runs the retraining policy for churn (declared in schedules.yaml; it honours models.churn.schedule)
     done = cli(["run", "--usecase", "churn", "--now", "2026-01-18T03:00:30Z", "--dry-run"], home)
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if line.strip().startswith("due ")]
-    assert line.endswith("-m jobs.train --usecase churn --model churn")
+    assert line.endswith("-m jobs.retrain --usecase churn --model churn")
     assert not home.exists()
 
 

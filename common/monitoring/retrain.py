@@ -251,7 +251,9 @@ def retrain(
         decision.checks.append(f"shadow v{concluded.shadow.version} concluded: the next run decides on retraining")
     else:
         decision = decide(spark, plan, model_name, work, at=at, force=force, settings=settings)
-    log.info("%s", decision.render())
+    log.info(
+        "retrain %s: %s (%s)", model_name, "due" if decision.due else "not due", "; ".join(decision.reasons) or "-"
+    )
     if not decision.due or dry_run:
         return RetrainResult(decision, shadow=concluded)
     if train is None:

@@ -6,7 +6,8 @@ the arguments is checked by ``loom schedule`` (jobs/schedule.py), which builds
 each job's own argument parser; ``common`` never imports ``jobs``.
 
 A model's ``schedule:`` is an implied retrain schedule (``train --model <name>``)
-unless a schedules entry already trains that model. Times are UTC.
+unless a schedules entry already trains that model (``train``, or ``retrain``:
+the policy, which retrains when the model's schedule ticked). Times are UTC.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class Schedule(Strict):
         return value
 
     def trains(self, model: str) -> bool:
-        """True when this schedule runs ``train`` for ``model``."""
-        return self.job == "train" and str(self.args.get("model")) == model
+        """True when this schedule runs ``train`` or ``retrain`` (the policy, which honours the
+        model's own ``schedule``) for ``model``."""
+        return self.job in ("train", "retrain") and str(self.args.get("model")) == model
 
     def latest_tick(self, at: datetime) -> datetime:
         """The latest time at or before ``at`` (UTC) at which the cron expression fires."""
