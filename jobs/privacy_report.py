@@ -6,11 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.compile import compile_usecase
-from common.settings import paths
-from common.spark import build_session
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, main_for, set_up
 
 DESCRIPTION = "Measure what the privacy policies cost a model: raw vs protected PII features, logged to MLflow."
 
@@ -32,14 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.privacy.efficacy import compared_columns, privacy_report
-    from common.tracking import configure
 
-    plan = compile_usecase(load_usecase(args.usecase))
-    compared_columns(plan, args.model)  # unknown model or nothing to compare: a clear error before Spark starts
-    work = paths()
-    configure(work)
-    spark = build_session(args.profile, app_name=f"loom-privacy-report-{plan.usecase}-{args.model}")
-    report = privacy_report(spark, plan, args.model, work, landing=args.landing)
+    job = set_up("privacy-report", args, model=True, mlflow=True)
+    compared_columns(job.plan, args.model)  # nothing to compare: a clear error before Spark starts
+    report = privacy_report(job.spark, job.plan, args.model, job.work, landing=args.landing)
     print(report.render())
     if args.max_cost is not None and report.cost > args.max_cost:
         print(f"privacy-report: the cost {report.cost:+.4f} exceeds --max-cost {args.max_cost:g}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -27,19 +26,10 @@ from common.privacy import (
 from common.privacy.keys import key_id
 from common.spec import load_usecase
 from common.spec.sources import Column, Source
+from tests.key_helpers import b64, set_key
 
 AUDIT = "loom.privacy.audit"
 SPARK_TYPES = {"long": "bigint"}
-
-
-def _b64(material: bytes) -> str:
-    return base64.b64encode(material).decode()
-
-
-def _set_key(monkeypatch, name: str, value: str) -> None:
-    variable = f"LOOM_KEY_{name.upper()}"
-    monkeypatch.setenv(variable, value)
-    monkeypatch.delenv(f"{variable}_FILE", raising=False)
 
 
 def _source(columns: dict[str, dict]) -> Source:
@@ -87,24 +77,24 @@ PII = ("full_name", "email", "phone", "street_address", "zip", "date_of_birth", 
 
 def test_single_key_gets_its_hash_id(monkeypatch):
     material = os.urandom(32)
-    _set_key(monkeypatch, "k_single", _b64(material))
+    set_key(monkeypatch, "k_single", b64(material))
     ring = load_keyring("k_single", "encryption")
     assert ring.active_id == hashlib.sha256(material).hexdigest()[:8]
     assert ring.active == material
-    assert _b64(material) not in repr(ring)
+    assert b64(material) not in repr(ring)
 
 
 def test_key_from_file(monkeypatch, tmp_path):
     material = os.urandom(24)
     secret = tmp_path / "hmac.key"
-    secret.write_text(_b64(material) + "\n")
+    secret.write_text(b64(material) + "\n")
     monkeypatch.delenv("LOOM_KEY_K_FILE_TEST", raising=False)
     monkeypatch.setenv("LOOM_KEY_K_FILE_TEST_FILE", str(secret))
     assert load_keyring("k_file_test", "hmac").active == material
 
 
 def test_raw_text_is_accepted_for_hmac_only(monkeypatch):
-    _set_key(monkeypatch, "k_raw", "a long passphrase, not base64!")
+    set_key(monkeypatch, "k_raw", "a long passphrase, not base64!")
     assert load_keyring("k_raw", "hmac").active == b"a long passphrase, not base64!"
     with pytest.raises(ConfigError, match="LOOM_KEY_K_RAW") as error:
         load_keyring("k_raw", "encryption")
@@ -116,8 +106,8 @@ def test_raw_text_is_accepted_for_hmac_only(monkeypatch):
     [("hmac", 8), ("encryption", 16), ("encryption", 31)],
 )
 def test_short_key_is_refused_without_showing_it(monkeypatch, purpose, size):
-    value = _b64(os.urandom(size))
-    _set_key(monkeypatch, "k_short", value)
+    value = b64(os.urandom(size))
+    set_key(monkeypatch, "k_short", value)
     with pytest.raises(ConfigError) as error:
         load_keyring("k_short", purpose)
     message = str(error.value)
@@ -128,7 +118,7 @@ def test_short_key_is_refused_without_showing_it(monkeypatch, purpose, size):
 
 
 def test_keyring_entry_that_is_not_base64_is_refused(monkeypatch):
-    _set_key(monkeypatch, "k_bad", f"new={_b64(os.urandom(32))},old=abcde")
+    set_key(monkeypatch, "k_bad", f"new={b64(os.urandom(32))},old=abcde")
     with pytest.raises(ConfigError, match=r"LOOM_KEY_K_BAD: keyring entry 'old' is not valid base64"):
         load_keyring("k_bad", "encryption")
 
@@ -185,7 +175,7 @@ def test_pii_without_policy_is_refused(spark):
 @pytest.mark.parametrize("size", [16, 64, 100])  # shorter than, equal to and longer than the HMAC block
 def test_spark_pseudonym_equals_python_hmac(spark, monkeypatch, size):
     material = os.urandom(size)
-    _set_key(monkeypatch, "k_hmac", _b64(material))
+    set_key(monkeypatch, "k_hmac", b64(material))
     source = _source({"v": {"type": "string", "pii": {"method": "pseudonymize", "key": "k_hmac"}}})
     values = ["alice@example.org", "", "héllo wörld ✓", None, "x" * 300]
     df = spark.createDataFrame([(v,) for v in values], "v string")
@@ -209,7 +199,7 @@ def test_keys_never_appear_in_the_query_plan(spark, monkeypatch, capsys):
     from common.privacy.crypto import hmac_pads, subkey
 
     material = os.urandom(32)
-    _set_key(monkeypatch, "k_plan", _b64(material))
+    set_key(monkeypatch, "k_plan", b64(material))
     source = _source(
         {
             "v": {"type": "string", "pii": {"method": "pseudonymize", "key": "k_plan"}},
@@ -263,12 +253,12 @@ def test_randomized_encryption_differs_each_time():
 
 def test_rotation_writes_with_first_key_and_reads_with_all(monkeypatch):
     old, new = os.urandom(32), os.urandom(32)
-    _set_key(monkeypatch, "k_rot", _b64(old))
+    set_key(monkeypatch, "k_rot", b64(old))
     before = {mode: encrypt("rotate me", "k_rot", mode=mode) for mode in ("deterministic", "randomized")}
     pseudonym_before = pseudonym("rotate me", "k_rot")
     assert before["deterministic"].startswith(key_id(old) + ":")
 
-    _set_key(monkeypatch, "k_rot", f"k2={_b64(new)},k1={_b64(old)}")
+    set_key(monkeypatch, "k_rot", f"k2={b64(new)},k1={b64(old)}")
     for token in before.values():  # the old key now answers to both 'k1' and its hash id
         assert decrypt(token, "k_rot", reason="rotation test", actor="pytest") == "rotate me"
     after = encrypt("rotate me", "k_rot", mode="deterministic")
@@ -278,7 +268,7 @@ def test_rotation_writes_with_first_key_and_reads_with_all(monkeypatch):
     assert pseudonym("rotate me", "k_rot").startswith("k2:")
     assert pseudonym("rotate me", "k_rot", kid=key_id(old)) == pseudonym_before
 
-    _set_key(monkeypatch, "k_rot", _b64(new))  # old key retired: its tokens no longer read
+    set_key(monkeypatch, "k_rot", b64(new))  # old key retired: its tokens no longer read
     with pytest.raises(ConfigError, match=r"key id 'k1' is not in LOOM_KEY_K_ROT"):
         decrypt("k1" + before["randomized"][8:], "k_rot", reason="rotation test", actor="pytest")
 

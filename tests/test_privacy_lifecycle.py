@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -44,6 +43,7 @@ from common.spec import load_usecase
 from common.spec.privacy import Aggregate
 from common.spec.sources import Source
 from jobs.runner import main_for
+from tests.key_helpers import b64, set_key
 from tests.spec_helpers import mutated_churn
 
 pytestmark = pytest.mark.spark
@@ -58,16 +58,6 @@ API_KEY = "privacy-canary-key-3c5e7a9b1d2f4a6c"  # a test key, not a secret
 def _db_url(url: str, db: int) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
-
-
-def _b64(material: bytes) -> str:
-    return base64.b64encode(material).decode()
-
-
-def _set_key(monkeypatch, name: str, value: str) -> None:
-    variable = f"LOOM_KEY_{name.upper()}"
-    monkeypatch.setenv(variable, value)
-    monkeypatch.delenv(f"{variable}_FILE", raising=False)
 
 
 def _serve(work: Paths, url: str, subjects: list[str]) -> list[str]:
@@ -238,7 +228,7 @@ def test_pseudonyms_join_across_sources_and_depend_on_the_key(spark, monkeypatch
         }
     )
     phones = [f"+1-415-555-{i:04d}" for i in range(60)]
-    _set_key(monkeypatch, "k_join", _b64(os.urandom(32)))
+    set_key(monkeypatch, "k_join", b64(os.urandom(32)))
     left = apply_policies(
         spark.createDataFrame([(p, i) for i, p in enumerate(phones)], "phone string, a int"), source, "s"
     )
@@ -250,7 +240,7 @@ def test_pseudonyms_join_across_sources_and_depend_on_the_key(spark, monkeypatch
     first = {r.phone for r in left.collect()}
     assert {pseudonym(p, "k_join") for p in phones} == first  # same input, same key: same token
 
-    _set_key(monkeypatch, "k_join", _b64(os.urandom(32)))
+    set_key(monkeypatch, "k_join", b64(os.urandom(32)))
     second = {
         r.phone
         for r in apply_policies(
@@ -314,7 +304,7 @@ def test_bronze_ciphertexts_still_decrypt_after_a_key_rotation(spark, lifecycle,
     old_kid = load_keyring("pii_encryption", "encryption").active_id
     assert all(r.email.startswith(f"{old_kid}:siv:") for r in rows)
 
-    _set_key(monkeypatch, "pii_encryption", f"k2026={_b64(os.urandom(32))},k2025={old}")
+    set_key(monkeypatch, "pii_encryption", f"k2026={b64(os.urandom(32))},k2025={old}")
     for row in rows:
         assert (
             decrypt(row.email, "pii_encryption", reason="rotation test", actor="pytest")
@@ -336,7 +326,7 @@ def test_forget_needs_its_keys_before_it_touches_anything(monkeypatch, tmp_path)
     monkeypatch.delenv("LOOM_KEY_K_EVENTS_FILE", raising=False)
     with pytest.raises(ConfigError, match="LOOM_KEY_K_EVENTS"):
         subject_values(spec, "customer", "C00000001")
-    _set_key(monkeypatch, "k_events", "a passphrase long enough for hmac")
+    set_key(monkeypatch, "k_events", "a passphrase long enough for hmac")
     values, unresolved = subject_values(spec, "customer", "C00000001")
     assert values == ["C00000001", pseudonym("C00000001", "k_events")] and not unresolved
 
@@ -348,9 +338,9 @@ def test_forget_finds_rows_pseudonymized_under_a_retired_key_id(spark, monkeypat
 
     spec = load_usecase(mutated_churn(tmp_path, pseudonymize_the_key))
     old, new = os.urandom(32), os.urandom(32)
-    _set_key(monkeypatch, "k_rotated", f"old={_b64(old)}")
+    set_key(monkeypatch, "k_rotated", f"old={b64(old)}")
     before = pseudonym("C00000042", "k_rotated")
-    _set_key(monkeypatch, "k_rotated", f"new={_b64(new)},old={_b64(old)}")
+    set_key(monkeypatch, "k_rotated", f"new={b64(new)},old={b64(old)}")
     after = pseudonym("C00000042", "k_rotated")
     assert before != after and {before, after} <= set(pseudonyms_under_every_key("C00000042", "k_rotated"))
 
