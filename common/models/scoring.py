@@ -83,22 +83,32 @@ def predictions_path(work: Paths, usecase: str, kind: str = "batch") -> str:
     return work.table(usecase, "predictions", kind)
 
 
-def known_entities(spark: SparkSession, plan: Plan, spec: FeatureSpec, work: Paths, at: datetime) -> DataFrame:
-    """Every entity with a feature value at or before ``at`` in any of the model's groups."""
+def _times_frame(spark: SparkSession, times: Sequence[datetime]) -> DataFrame:
+    """The scoring times as a one-column (``prediction_ts``) frame, broadcast to every join."""
+    return F.broadcast(spark.createDataFrame([(t,) for t in times], f"{PREDICTION_TS} timestamp"))
+
+
+def known_entities(
+    spark: SparkSession, plan: Plan, spec: FeatureSpec, work: Paths, times: Sequence[datetime]
+) -> DataFrame:
+    """(entity, ``prediction_ts``) for each time and every entity with a feature value at or before it
+    in any of the model's groups. The histories are read once, whatever the number of times."""
     frames = []
     for group in spec.groups:
         path = history_path(work, plan.group(group.name))
         if table_exists(spark, path):
             history = spark.read.format("delta").load(path)
-            frames.append(history.where(F.col(FEATURE_TS) <= F.lit(at)).select(spec.entity_key))
+            frames.append(history.select(spec.entity_key, FEATURE_TS))
     if not frames:
         raise ConfigError(
             f"no feature history for model {spec.model!r}. Fix: run `loom backfill --usecase {plan.usecase}`"
         )
-    union = frames[0]
-    for frame in frames[1:]:
-        union = union.unionByName(frame)
-    return union.distinct()
+    first_seen = reduce(DataFrame.unionByName, frames).groupBy(spec.entity_key).agg(F.min(FEATURE_TS).alias("_first"))
+    return (
+        first_seen.crossJoin(_times_frame(spark, times))
+        .where(F.col("_first") <= F.col(PREDICTION_TS))
+        .select(spec.entity_key, PREDICTION_TS)
+    )
 
 
 def score_frame(
@@ -136,13 +146,10 @@ def score_batch(
     ref = resolve_model(model, work)
     spec = model_feature_spec(ref, work)
     key = spec.entity_key
-    frames = [
-        (entities if entities is not None else known_entities(spark, plan, spec, work, t))
-        .select(key)
-        .withColumn(PREDICTION_TS, F.lit(t).cast("timestamp"))
-        for t in times
-    ]
-    rows = reduce(DataFrame.unionByName, frames)
+    if entities is None:
+        rows = known_entities(spark, plan, spec, work, times)
+    else:
+        rows = entities.select(key).crossJoin(_times_frame(spark, times))
     refs = [f"{g.name}.{f}" for g in spec.groups for f in g.selected]
     features = create_training_set(rows, refs, plan=plan, work=work, time_column=PREDICTION_TS).frame
     scored = score_frame(spark, ref, spec, features, work).select(
