@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps jars demo test lint format bench schema clean
+.PHONY: setup system-deps jars demo test lint format bench feast-venv schema clean
 
 setup: $(STAMP) system-deps jars
 
@@ -45,7 +45,19 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: setup
+# The serving bench's peer: Feast in a virtualenv of its own (never in .venv), made once.
+FEAST_VENV := .cache/feast-venv
+FEAST_PIN  := feast[redis]==0.67.0
+
+feast-venv: $(FEAST_VENV)/.installed
+
+$(FEAST_VENV)/.installed:
+	$(PYTHON) -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FEAST_VENV)/bin/python -m pip install --quiet '$(FEAST_PIN)'
+	touch $@
+
+bench: setup feast-venv
 	$(PY) -m bench
 
 schema: $(STAMP)

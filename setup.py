@@ -33,6 +33,8 @@ setup(
         "prometheus-client==0.26.0",
         "croniter==7.0.0",
         "deltalake==1.6.6",  # REST prediction log: Delta appends without a JVM
+        "orjson==3.13.0",  # REST fast path: JSON in and out
+        "treelite==4.8.1",  # fast predictor of tree ensembles (common.models.fast_predict)
     ],
     extras_require={
         "dev": ["pytest==9.2.0", "ruff==0.17.6", "httpx==0.28.1"],

@@ -78,3 +78,7 @@ class DataError(LoomError):
 
 class StoreError(LoomError):
     """An online or offline store that cannot be reached or used."""
+
+
+class ModelError(LoomError):
+    """A trained model that cannot be served as trained (e.g. its fast predictor disagrees with it)."""

@@ -38,7 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alias", default="champion", help="alias to follow (default champion)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes, each with its own Redis connection pool (default: the number of cores)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="predictions a worker holds at once, waiting or running; beyond, 503 + Retry-After (default 64)",
+    )
     parser.add_argument(
         "--reload-interval", type=float, default=10.0, help="seconds between checks of the alias (default 10)"
     )
@@ -81,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         alias=args.alias,
         reload_interval_s=args.reload_interval,
         max_batch=args.max_batch,
+        max_queue=args.max_queue,
         log_predictions=args.log_predictions,
         log_flush_s=args.log_flush_seconds,
     )

@@ -40,32 +40,50 @@ def open_model_store(spec: FeatureSpec, redis_url: str | None, backend: str = "r
     )
 
 
-def lookup(store: OnlineStore, spec: FeatureSpec, keys: Sequence[Any], at_us: int | None = None) -> OnlineFeatures:
-    """Features of ``keys`` as held online at ``at_us`` (epoch µs; default now), in one round trip."""
+@dataclass
+class OnlineMatrix:
+    """:class:`OnlineFeatures` without the frame: the looked-up values as one float64 matrix."""
+
+    values: np.ndarray  # (rows, len(spec.lookup_features)), NaN = missing
+    event_times_us: dict[str, np.ndarray]  # group -> per row, -1 when missing or stale
+    missing: list[list[str]]  # per row: the missing feature names
+
+
+def lookup_matrix(store: OnlineStore, spec: FeatureSpec, keys: Sequence[Any], at_us: int | None = None) -> OnlineMatrix:
+    """Features of ``keys`` as held online at ``at_us`` (epoch µs; default now), in one round trip, as arrays."""
     now_us = int(time.time() * 1_000_000) if at_us is None else int(at_us)
-    keys = list(keys)
-    result = store.read(keys, [g.name for g in spec.groups])
-    blocks: list[np.ndarray] = []
+    keys = keys if isinstance(keys, list) else list(keys)
+    blocks = store.read_blocks(keys, [g.name for g in spec.groups])
+    out = np.empty((len(keys), len(spec.lookup_features)))
     times: dict[str, np.ndarray] = {}
     missing: list[list[str]] = [[] for _ in keys]
+    column = 0
     for group in spec.groups:
-        positions = [group.feature_names.index(name) for name in group.selected]
-        values = np.full((len(keys), len(positions)), np.nan)
-        stamps = np.full(len(keys), -1, dtype=np.int64)
-        for row, key in enumerate(keys):
-            vector = result.vectors.get((key, group.name))
-            fresh = vector is not None and (
-                group.ttl_s is None or now_us - vector.event_time_us <= group.ttl_s * 1_000_000
-            )
-            if fresh:
-                values[row] = vector.values[positions]
-                stamps[row] = vector.event_time_us
-        absent = np.isnan(values)
+        block = blocks[group.name]
+        stamps = block.event_time_us
+        selected = out[:, column : column + len(group.selected)]
+        column += len(group.selected)
+        if group.selected == group.feature_names:
+            selected[:] = block.values
+        else:
+            selected[:] = block.values[:, [group.feature_names.index(name) for name in group.selected]]
+        if group.ttl_s is not None:
+            stale = (stamps >= 0) & (now_us - stamps > group.ttl_s * 1_000_000)
+            if stale.any():
+                stamps = np.where(stale, -1, stamps)
+                selected[stale] = np.nan
+        absent = np.isnan(selected)
         if absent.any():
             for row in np.flatnonzero(absent.any(axis=1)):
                 missing[row] += [name for name, gone in zip(group.selected, absent[row], strict=True) if gone]
-        blocks.append(values)
         times[group.name] = stamps
-    frame = pd.DataFrame(np.hstack(blocks) if blocks else np.empty((len(keys), 0)), columns=list(spec.lookup_features))
+    return OnlineMatrix(out, times, missing)
+
+
+def lookup(store: OnlineStore, spec: FeatureSpec, keys: Sequence[Any], at_us: int | None = None) -> OnlineFeatures:
+    """Features of ``keys`` as held online at ``at_us`` (epoch µs; default now), in one round trip."""
+    keys = list(keys)
+    found = lookup_matrix(store, spec, keys, at_us)
+    frame = pd.DataFrame(found.values, columns=list(spec.lookup_features))
     frame.insert(0, spec.entity_key, keys)
-    return OnlineFeatures(frame, times, missing)
+    return OnlineFeatures(frame, found.event_times_us, found.missing)

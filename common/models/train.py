@@ -24,9 +24,10 @@ from common.compile.plan import Plan
 from common.errors import DataError
 from common.models import registry
 from common.models.estimators import build_estimator
+from common.models.fast_predict import FastPredictor, build_fast_predictor, check_fast_predictor, dumps
 from common.models.lineage import code_version, pip_requirements
 from common.models.metrics import evaluate, improvement
-from common.models.pyfunc import ESTIMATOR, FEATURE_SPEC, LoomModel, model_matrix
+from common.models.pyfunc import ESTIMATOR, FAST_PREDICTOR, FEATURE_SPEC, LoomModel, model_matrix
 from common.models.shadow import shadow_until, start_shadow
 from common.models.training_set import LABEL, TableVersion, model_training_set
 from common.monitoring.profile import log_training_profile, training_profile
@@ -113,8 +114,8 @@ def _signature(model: ModelPlan):
     return ModelSignature(inputs=Schema([key, *features]), outputs=Schema([ColSpec("double")]))
 
 
-def _log_model(model: ModelPlan, estimator: Any, example: pd.DataFrame) -> str:
-    """Log the pyfunc (estimator + feature spec); returns its model URI."""
+def _log_model(model: ModelPlan, estimator: Any, example: pd.DataFrame, fast: FastPredictor | None = None) -> str:
+    """Log the pyfunc (estimator + feature spec + fast predictor, when there is one); returns its model URI."""
     import joblib
     import mlflow
 
@@ -123,12 +124,17 @@ def _log_model(model: ModelPlan, estimator: Any, example: pd.DataFrame) -> str:
         joblib.dump(estimator, estimator_path)
         spec_path = Path(folder) / "feature_spec.json"
         spec_path.write_text(model.feature_spec.to_json())
+        artifacts = {ESTIMATOR: str(estimator_path), FEATURE_SPEC: str(spec_path)}
+        if fast is not None:
+            fast_path = Path(folder) / "fast_predictor.bin"
+            fast_path.write_bytes(dumps(fast))
+            artifacts[FAST_PREDICTOR] = str(fast_path)
         package = model.spec.estimator.class_.split(".", 1)[0]
         extra = (package,) if package in ("xgboost", "lightgbm") else ()
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=LoomModel(),
-            artifacts={ESTIMATOR: str(estimator_path), FEATURE_SPEC: str(spec_path)},
+            artifacts=artifacts,
             signature=_signature(model),
             input_example=example,
             pip_requirements=pip_requirements(extra),
@@ -136,6 +142,17 @@ def _log_model(model: ModelPlan, estimator: Any, example: pd.DataFrame) -> str:
             model_config={"redis_url": ""},
         )
     return info.model_uri
+
+
+def _fast_predictor(estimator: Any, x_holdout: np.ndarray, model_name: str) -> tuple[FastPredictor | None, float]:
+    """The estimator's fast predictor, checked on the holdout (ModelError when it disagrees), and its largest gap."""
+    fast = build_fast_predictor(estimator)
+    if fast is None:
+        log.info("model %s: no fast predictor for %s; serving uses the estimator", model_name, type(estimator).__name__)
+        return None, 0.0
+    gap = check_fast_predictor(fast, estimator, x_holdout, model=model_name)
+    log.info("model %s: fast predictor %s agrees with the estimator (largest gap %.2g)", model_name, fast.kind, gap)
+    return fast, gap
 
 
 def _champion_metric(
@@ -218,6 +235,7 @@ def train_model(
     y_train, y_test = split.train[LABEL].to_numpy(), split.holdout[LABEL].to_numpy()
     estimator.fit(x_train, y_train)
     scores = estimator.predict_proba(x_test)[:, 1]
+    fast, fast_gap = _fast_predictor(estimator, x_test, model_name)
     names = list(dict.fromkeys([*spec.metrics, spec.promotion.metric]))
     metrics = evaluate(y_test, scores, names, spec.threshold)
     importances = _permutation_importance(estimator, x_test, y_test, model.inputs)
@@ -250,6 +268,7 @@ def train_model(
             "rows.holdout": len(split.holdout),
             "label.rate.train": round(float(y_train.mean()), 4),
             "features": len(model.inputs),
+            "fast_predictor": fast.kind if fast is not None else "none",
             "threshold": spec.threshold,
             "promotion.metric": spec.promotion.metric,
             "promotion.min_improvement": spec.promotion.min_improvement,
@@ -258,13 +277,15 @@ def train_model(
         params.update({f"delta.{name}.version": v.version for name, v in training.versions.items()})
         mlflow.log_params(params)
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if v == v})
+        if fast is not None:
+            mlflow.log_metric("fast_predictor_max_abs_diff", fast_gap)
         mlflow.log_dict(lineage, "lineage.json")
         mlflow.log_dict(importances, "feature_importance.json")
         log_training_profile(training_profile(frame, model.feature_spec.lookup_features, scores))
         mlflow.log_text(model.feature_spec.to_json(), "feature_spec.json")
         _log_plots(y_test, scores, importances)
         example = split.holdout[[model.entity_key, *model.feature_spec.lookup_features]].head(3)
-        model_uri = _log_model(model, estimator, example)
+        model_uri = _log_model(model, estimator, example, fast)
 
     outcome = TrainOutcome(model_name, run.info.run_id, None, metrics, "not registered", False, lineage)
     if not register:

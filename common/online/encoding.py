@@ -131,11 +131,17 @@ def decode_many(blobs: Sequence[bytes], n_features: int) -> tuple[np.ndarray, np
     All blobs must be ``blob_size(n_features)`` bytes long (callers sort out
     the others first); the arrays are read-only views of one joined buffer.
     """
+    return decode_many_joined(b"".join(blobs), len(blobs), n_features)
+
+
+def decode_many_joined(
+    joined: bytes, count: int, n_features: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`decode_many` of ``count`` blobs already joined into one buffer."""
     width = blob_size(n_features)
-    joined = b"".join(blobs)
-    if len(joined) != width * len(blobs):
+    if len(joined) != width * count:
         raise ValueError(f"every blob must be {width} bytes for {n_features} features")
-    matrix = np.frombuffer(joined, dtype=np.uint8).reshape(len(blobs), width)
+    matrix = np.frombuffer(joined, dtype=np.uint8).reshape(count, width)
     formats = matrix[:, 0]
     versions = matrix[:, 4:8].view("<u4")[:, 0]
     times = matrix[:, 8:16].view("<i8")[:, 0]

@@ -20,10 +20,15 @@ names the field), 503 + ``Retry-After`` (Redis unreachable, or no version
 loaded yet), else 200. The body is read only after the key is checked, so an
 unauthenticated caller cannot make the server parse anything.
 
-The endpoint is ``async`` and does its work inline: one MGET (sub-millisecond)
-and a small predict cost less than a hop to the thread pool; the Redis timeout
+Predictions take the fast path (:mod:`common.serving.fast_path`): plain ASGI in
+front of FastAPI, orjson in and out, numpy from the Redis reply to the model
+(:mod:`common.serving.predict`), a bounded queue per worker (503 + Retry-After
+beyond ``LOOM_SERVE_MAX_QUEUE``). Its errors are rendered by the FastAPI route
+and the exception handlers below, the one place errors are rendered. The work
+is inline on the event loop: one MGET (sub-millisecond) and a small predict
+cost less than a hop to the thread pool; the Redis timeout
 (``LOOM_SERVE_REDIS_TIMEOUT_S``) bounds how long an outage can hold the loop.
-Scale out with workers (processes), not threads.
+Scale out with workers (processes, ``loom serve --workers``), not threads.
 
 Every 200 answer is also queued, one row per entity, for the prediction log
 (:mod:`common.serving.prediction_log`): a background thread appends it to the
@@ -36,39 +41,33 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
 
-from common.errors import ConfigError, StoreError
 from common.models.online_features import online_groups
 from common.online.base import get_online_store
 from common.serving.auth import ApiKeys, Client
 from common.serving.config import ServingConfig, open_redis, resolve_redis_url
-from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
+from common.serving.fast_path import FAST_PATH_ERROR, FastPredictPath
+from common.serving.holder import ModelHolder
 from common.serving.metrics import CONTENT_TYPE, ServingMetrics
-from common.serving.predict import epoch_us, response_body, score_entities
+from common.serving.predict_service import PredictService
 from common.serving.prediction_log import PredictionLogger
-from common.serving.prediction_rows import LoggedRequest
 from common.serving.prediction_sink import DeltaPredictionSink, PredictionSink
 from common.serving.prediction_spool import SPOOL_FOLDER
-from common.serving.schemas import ErrorBody, PredictRequest, PredictResponse, entity_errors
+from common.serving.schemas import ErrorBody, PredictRequest, PredictResponse
 from common.settings import Paths, paths
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-BODY_BASE_BYTES = 64 * 1024
-BODY_BYTES_PER_ENTITY = 2 * 1024
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key of LOOM_API_KEYS")
 _bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
@@ -86,27 +85,6 @@ _ERRORS = {
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class _Throttled:
-    """Logs a recurring failure once per ``every_s`` (a Redis outage at 200 rps must not flood the log)."""
-
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self._last = 0.0
-        self.failing = False
-
-    def failure(self, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if not self.failing or now - self._last >= self.every_s:
-            log.warning(message, *args)
-            self._last = now
-        self.failing = True
-
-    def success(self, message: str) -> None:
-        if self.failing:
-            log.info(message)
-            self.failing = False
 
 
 class _MetricsMiddleware:
@@ -145,16 +123,17 @@ class _MetricsMiddleware:
         return "other", ""
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 beyond ``limit`` bytes (before reading it when it says its length)."""
+async def _read_body(request: Request, service: PredictService) -> bytes:
+    """The request body, refused with 413 beyond the service's limit (before reading it when it says its length)."""
+    limit = service.body_limit
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"the body has {declared} bytes; this server accepts at most {limit}")
+        raise service.too_large(int(declared))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"the body is larger than the {limit} bytes this server accepts")
+            raise service.too_large(None)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -177,9 +156,7 @@ def create_app(
     clock = clock or _utc_now
     metrics = ServingMetrics()
     redis_url = resolve_redis_url(config, work.home)
-    redis_client = open_redis(redis_url, config.redis_timeout_s)
-    outage = _Throttled()
-    body_limit = BODY_BASE_BYTES + BODY_BYTES_PER_ENTITY * config.max_batch
+    redis_client = open_redis(redis_url, config.redis_timeout_s)  # this worker's connection pool
 
     def store_for(spec: Any) -> Any:
         # One Redis connection pool for every model version; each store only knows its model's groups.
@@ -193,6 +170,7 @@ def create_app(
 
     holder = ModelHolder(config, work, store_for, listeners=[metrics.model_loaded])
     prediction_log = _prediction_logger(config, work, metrics, prediction_sink)
+    service = PredictService(config, keys, holder, metrics, prediction_log, clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -230,34 +208,14 @@ def create_app(
     app.state.metrics = metrics
     app.state.config = config
     app.state.prediction_log = prediction_log
-    app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)
+    app.add_middleware(FastPredictPath, service=service, max_queue=config.max_queue)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)  # outermost: counts everything
 
     def authenticate(
         api_key: str | None = Security(_api_key),
         bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
     ) -> Client:
-        presented = api_key or (bearer.credentials if bearer is not None else None)
-        client = keys.authenticate(presented)
-        if client is None:
-            raise HTTPException(
-                401,
-                "a valid API key is required: send X-API-Key: <key> or Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return client
-
-    def unavailable(detail: str) -> HTTPException:
-        return HTTPException(503, detail, headers={"Retry-After": str(config.retry_after_s)})
-
-    async def model_for(name: str, version: int | None) -> LoadedModel:
-        try:
-            found = holder.cached(name, version) if name in config.models else None
-            # loading an explicit version takes a second or more: not on the event loop
-            return found if found is not None else await run_in_threadpool(holder.get, name, version)
-        except (ModelNotFound, ConfigError) as err:  # ConfigError: a registered version that is no Loom model
-            raise HTTPException(404, str(err)) from None
-        except ModelNotReady as err:
-            raise unavailable(f"{err}; retry later") from None
+        return service.authenticate(api_key or (bearer.credentials if bearer is not None else None))
 
     @app.post(
         "/v1/models/{model}/predict",
@@ -273,55 +231,13 @@ def create_app(
     )
     async def predict(model: str, request: Request, client: Client = Depends(authenticate)) -> Response:
         """Score entities with the model's version of the served alias (or the version named in the body)."""
-        if not client.allows(model):
-            raise HTTPException(403, f"this API key ({client.name}) may not call model {model!r}")
-        if model not in config.models:
-            raise HTTPException(404, f"model {model!r} is not served here; served: {list(config.models)}")
-        body = await _read_body(request, body_limit)
-        try:
-            parsed = PredictRequest.model_validate_json(body)
-        except ValidationError as err:
-            errors = err.errors(include_url=False, include_context=False)
-            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-        if len(parsed.entities) > config.max_batch:
-            raise HTTPException(
-                413, f"{len(parsed.entities)} entities in one request; this server accepts at most {config.max_batch}"
-            )
-        loaded = await model_for(model, parsed.version)
-        problems = entity_errors(parsed.entities, loaded.spec.entity_key, loaded.request_fields)
-        if problems:
-            raise RequestValidationError(problems)
-        at_us = epoch_us(clock())
-        try:
-            scored = score_entities(loaded, parsed.entities, at_us)
-        except StoreError as err:
-            outage.failure("online store unavailable (answering 503): %s", err)
-            raise unavailable("the online feature store is unavailable; retry later") from None
-        outage.success("online store reachable again")
-        metrics.entities.labels(model).inc(len(scored.keys))
-        missing = sum(len(m) for m in scored.missing)
-        if missing:
-            metrics.missing.labels(model).inc(missing)
-        alias = config.alias if parsed.version is None else None
-        body = response_body(loaded, scored, at_us, alias)
-        request_id = str(uuid.uuid4())
-        if prediction_log is not None:
-            prediction_log.log(
-                LoggedRequest(
-                    request_id,
-                    at_us,
-                    client.name,
-                    loaded.name,
-                    loaded.version,
-                    alias,
-                    loaded.spec.entity_key,
-                    scored.keys,
-                    scored.scores,
-                    scored.event_times_us,
-                    scored.missing,
-                )
-            )
-        return Response(body, media_type="application/json", headers={"X-Request-Id": request_id})
+        failed = request.scope.get(FAST_PATH_ERROR)
+        if failed is not None:  # the fast path answers every 200; its errors are raised (and rendered) here
+            raise failed
+        service.check_access(model, client)
+        body = await _read_body(request, service)
+        answer = await service.predict(model, client, body)
+        return Response(answer.body, media_type="application/json", headers={"X-Request-Id": answer.request_id})
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -13,6 +13,8 @@ variable                           meaning                                      
 ``LOOM_SERVE_RELOAD_INTERVAL_S``   how often the alias is checked (seconds)     10
 ``LOOM_SERVE_MAX_BATCH``           most entities in one request (else 413)      500
 ``LOOM_SERVE_RETRY_AFTER_S``       Retry-After of a 503                         1
+``LOOM_SERVE_MAX_QUEUE``           predictions a worker holds at once (waiting  64
+                                   or running); beyond: 503 + Retry-After
 ``LOOM_SERVE_REDIS_TIMEOUT_S``     Redis connect and read timeout (seconds)     0.5
 ``LOOM_SERVE_VERSION_CACHE``       explicit versions kept loaded per model      4
 ``LOOM_SERVE_THREADS``             OpenMP/BLAS threads per worker (0: leave)    1
@@ -59,6 +61,7 @@ class ServingConfig:
     reload_interval_s: float = 10.0
     max_batch: int = 500
     retry_after_s: int = 1
+    max_queue: int = 64  # per worker: predictions waiting or running; beyond, 503 at once
     redis_timeout_s: float = 0.5
     version_cache: int = 4
     threads: int = 1  # applied by app_from_env (uvicorn workers), not by create_app
@@ -73,6 +76,7 @@ class ServingConfig:
             ("reload_interval_s", self.reload_interval_s > 0),
             ("max_batch", self.max_batch >= 1),
             ("retry_after_s", self.retry_after_s >= 1),
+            ("max_queue", self.max_queue >= 1),
             ("redis_timeout_s", self.redis_timeout_s > 0),
             ("version_cache", self.version_cache >= 1),
             ("threads", self.threads >= 0),
@@ -97,6 +101,7 @@ class ServingConfig:
             reload_interval_s=_number(env, "RELOAD_INTERVAL_S", 10.0, float),
             max_batch=_number(env, "MAX_BATCH", 500, int),
             retry_after_s=_number(env, "RETRY_AFTER_S", 1, int),
+            max_queue=_number(env, "MAX_QUEUE", 64, int),
             redis_timeout_s=_number(env, "REDIS_TIMEOUT_S", 0.5, float),
             version_cache=_number(env, "VERSION_CACHE", 4, int),
             threads=_number(env, "THREADS", 1, int),
@@ -113,6 +118,7 @@ class ServingConfig:
             f"{PREFIX}RELOAD_INTERVAL_S": str(self.reload_interval_s),
             f"{PREFIX}MAX_BATCH": str(self.max_batch),
             f"{PREFIX}RETRY_AFTER_S": str(self.retry_after_s),
+            f"{PREFIX}MAX_QUEUE": str(self.max_queue),
             f"{PREFIX}REDIS_TIMEOUT_S": str(self.redis_timeout_s),
             f"{PREFIX}VERSION_CACHE": str(self.version_cache),
             f"{PREFIX}THREADS": str(self.threads),

@@ -24,15 +24,12 @@ from typing import Any
 from common.compile.feature_spec import FeatureSpec
 from common.errors import ConfigError, LoomError
 from common.models import registry
+from common.models.pyfunc import request_fields
 from common.online.base import OnlineStore
 from common.serving.config import ServingConfig
 from common.settings import Paths
 
 log = logging.getLogger(__name__)
-
-# Columns the on-demand transforms read (common.models.on_demand): a column that is
-# neither looked up nor made by an earlier transform must come with the request.
-_TRANSFORM_INPUTS = ("input", "numerator", "denominator")
 
 
 class ModelNotFound(LoomError):
@@ -41,19 +38,6 @@ class ModelNotFound(LoomError):
 
 class ModelNotReady(LoomError):
     """The model is served but no version is loaded yet (its alias does not exist yet)."""
-
-
-def request_fields(spec: FeatureSpec) -> tuple[str, ...]:
-    """Request-time fields of ``spec``: on-demand inputs that are not looked up nor computed."""
-    known = set(spec.lookup_features)
-    needed: list[str] = []
-    for transform in spec.on_demand:
-        for option in _TRANSFORM_INPUTS:
-            column = transform.get(option)
-            if isinstance(column, str) and column not in known and column not in needed:
-                needed.append(column)
-        known.add(transform["name"])
-    return tuple(needed)
 
 
 @dataclass(frozen=True)
