@@ -224,6 +224,10 @@ def _start_server(
         }
     )
     env.pop("LOOM_API_KEYS_FILE", None)
+    if WORKERS > 1:  # as `loom serve --workers N` does: /metrics of any worker sums all workers
+        metrics_dir = home / "prometheus"
+        metrics_dir.mkdir(exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     log_path = home / "server.log"
     command = [
         sys.executable,

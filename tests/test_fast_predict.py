@@ -17,7 +17,7 @@ from common.models.on_demand import apply_on_demand, on_demand_columns
 class TemperedBoosting(HistGradientBoostingClassifier):
     """A subclass that changes predict_proba (temperature 2): a converter reading the trees alone scores it wrongly."""
 
-    def predict_proba(self, X):  # noqa: N803 - scikit-learn's argument name
+    def predict_proba(self, X):
         p = expit(self.decision_function(X) / 2.0)
         return np.column_stack([1 - p, p])
 

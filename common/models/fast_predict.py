@@ -130,13 +130,15 @@ class HistGradientBoostingPredictor(FastPredictor):
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         from scipy.special import expit
 
-        rows = matrix.shape[0]
-        node = np.repeat(self.roots[None, :], rows, axis=0)
-        row = np.arange(rows)[:, None]
+        rows, width = matrix.shape
+        matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+        flat, children = matrix.ravel(), self.children.ravel()
+        start = (np.arange(rows) * width)[:, None]  # where each row starts in the flat matrix
+        node = np.repeat(self.roots[None, :], rows, axis=0)  # (rows, trees)
         for _ in range(self.depth):
-            x = matrix[row, self.feature[node]]
-            right = np.where(np.isnan(x), ~self.missing_left[node], x > self.threshold[node])
-            node = self.children[node, right.view(np.int8)]
+            x = flat[start + self.feature[node]]
+            right = np.where(x != x, ~self.missing_left[node], x > self.threshold[node])  # x != x: NaN
+            node = children[2 * node + right]
         return expit(self.baseline + self.value[node].sum(axis=1))
 
     def dumps(self) -> bytes:
