@@ -133,6 +133,10 @@ def test_rest_scores_equal_batch_scoring_at_the_same_time_and_version(spark, tra
     for prediction in body.predictions:
         assert prediction.score == pytest.approx(batch[prediction.key], abs=1e-9), prediction.key
     assert len({round(p.score, 6) for p in body.predictions}) > 5  # real, different scores
+    # both paths scored with the fast predictor training logged and checked, not the estimator's predict_proba
+    served = api.app.state.holder.current("churn").python_model
+    assert served.fast is not None and served.fast.kind == "hist_gradient_boosting"
+    assert mlflow.get_run(trained_churn.outcome.run_id).data.params["fast_predictor"] == "hist_gradient_boosting"
 
 
 def test_response_shows_feature_times_and_missing_features(api, latest_rows):
@@ -443,3 +447,22 @@ def test_serve_job_checks_its_setup_before_starting(monkeypatch, capsys):
     monkeypatch.setenv("LOOM_API_KEYS", f"ops:{OPS_KEY}")
     assert main_for("serve", serve, ["--usecase", "churn", "--model", "no_such_model"]) == 2
     assert "no_such_model" in capsys.readouterr().err
+
+
+def test_serve_job_starts_a_worker_per_core_with_a_bounded_queue(monkeypatch):
+    import os
+
+    import uvicorn
+
+    from jobs import serve
+    from jobs.runner import main_for
+
+    started = []
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the job exports its settings for the workers
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))  # not a real server here
+    monkeypatch.setenv("LOOM_API_KEYS", f"ops:{OPS_KEY}")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main_for("serve", serve, ["--usecase", "churn", "--max-queue", "8"]) == 0
+    assert started[0]["workers"] == (os.cpu_count() or 1)
+    assert ServingConfig.from_env(os.environ).max_queue == 8
+    assert main_for("serve", serve, ["--usecase", "churn", "--workers", "1", "--max-queue", "0"]) == 2
