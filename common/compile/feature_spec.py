@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,16 @@ class FeatureSpec:
     groups: tuple[GroupRef, ...]
     on_demand: tuple[dict[str, Any], ...] = field(default=())
 
-    @property
+    @cached_property  # read on every REST request: computed once per spec (frozen, so it never goes stale)
     def lookup_features(self) -> tuple[str, ...]:
         """Columns looked up from the feature store, in model order."""
         return tuple(name for group in self.groups for name in group.selected)
 
-    @property
+    @cached_property
     def on_demand_outputs(self) -> tuple[str, ...]:
         return tuple(t["name"] for t in self.on_demand)
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[str, ...]:
         """The estimator's input columns, in order: looked-up features, then on-demand outputs."""
         return self.lookup_features + self.on_demand_outputs
