@@ -188,9 +188,10 @@ def create_app(
         )
         await run_in_threadpool(holder.refresh)  # first load before the first request: /readyz is true at once
         holder.start()
-        # the models and modules loaded so far live as long as the process: keep them out of the
-        # collector's full passes, which would otherwise stall requests for milliseconds
-        gc.freeze()
+        if app.state.freeze_gc:
+            # a worker's models and modules live as long as the process: keep them out of the
+            # collector's full passes, which would otherwise stall requests for milliseconds
+            gc.freeze()
         if prediction_log is not None:
             prediction_log.start()
         try:
@@ -212,6 +213,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.config = config
     app.state.prediction_log = prediction_log
+    app.state.freeze_gc = False  # app_from_env (a server worker) turns it on; tests build many apps
     app.add_middleware(FastPredictPath, service=service, max_queue=config.max_queue)
     app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)  # outermost: counts everything
 
@@ -294,7 +296,9 @@ def app_from_env() -> FastAPI:
     config = ServingConfig.from_env()
     if config.threads > 0:
         limit_threads(config.threads)
-    return create_app(config)
+    app = create_app(config)
+    app.state.freeze_gc = True
+    return app
 
 
 def limit_threads(threads: int) -> None:

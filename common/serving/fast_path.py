@@ -5,10 +5,11 @@ dependency injection and response classes (together they cost more than the
 lookup and the model at one entity): headers -> API key -> body -> the
 :class:`common.serving.predict_service.PredictService` -> bytes out.
 
-Anything that is not a 200 goes on to FastAPI unchanged: the exception raised
-here travels in the ASGI scope (``FAST_PATH_ERROR``), the FastAPI route raises
-it again, and the app's exception handlers render it, so every error answer
-keeps one renderer. Every other path goes to FastAPI directly.
+Every error goes on to FastAPI: the exception raised here travels in the ASGI
+scope (``FAST_PATH_ERROR``), the FastAPI route raises it again, and the app's
+exception handlers render it, so error answers keep one renderer. The one
+exception is the overload 503 below, a fixed body sent at once: shedding load
+must cost next to nothing. Every other path goes to FastAPI directly.
 
 Back pressure: each worker admits at most ``max_queue`` predictions at once
 (waiting or running). An admitted request first yields to the event loop once,
