@@ -450,7 +450,68 @@ def _label(batch: int) -> str:
     return f"HTTP predict {batch} {'entity' if batch == 1 else 'entities'} × 50 features"
 
 
-def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> tuple[list[dict[str, Any]], int, dict]:
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants (the uvicorn supervisor and its workers)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, grew = {root}, True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= found
+        grew = bool(found)
+    return sorted(tree)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuMeter:
+    """CPU time of the server's processes and of this load generator during one run, per request.
+
+    Unlike wall-clock latency, this is the work a request costs, whatever else the shared machine runs:
+    capacity is about (cores available to the server) / (server CPU per request).
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self.pids = _process_tree(server_pid)
+
+    def __enter__(self) -> _CpuMeter:
+        self.server0, self.client0 = _cpu_seconds(self.pids), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server = _cpu_seconds(self.pids) - self.server0
+        self.client = time.process_time() - self.client0
+
+    def row(self, label: str, requests: int) -> dict[str, Any]:
+        per = self.server / requests * 1000
+        return {
+            "metric": f"{label}: server CPU per request",
+            "value": round(per, 3),
+            "unit": "ms",
+            "target": None,
+            "note": f"user+system CPU of the {len(self.pids)} server processes over {requests} requests "
+            f"({self.server:.2f} s); the load generator used {self.client / requests * 1000:.3f} ms per request. "
+            f"{WORKERS} core(s) of this alone would serve about {WORKERS / per * 1000:.0f} requests/s",
+        }
+
+
+def _http_rows(
+    port: int, api_key: str, keys: list[str], quick: bool, server_pid: int
+) -> tuple[list[dict[str, Any]], int, dict]:
     """The HTTP rows; how many entities the server scored (what its prediction log should hold); key figures."""
     seconds = 2 if quick else 10
     rows: list[dict[str, Any]] = []
@@ -460,17 +521,21 @@ def _http_rows(port: int, api_key: str, keys: list[str], quick: bool) -> tuple[l
     for batch in (1, 100):  # warm every worker, then one request at a time
         warm = _run_loop(_open_loop(port, _requests(port, api_key, keys, batch, 400), 200))
         scored += warm["statuses"].get(200, 0) * batch
-        alone, rate = _run_loop(_sequential(port, _requests(port, api_key, keys, batch, 300 if quick else 2000)))
+        with _CpuMeter(server_pid) as meter:
+            alone, rate = _run_loop(_sequential(port, _requests(port, api_key, keys, batch, 300 if quick else 2000)))
         scored += len(alone) * batch
         note = f"{len(alone)} requests one after the other on one connection (no queueing): the service time"
         rows += _figure_rows(f"{_label(batch)}, one at a time", alone, rate, note, None)
+        rows.append(meter.row(f"{_label(batch)}, one at a time", len(alone)))
         p99[f"sequential {batch}"] = _ms(alone, 99)
     for batch, rate, target in ((1, RATES[0], None), (1, RATES[1], "<= 2.5"), (100, RATE_100, "<= 10")):
-        result = _run_loop(_open_loop(port, _requests(port, api_key, keys, batch, int(rate * seconds)), rate))
+        with _CpuMeter(server_pid) as meter:
+            result = _run_loop(_open_loop(port, _requests(port, api_key, keys, batch, int(rate * seconds)), rate))
         _checked(result, batch)
         scored += len(result["latencies"]) * batch
         label = f"{_label(batch)} at {rate} rps"
         rows += _figure_rows(label, result["latencies"], result["achieved_rps"], _loop_note(result, rate), target)
+        rows.append(meter.row(label, len(result["latencies"])))
         p99[f"open {batch} @{rate}"] = _ms(result["latencies"], 99)
         if batch == 1 and _ms(result["latencies"], 99) <= SEARCH_P99_MS:
             passing[rate] = result
@@ -702,7 +767,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 rows += _in_process(spec, url, keys, 300 if quick else 3000)
                 api_key = secrets.token_hex(24)  # this run's throwaway key
                 process, port, _ = _start_server(home, url, api_key, max_batch=100, usecase=usecase)
-                http, scored, loom_p99 = _http_rows(port, api_key, keys, quick)
+                http, scored, loom_p99 = _http_rows(port, api_key, keys, quick, process.pid)
                 rows += http
                 process.terminate()  # a clean shutdown: the prediction log writes what is still queued
                 process.wait(timeout=30)
