@@ -1,0 +1,270 @@
+"""The lifecycle notebooks (notebooks/*.py): Databricks source format, the local runner
+(`loom notebook run`), and every notebook run end to end, in order, on a small generated lake,
+in this test session's SparkSession (no new JVM per notebook)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.notebooks import NotebookCellError, NotebookFormatError, parse_notebook, parse_source, run_notebook
+from common.notebooks.source import HEADER, SEPARATOR
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+EXPECTED = ["01_features", "02_training", "03_scoring", "04_streaming", "05_monitoring", "06_privacy"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("*.py"))
+
+
+# --- format --------------------------------------------------------------------------------
+
+
+def test_one_notebook_per_stage_in_order():
+    assert [p.stem for p in notebook_paths()] == EXPECTED
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_parses_as_a_databricks_source_notebook(path):
+    text = path.read_text()
+    lines = text.splitlines()
+    assert lines[0] == HEADER
+    separators = [i for i, line in enumerate(lines) if line.startswith("# COMMAND")]
+    assert separators and all(lines[i] == SEPARATOR for i in separators)
+    # Databricks writes a blank line on each side of a separator
+    assert all(lines[i - 1] == "" and lines[i + 1] == "" for i in separators)
+    cells = parse_notebook(path)
+    assert len(cells) == len(separators) + 1
+    markdown = [c for c in cells if c.kind == "markdown"]
+    assert cells[0].kind == "markdown" and cells[0].source.splitlines()[1].startswith("# "), "title first"
+    for cell in markdown:
+        raw = lines[cell.line - 1 : cell.line - 1 + len(cell.source.splitlines())]
+        assert all(line == "# MAGIC" or line.startswith("# MAGIC ") for line in raw), cell.number
+        assert raw[0] == "# MAGIC %md"
+        body = cell.source.split("\n", 1)[1]
+        assert body.strip() and not body.startswith(" "), f"cell {cell.number}: empty or indented markdown"
+        assert body.count("`") % 2 == 0, f"cell {cell.number}: unbalanced code span"
+    python = [c for c in cells if c.kind == "python"]
+    assert all(c.kind in ("markdown", "python") for c in cells)
+    assert len(python) >= 3 and len(markdown) >= 3
+    for cell in python:
+        ast.parse(cell.source)
+        assert "# MAGIC" not in cell.source
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_takes_widgets_and_calls_only_the_library(path):
+    tree = ast.parse(path.read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    assert not [m for m in modules if m.split(".")[0] == "jobs"], "notebooks call the library, not the jobs"
+    assert not [m for m in modules if ".".join(m.split(".")[:2]) in ("common.serving",)], modules
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("common")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    assert not private, f"private functions: {private}"
+    [call] = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "notebook"
+    ]
+    assert ast.unparse(call.args[0]) == "globals()" and call.args[1].value == path.stem
+    assert sorted(k.arg for k in call.keywords) == ["date", "model", "usecase"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("print(1)\n", "line 1"),
+        (f"{HEADER}\n# COMMAND -------\n\nx = 1\n", "not a cell separator"),
+        (f"{HEADER}\nx = 1\n\n{SEPARATOR}\n\n# MAGIC %md\nx = 2\n", "cell 2 (line 6) mixes"),
+        (f"{HEADER}\n# MAGIC ## no magic command\n", "cell 1 (line 2) is a '# MAGIC' cell without"),
+        (f"{HEADER}\n# MAGIC %md\n", "markdown cell 1 (line 2) has no text"),
+        (f"{HEADER}\nx = 1\n\n{SEPARATOR}\n\n{SEPARATOR}\n\ny = 2\n", "cell 2 (line 6) is empty"),
+        (f"{HEADER}\nx = 1\n\n{SEPARATOR}\n\ndef f(:\n", "cell 2 (line 6) is not valid Python"),
+    ],
+)
+def test_malformed_notebooks_are_refused_with_the_cell(text, expected):
+    with pytest.raises(NotebookFormatError, match="bad.py: ") as caught:
+        parse_source(text, "bad.py")
+    assert expected in str(caught.value)
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+BROKEN = f"""{HEADER}
+# MAGIC %md
+# MAGIC # A notebook with a broken cell
+
+{SEPARATOR}
+
+from common.notebooks import notebook
+
+nb = notebook(globals(), "broken", usecase="churn", model="churn", date="now")
+total = int(nb.params["model"] == "churn")
+
+{SEPARATOR}
+
+def ratio(a, b):
+    return a / b
+
+
+value = ratio(total, 0)
+
+{SEPARATOR}
+
+after = True
+"""
+
+
+def test_a_broken_cell_stops_the_run_with_the_notebook_and_cell(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN)
+    with pytest.raises(NotebookCellError) as caught:
+        run_notebook(path, out=tmp_path / "out")
+    message = str(caught.value)
+    # cell 3 starts at line 14; the error is raised in ratio(), line 15, called from line 18: the deepest line
+    assert message.startswith("broken.py: cell 3 (line 15) failed: ZeroDivisionError: division by zero")
+    assert caught.value.cell.number == 3
+
+
+def test_widgets_have_local_defaults_and_params_override_them(tmp_path):
+    path = tmp_path / "params.py"
+    path.write_text(BROKEN.split(f"\n{SEPARATOR}\n\ndef")[0] + "\n")
+    assert run_notebook(path).namespace["total"] == 1
+    assert run_notebook(path, {"model": "other"}).namespace["total"] == 0
+    with pytest.raises(NotebookCellError, match=r"cell 2 .*no widget 'customer'. Fix: use one of \['date'"):
+        run_notebook(path, {"customer": "C1"})
+
+
+def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LOOM_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "notebook", "run", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_runs_cell_by_cell_and_a_failure_is_a_user_error(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN)
+    done = _cli(str(path), "--param", "model=churn", home=tmp_path / "home")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("loom notebook: error: broken.py: cell 3 (line 15) failed: ZeroDivision")
+    assert "-- cell 2/4" in done.stdout and "-- cell 3/4" in done.stdout and "cell 4/4" not in done.stdout
+
+    done = _cli(str(path), "--param", "model", home=tmp_path / "home")
+    assert done.returncode == 2 and "--param 'model' is not key=value" in done.stderr
+    done = _cli(str(tmp_path / "missing.py"), home=tmp_path / "home")
+    assert done.returncode == 2 and "missing.py does not exist" in done.stderr
+
+
+# --- every notebook, end to end -------------------------------------------------------------
+
+CUSTOMERS, DAYS = 300, 10
+
+
+@pytest.fixture(scope="module")
+def notebook_lake(spark, tmp_path_factory):
+    """A small lake ending today in its own LOOM_HOME (so REST sees fresh online features), its own
+    Redis, landing files generated, streamed into bronze, Redis and the feature history, backfilled."""
+    from common.compile import compile_usecase
+    from common.features.backfill import backfill
+    from common.generate import generate_landing
+    from common.generate.options import demo_options
+    from common.pipeline import catch_up
+    from common.redis_server import RedisServer
+    from common.settings import paths
+    from common.spec import load_usecase
+    from common.tracking import configure
+
+    home = tmp_path_factory.mktemp("notebook-home")
+    with pytest.MonkeyPatch.context() as patch, RedisServer() as redis:
+        patch.setenv("LOOM_HOME", str(home))
+        patch.setenv("REDIS_URL", redis.url)
+        work = paths()
+        plan = compile_usecase(load_usecase("churn"))
+        generate_landing(plan.spec, work, demo_options(customers=CUSTOMERS, days=DAYS))
+        catch_up(spark, plan, work, redis.url, parts=("ingest", "features"))
+        backfill(spark, work, plan)
+        yield work
+    configure(paths())  # MLflow back to the session's store
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_every_notebook_end_to_end_in_order(spark, notebook_lake, tmp_path):
+    import numpy as np
+
+    from common.models import registry
+
+    work = notebook_lake
+    ran = {}
+    for stem in EXPECTED:
+        out = tmp_path / stem
+        ran[stem] = run_notebook(NOTEBOOKS / f"{stem}.py", out=out).namespace
+        plots = sorted(out.glob("*.png"))
+        assert plots, f"{stem} wrote no plot"
+        assert all(p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 2000 for p in plots), plots
+
+    features = ran["01_features"]
+    assert (tmp_path / "01_features" / "feature_history.png").is_file()
+    assert features["consistent"] and set(features["consistency"]) == {"activity", "profile"}
+    assert features["consistency"]["activity"].entities_checked > CUSTOMERS // 2
+    # birth_year reads date_of_birth, generalized to its year at ingestion
+    pii = features["pii_lineage"]
+    assert pii.loc[pii["feature"] == "profile.birth_year", "policy"].tolist() == ["generalize (rule year)"]
+
+    training = ran["02_training"]
+    outcome = training["outcome"]
+    assert {p.stem for p in training["curve_plots"]} == {"roc_curve", "pr_curve", "feature_importance"}
+    client = registry.client(work)
+    assert registry.version_by_alias("churn", registry.CHAMPION, client) == outcome.version == 1
+    assert training["aliases"] == {"champion": "1", "challenger": "1"} or training["aliases"].get("champion") == "1"
+    assert client.get_model_version("churn", "1").run_id == outcome.run_id
+    assert set(training["training"].versions) == {"bronze.outcomes", "history.activity", "history.profile"} or len(
+        training["training"].versions
+    ) >= 2
+    assert 0.5 < outcome.metrics["roc_auc"] <= 1.0
+
+    scoring = ran["03_scoring"]
+    scores = scoring["scores"]
+    assert len(scores) > CUSTOMERS // 2 and scores["score"].between(0, 1).all()
+    assert (scoring["actions"]["score"] >= scoring["threshold"]).all()
+    explanation = scoring["explanation"]
+    assert explanation.score == pytest.approx(scoring["batch_score"], abs=1e-9)
+    assert explanation.rows["contribution"].abs().max() > 0
+    assert np.isfinite(explanation.rows["contribution"]).all()
+
+    streaming = ran["04_streaming"]
+    assert streaming["firings"].count() > 0
+    assert streaming["parity"], (streaming["firing"], streaming["batch_score"], streaming["rest_score"])
+    assert streaming["rest"].version == streaming["firing"]["model_version"] == 1
+
+    monitoring = ran["05_monitoring"]
+    assert monitoring["drift"].version == 1 and len(monitoring["drift"].rows) > 5
+    assert monitoring["verdict"].outcome is None  # a dry run trains nothing
+    assert registry.champion_history("churn", client) == [1]
+
+    privacy = ran["06_privacy"]
+    assert privacy["audit_clean"] and privacy["audit_report"].ok
+    assert {"email", "phone", "full_name"} <= set(privacy["policies"]["column"])
+    assert set(privacy["report"].raw) == set(privacy["report"].protected) and privacy["report"].raw
