@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             failed |= not _model_lifecycle(spark, plan, name, work, url)
             _monitoring(spark, plan, name, work)
         _schedules(spec, work)
+        failed |= not _notebook(spec.name, work)
 
     print("\n== where everything lives")
     print(f"delta tables:  {work.lake}")
@@ -279,3 +280,27 @@ def _schedules(spec, work: Paths) -> None:
         print(f"   {item.entry.schedule.cron:<14} loom {item.job} {' '.join(item.argv)}  ({item.name})")
     print(f"   -> {crontab}\n   -> {bundle}")
     done(started)
+
+
+def _notebook(usecase: str, work: Paths) -> bool:
+    """Run the features notebook locally, as `loom notebook run` does (in this process, on this session)."""
+    import contextlib
+
+    from common.notebooks import run_notebook
+    from common.settings import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "notebooks" / "01_features.py"
+    started = step(f"15. notebooks: {path.relative_to(PROJECT_ROOT)} run locally, cell by cell (`loom notebook run`)")
+    out = work.home / "notebooks" / path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "output.txt"
+    with log.open("w") as sink, contextlib.redirect_stdout(sink):
+        run = run_notebook(path, {"usecase": usecase}, out=out)
+    consistent = bool(run.namespace.get("consistent"))
+    print(
+        f"   {len(run.ran)} cells ran, {len(run.skipped)} markdown cells; consistency {'OK' if consistent else 'FAILED'}"
+    )
+    print(f"   -> plots {sorted(p.name for p in out.glob('*.png'))} and output in {out}")
+    print("   all six: loom notebook run notebooks/0N_<stage>.py; on Databricks: the bundle's notebooks job")
+    done(started)
+    return consistent

@@ -98,7 +98,7 @@ def test_notebook_takes_widgets_and_calls_only_the_library(path):
     ],
 )
 def test_malformed_notebooks_are_refused_with_the_cell(text, expected):
-    with pytest.raises(NotebookFormatError, match="bad.py: ") as caught:
+    with pytest.raises(NotebookFormatError, match=r"^bad\.py: ") as caught:
         parse_source(text, "bad.py")
     assert expected in str(caught.value)
 
@@ -240,9 +240,10 @@ def test_every_notebook_end_to_end_in_order(spark, notebook_lake, tmp_path):
     assert registry.version_by_alias("churn", registry.CHAMPION, client) == outcome.version == 1
     assert training["aliases"] == {"champion": "1", "challenger": "1"} or training["aliases"].get("champion") == "1"
     assert client.get_model_version("churn", "1").run_id == outcome.run_id
-    assert set(training["training"].versions) == {"bronze.outcomes", "history.activity", "history.profile"} or len(
-        training["training"].versions
-    ) >= 2
+    assert (
+        set(training["training"].versions) == {"bronze.outcomes", "history.activity", "history.profile"}
+        or len(training["training"].versions) >= 2
+    )
     assert 0.5 < outcome.metrics["roc_auc"] <= 1.0
 
     scoring = ran["03_scoring"]
@@ -268,3 +269,33 @@ def test_every_notebook_end_to_end_in_order(spark, notebook_lake, tmp_path):
     assert privacy["audit_clean"] and privacy["audit_report"].ok
     assert {"email", "phone", "full_name"} <= set(privacy["policies"]["column"])
     assert set(privacy["report"].raw) == set(privacy["report"].protected) and privacy["report"].raw
+
+
+# --- the Databricks bundle ------------------------------------------------------------------
+
+
+def test_bundle_deploys_the_notebooks_as_notebook_tasks_beside_the_python_tasks(tmp_path):
+    import yaml
+
+    from jobs.cli import main
+
+    out = tmp_path / "bundle" / "loom.yml"
+    assert main(["schedule", "export", "--usecase", "churn", "--target", "databricks", "--out", str(out)]) == 0
+    jobs = yaml.safe_load(out.read_text())["resources"]["jobs"]
+    python = [job for job in jobs.values() if "spark_python_task" in job["tasks"][0]]
+    assert python and all("schedule" in job for job in python)
+    notebooks = jobs["loom_churn_churn_notebooks"]
+    assert "schedule" not in notebooks  # run on demand: databricks bundle run loom_churn_churn_notebooks
+    tasks = notebooks["tasks"]
+    assert [t["task_key"] for t in tasks] == EXPECTED
+    for previous, task in zip([None, *tasks], tasks, strict=False):
+        path = (out.parent / task["notebook_task"]["notebook_path"]).resolve()
+        assert path == NOTEBOOKS / f"{task['task_key']}.py" and path.is_file()
+        assert task["notebook_task"]["base_parameters"] == {
+            "usecase": "${workspace.file_path}/metadata/churn",
+            "model": "churn",
+            "date": "now",
+        }
+        assert task["existing_cluster_id"] == "${var.loom_cluster_id}"
+        assert (out.parent / task["libraries"][0]["whl"]).parent.resolve() == REPO / "dist"
+        assert task.get("depends_on") == (None if previous is None else [{"task_key": previous["task_key"]}])
