@@ -61,6 +61,25 @@ nb.show(firings.select(key, "trigger", "firing_ts", "score", "action").orderBy(F
 
 # COMMAND ----------
 
+import matplotlib.pyplot as plt
+
+fired = firings.select("firing_ts", "score", "action").toPandas()
+per_day = fired.groupby([fired["firing_ts"].dt.floor("D"), "action"]).size().unstack(fill_value=0)
+figure, (days_axes, scores_axes) = plt.subplots(1, 2, figsize=(11, 3.5))
+per_day.plot.bar(stacked=True, ax=days_axes, color={False: "tab:blue", True: "tab:red"})
+days_axes.set_xticklabels([f"{day:%m-%d}" for day in per_day.index], rotation=45)
+days_axes.set_title("firings per day (red: actions)")
+scores_axes.hist(fired["score"].dropna(), bins=20, range=(0, 1))
+for trigger in triggers:
+    scores_axes.axvline(
+        trigger.threshold, color="tab:red", linestyle=":", label=f"{trigger.name} >= {trigger.threshold}"
+    )
+scores_axes.legend(fontsize=7)
+scores_axes.set_title("scores of the firings")
+firings_plot = nb.figure(figure, "firings")
+
+# COMMAND ----------
+
 # MAGIC %md
 # MAGIC ## One firing: stream = batch = REST
 # MAGIC A firing on a customer's newest event: its stream score, the batch score of the same model version as

@@ -28,11 +28,11 @@ class NotebookCellError(LoomError):
     def __init__(self, notebook: str, cell: Cell, line: int, error: BaseException) -> None:
         self.notebook, self.cell, self.line, self.error = notebook, cell, line, error
         detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        kind = "" if isinstance(error, LoomError) else f"{type(error).__name__}: "
-        super().__init__(
-            f"{notebook}: cell {cell.number} (line {line}) failed: {kind}{detail[:500]}. "
-            f"Fix: correct the cell (or its parameters) and run the notebook again"
-        )
+        if isinstance(error, LoomError):  # Loom's own message already says what to fix
+            text = detail
+        else:
+            text = f"{type(error).__name__}: {detail[:500]}. Fix: correct the cell (or its parameters) and run again"
+        super().__init__(f"{notebook}: cell {cell.number} (line {line}) failed: {text}")
 
 
 @dataclass
