@@ -150,6 +150,27 @@ def test_widgets_have_local_defaults_and_params_override_them(tmp_path):
         run_notebook(path, {"customer": "C1"})
 
 
+def test_on_databricks_parameters_are_widgets_and_spark_is_the_clusters():
+    from common.notebooks import notebook
+
+    class Widgets:  # dbutils.widgets as Databricks has it: text() declares, get() reads the value set in the UI
+        def __init__(self):
+            self.declared, self.values = {}, {"model": "churn_v2"}
+
+        def text(self, name, default, label):
+            self.declared[name] = default
+
+        def get(self, name):
+            return self.values.get(name, self.declared[name])
+
+    cluster_session = object()
+    dbutils = type("DBUtils", (), {"widgets": Widgets()})()
+    nb = notebook({"dbutils": dbutils, "spark": cluster_session}, "x", usecase="churn", model="churn", date="now")
+    assert dbutils.widgets.declared == {"usecase": "churn", "model": "churn", "date": "now"}
+    assert nb.params == {"usecase": "churn", "model": "churn_v2", "date": "now"} and nb.on_databricks
+    assert nb.spark is cluster_session
+
+
 def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "LOOM_HOME": str(home)}
     return subprocess.run(
@@ -279,7 +300,7 @@ def check_training(ran, out, work):
     client = registry.client(work)
     assert registry.version_by_alias("churn", registry.CHAMPION, client) == outcome.version == 1
     assert client.get_model_version("churn", "1").run_id == outcome.run_id
-    assert ran["aliases"] == {"champion": "1", "challenger": "1"}
+    assert ran["aliases"] == {"champion": 1, "challenger": 1}
     # the notebook's training set and the run read the same Delta versions
     versions = {name: v.version for name, v in ran["training"].versions.items()}
     assert "bronze.outcomes" in versions and len(versions) == 3

@@ -103,7 +103,7 @@ class Notebook:
         from common.spark import build_session
 
         if self.on_databricks:
-            return build_session("databricks")
+            return self.namespace.get("spark") or build_session("databricks")
         return build_session("local", app_name=f"loom-notebook-{self.name}")
 
     @cached_property
