@@ -70,18 +70,20 @@ nb.show(actions, rows=10)
 
 # MAGIC %md
 # MAGIC ## One customer's prediction, explained by its features
-# MAGIC Each feature's contribution: the score minus the score with that feature at its median over every
-# MAGIC customer scored at the same time (`common.models.explain`, through the registered model).
+# MAGIC The customer closest to the threshold: why it is (or is not) an action. Each feature's contribution
+# MAGIC is the score minus the score with that feature at its median over every customer scored at the same
+# MAGIC time (`common.models.explain`, through the registered model).
 
 # COMMAND ----------
 
 from common.models import plots
 from common.models.explain import explain_prediction
 
-customer = scores.iloc[0][key]
+chosen = scores.iloc[int((scores["score"] - threshold).abs().to_numpy().argmin())]
+customer = chosen[key]
 explanation = explain_prediction(spark, plan, f"{ref.name}/{ref.version}", customer, nb.at, work)
 print(explanation.render())
-batch_score = float(scores.iloc[0]["score"])
+batch_score = float(chosen["score"])
 print(f"explained score {explanation.score:.6f} vs batch score {batch_score:.6f}")
 explanation_plot = nb.figure(
     plots.contributions(explanation.rows, f"{customer}: {explanation.score:.3f} ({ref})"), "explanation"
