@@ -31,6 +31,7 @@ JOBS: dict[str, str] = {
     "forget": "jobs.forget",
     "audit-pii": "jobs.audit_pii",
     "privacy-report": "jobs.privacy_report",
+    "notebook": "jobs.notebook_run",
 }
 
 

@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             failed |= not _model_lifecycle(spark, plan, name, work, url)
             _monitoring(spark, plan, name, work)
         _schedules(spec, work)
+        failed |= not _notebook(spec.name, work)
 
     print("\n== where everything lives")
     print(f"delta tables:  {work.lake}")
@@ -166,6 +167,7 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
 
     from common.features.offline import table_exists
     from common.models import registry
+    from common.models.rest import rest_scores
     from common.models.scoring import predictions_path, score_batch
     from common.models.train import train_model
 
@@ -223,10 +225,11 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     done(started)
 
     started = step(f"11. REST: POST /v1/models/{name}/predict (uvicorn, API key) -> Redis -> {name}@champion")
-    rest, request_id = _rest_scores(plan.usecase, name, work, url, keys[:3])
-    for key, (score, version) in rest.items():
-        print(f"   {key}: {score:.4f} by v{version} (batch {batch[key]:.4f})")
-    rest_worst = max(abs(score - batch[key]) for key, (score, _) in rest.items())
+    answer = rest_scores(plan.usecase, name, work, url, key_column, keys[:3])
+    request_id = answer.request_id
+    for key, score in answer.scores.items():
+        print(f"   {key}: {score:.4f} by v{answer.version} (batch {batch[key]:.4f})")
+    rest_worst = max(abs(score - batch[key]) for key, score in answer.scores.items())
     print(f"   REST vs batch score, max |diff| {rest_worst:.2g}")
     # the server has stopped: its shutdown wrote every logged prediction to Delta
     rest_table = predictions_path(work, plan.usecase, "rest")
@@ -238,51 +241,6 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
         print(f"   prediction log: no table at {rest_table} (see the log above)")
     done(started)
     return worst <= 1e-9 and rest_worst <= 1e-9
-
-
-def _rest_scores(
-    usecase: str, model: str, work: Paths, redis: str, keys: list[str]
-) -> tuple[dict[str, tuple[float, int]], str]:
-    """Start the REST service on a free port with a throwaway API key, ask it for ``keys``, stop it.
-    Returns the scores and the request id (the answer's ``X-Request-Id``, the prediction log's ``request_id``)."""
-    import json
-    import threading
-    import urllib.request
-
-    import uvicorn
-
-    from common.redis_server import free_port
-    from common.serving.app import create_app
-    from common.serving.auth import ApiKeys
-    from common.serving.config import ServingConfig
-
-    api_key = secrets.token_hex(24)  # the demo's own client; never printed
-    app = create_app(
-        ServingConfig(models=(model,), usecase=usecase, redis_url=redis),
-        work=work,
-        keys=ApiKeys.parse(f"demo:{api_key}:{model}"),
-    )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        body = json.dumps({"entities": [{"customer_id": key} for key in keys]}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/models/{model}/predict",
-            data=body,
-            headers={"Content-Type": "application/json", "X-API-Key": api_key},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-            request_id = response.headers["X-Request-Id"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-    return {p["key"]: (p["score"], answer["version"]) for p in answer["predictions"]}, request_id
 
 
 if __name__ == "__main__":
@@ -322,3 +280,27 @@ def _schedules(spec, work: Paths) -> None:
         print(f"   {item.entry.schedule.cron:<14} loom {item.job} {' '.join(item.argv)}  ({item.name})")
     print(f"   -> {crontab}\n   -> {bundle}")
     done(started)
+
+
+def _notebook(usecase: str, work: Paths) -> bool:
+    """Run the features notebook locally, as `loom notebook run` does (in this process, on this session)."""
+    import contextlib
+
+    from common.notebooks import run_notebook
+    from common.settings import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "notebooks" / "01_features.py"
+    started = step(f"15. notebooks: {path.relative_to(PROJECT_ROOT)} run locally, cell by cell (`loom notebook run`)")
+    out = work.home / "notebooks" / path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "output.txt"
+    with log.open("w") as sink, contextlib.redirect_stdout(sink):
+        run = run_notebook(path, {"usecase": usecase}, out=out)
+    consistent = bool(run.namespace.get("consistent"))
+    print(
+        f"   {len(run.ran)} cells ran, {len(run.skipped)} markdown cells; consistency {'OK' if consistent else 'FAILED'}"
+    )
+    print(f"   -> plots {sorted(p.name for p in out.glob('*.png'))} and output in {out}")
+    print("   all six: loom notebook run notebooks/0N_<stage>.py; on Databricks: the bundle's notebooks job")
+    done(started)
+    return consistent

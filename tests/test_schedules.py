@@ -381,6 +381,8 @@ def test_databricks_bundle_loads_and_every_task_is_a_valid_entry_point(tmp_path)
     out = REPO / "resources" / "loom.yml"  # where a bundle keeps resource files; never written here
     document = yaml.safe_load(schedule_lib.export_bundle(spec, scheduler.plan(spec), "churn", out.parent))
     jobs = document["resources"]["jobs"]
+    notebooks = jobs.pop("loom_churn_churn_notebooks")  # the lifecycle notebooks: tests/test_notebooks.py
+    assert "schedule" not in notebooks and notebooks["tasks"][0]["notebook_task"]["base_parameters"]["model"] == "churn"
     assert sorted(jobs) == sorted(f"loom_churn_{name}" for name in [*EXAMPLE, "catch_up_ingest"])
     assert "loom_cluster_id" in document["variables"]
     crons = {
@@ -531,6 +533,8 @@ def test_cli_exports_and_dry_runs_churn(tmp_path):
     assert done.returncode == 0, done.stderr
     jobs = yaml.safe_load(bundle.read_text())["resources"]["jobs"]
     for job in jobs.values():
+        if "notebook_task" in job["tasks"][0]:  # the lifecycle notebooks: tests/test_notebooks.py
+            continue
         python_file = (bundle.parent / job["tasks"][0]["spark_python_task"]["python_file"]).resolve()
         assert python_file.is_file()
         name = next(n for n, m in JOBS.items() if m == f"jobs.{python_file.stem}")

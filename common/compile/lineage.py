@@ -123,6 +123,65 @@ def _order_transforms(group_name: str, group: FeatureGroup, base: dict[str, Orig
     return tuple(group.transforms[i] for i in order), producer
 
 
+def _base_origins(
+    group: FeatureGroup,
+    base: dict[str, Origin],
+    producer: dict[str, int],
+    column: str,
+    seen: frozenset[str] = frozenset(),
+) -> set[tuple[Origin, str]]:
+    """Base columns behind ``column`` with the transform path that carries them."""
+    if column in producer:
+        transform = group.transforms[producer[column]]
+        found: set[tuple[Origin, str]] = set()
+        for upstream in transform.inputs():
+            if upstream not in seen:
+                for origin, trail in _base_origins(group, base, producer, upstream, seen | {column}):
+                    found.add((origin, f"{trail} -> transform {transform.name}"))
+        return found
+    return {(base[column], f"{base[column].source}.{base[column].column}")}
+
+
+@dataclass(frozen=True)
+class FeatureOrigin:
+    """One source column behind one feature: the path that carries it and the column's privacy policy."""
+
+    group: str
+    feature: str
+    origin: Origin
+    trail: str
+    policy: str | None  # e.g. "generalize (rule year)"; None: not PII
+
+
+def _describe_policy(policy: object) -> str | None:
+    if policy is None:
+        return None
+    fields = policy.model_dump(exclude_none=True)  # type: ignore[attr-defined]
+    method = fields.pop("method")
+    return f"{method} ({', '.join(f'{k} {v}' for k, v in fields.items())})" if fields else method
+
+
+def feature_origins(spec: UseCase, group_name: str) -> list[FeatureOrigin]:
+    """Column lineage of a (valid) group: every source column each feature reads, through which
+    transforms, and its privacy policy; what a user checks before trusting a feature with PII."""
+    group = spec.feature_groups[group_name]
+    base = _available_base(spec, group_name, group)
+    _, producer = _order_transforms(group_name, group, base, spec.file_of("feature_groups", group_name))
+    found = []
+    for feature in group.features:
+        for column in feature.inputs():
+            for origin, trail in sorted(
+                _base_origins(group, base, producer, column), key=lambda item: (item[0].source, item[0].column)
+            ):
+                policy = spec.sources[origin.source].columns[origin.column].policy
+                found.append(
+                    FeatureOrigin(
+                        group_name, feature.name, origin, f"{trail} -> feature {feature.name}", _describe_policy(policy)
+                    )
+                )
+    return found
+
+
 def resolve_group(spec: UseCase, group_name: str) -> ResolvedGroup:
     """Order a group's transforms and check every column its features read."""
     file = spec.file_of("feature_groups", group_name)
@@ -130,17 +189,8 @@ def resolve_group(spec: UseCase, group_name: str) -> ResolvedGroup:
     base = _available_base(spec, group_name, group)
     ordered, producer = _order_transforms(group_name, group, base, file)
 
-    def base_origins(column: str, seen: frozenset[str] = frozenset()) -> set[tuple[Origin, str]]:
-        """Base columns behind ``column`` with the transform path that carries them."""
-        if column in producer:
-            transform = group.transforms[producer[column]]
-            found: set[tuple[Origin, str]] = set()
-            for upstream in transform.inputs():
-                if upstream not in seen:
-                    for origin, trail in base_origins(upstream, seen | {column}):
-                        found.add((origin, f"{trail} -> transform {transform.name}"))
-            return found
-        return {(base[column], f"{base[column].source}.{base[column].column}")}
+    def base_origins(column: str) -> set[tuple[Origin, str]]:
+        return _base_origins(group, base, producer, column)
 
     for index, feature in enumerate(group.features):
         where = f"feature_groups.{group_name}.features[{index}]"

@@ -59,3 +59,16 @@ def importances(values: Mapping[str, float], title: str = "Feature importance (p
     axes.set_xlabel("drop in ROC AUC when shuffled")
     figure.tight_layout()
     return figure
+
+
+def contributions(rows, title: str, top: int = 12):
+    """One prediction's feature contributions (``common.models.explain``): bars, red raise the score."""
+    shown = rows.head(top).iloc[::-1]
+    figure, axes = _figure(title)
+    figure.set_size_inches(6, max(3, 0.3 * len(shown) + 1))
+    colors = ["tab:red" if value > 0 else "tab:blue" for value in shown["contribution"]]
+    axes.barh(shown["feature"], shown["contribution"], color=colors)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel("score minus score with the feature at its median")
+    figure.tight_layout()
+    return figure
