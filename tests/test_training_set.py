@@ -163,3 +163,17 @@ def test_no_cross_join_in_the_plan(spark, adversarial):
     plan = frame._jdf.queryExecution().executedPlan().toString()
     assert "CartesianProduct" not in plan and "BroadcastNestedLoopJoin" not in plan
     assert plan.count("Exchange hashpartitioning") == 1  # one shuffle for all groups
+
+
+def test_latest_version_reads_the_delta_log_listing(spark, tmp_path):
+    from delta.tables import DeltaTable
+
+    from common.models.training_set import latest_version
+
+    path = str(tmp_path / "t")
+    assert latest_version(spark, path) is None  # no table: the caller's "run backfill first" error
+    for i in range(3):
+        spark.range(i + 1).write.format("delta").mode("append").save(path)
+    expected = DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
+    assert latest_version(spark, path) == expected == 2
+    assert latest_version(spark, f"file://{path}") == 2

@@ -14,10 +14,10 @@ from datetime import date, datetime, timedelta
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from common.compile.plan import FEATURE_TS, GroupPlan, Plan
+from common.compile.plan import GroupPlan, Plan
 from common.errors import DataError
 from common.features.compute import feature_history
-from common.features.offline import history_path, replace_range, table_exists
+from common.features.offline import PARTITION, history_path, replace_range, table_exists
 from common.features.prepare import prepare
 from common.settings import Paths
 
@@ -75,15 +75,16 @@ def backfill_group(
     source = read_bronze(spark, work, plan.usecase, plan.source)
     target = history_path(work, plan)
     explicit = start is not None or end is not None
-    newest_ingest = source.agg(F.max(INGESTED_AT)).first()[0]
-    if not explicit and table_exists(spark, target):
-        mark = _table_property(spark, target, HWM_PROPERTY)
-        if mark is not None:
-            fresh = source.where(F.col(INGESTED_AT) > F.lit(datetime.fromisoformat(mark)))
-            earliest = fresh.agg(F.min(plan.event_time)).first()[0] if plan.event_time else None
-            if earliest is None:
-                return BackfillReport(plan.name, target, None, None, 0, 0, skipped=True)
-            start = earliest.date()
+    mark = _table_property(spark, target, HWM_PROPERTY) if table_exists(spark, target) else None
+    # One pass over bronze for both the newest ingestion time and the earliest fresh event.
+    fresh_time = F.col(plan.event_time) if plan.event_time else F.lit(None).cast("timestamp")
+    if mark is not None:
+        fresh_time = F.when(F.col(INGESTED_AT) > F.lit(datetime.fromisoformat(mark)), fresh_time)
+    newest_ingest, earliest = source.agg(F.max(INGESTED_AT), F.min(fresh_time)).first()
+    if not explicit and mark is not None:
+        if earliest is None:
+            return BackfillReport(plan.name, target, None, None, 0, 0, skipped=True)
+        start = earliest.date()
     if plan.event_time is not None and start is not None:
         # events before `start` still count in windows that end after it
         lookback = datetime.combine(start, datetime.min.time()) - timedelta(seconds=plan.max_window_s + plan.slide_s)
@@ -91,18 +92,16 @@ def backfill_group(
     if plan.event_time is not None and end is not None:
         source = source.where(F.col(plan.event_time) < F.lit(datetime.combine(end, datetime.min.time())))
     prepared = prepare(plan, source, join_tables(spark, work, plan))
-    history = feature_history(plan, prepared).cache()
-    try:
-        replace_range(spark, plan, history, target, start, end)
-        window = history
-        if start is not None:
-            window = window.where(F.to_date(FEATURE_TS) >= F.lit(start))
-        if end is not None:
-            window = window.where(F.to_date(FEATURE_TS) < F.lit(end))
-        counts = window.agg(F.count("*"), F.countDistinct(plan.entity_key)).first()
-    finally:
-        history.unpersist()
-    if newest_ingest is not None and table_exists(spark, target):
+    replace_range(spark, plan, feature_history(plan, prepared), target, start, end)
+    # Counted from the rows just written (two narrow columns, pruned to the range) rather
+    # than by caching the whole computed history in memory to count it.
+    written = spark.read.format("delta").load(target)
+    if start is not None:
+        written = written.where(F.col(PARTITION) >= F.lit(start))
+    if end is not None:
+        written = written.where(F.col(PARTITION) < F.lit(end))
+    counts = written.agg(F.count("*"), F.countDistinct(plan.entity_key)).first()
+    if newest_ingest is not None:
         _set_table_property(spark, target, HWM_PROPERTY, newest_ingest.isoformat())
     return BackfillReport(plan.name, target, start, end, int(counts[0]), int(counts[1]))
 

@@ -12,8 +12,11 @@ that the same call with ``versions=`` rebuilds an identical training set.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -21,7 +24,7 @@ from pyspark.sql import functions as F
 from common.compile.models import ModelPlan, resolve_feature_refs
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import DataError
-from common.features.offline import PARTITION, history_path, table_exists
+from common.features.offline import PARTITION, history_path
 from common.features.point_in_time import HistoryInput, as_of_join
 from common.settings import Paths
 
@@ -51,18 +54,43 @@ class TrainingSet:
         return {name: {"path": v.path, "version": v.version} for name, v in sorted(self.versions.items())}
 
 
-def latest_version(spark: SparkSession, path: str) -> int:
-    """The current version of the Delta table at ``path``."""
+_COMMIT = re.compile(r"\d{20}\.json")  # a commit file in _delta_log; checkpoints and CRCs are not
+
+
+def latest_version(spark: SparkSession, path: str) -> int | None:
+    """The newest committed version of the Delta table at ``path``, or None when there is no table.
+
+    A local table's version is the highest ``_delta_log/<version>.json``: one directory
+    listing, no Spark job (``DeltaTable.isDeltaTable`` and ``history`` each run one per
+    table). Other file systems ask Delta.
+    """
+    local = _local_path(path)
+    if local is not None:
+        log_dir = local / "_delta_log"
+        if not log_dir.is_dir():
+            return None
+        versions = [int(p.name[:-5]) for p in os.scandir(log_dir) if _COMMIT.fullmatch(p.name)]
+        return max(versions) if versions else None
     from delta.tables import DeltaTable
 
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
     return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+
+
+def _local_path(path: str) -> Path | None:
+    """``path`` as a local folder when it names one (no scheme, or ``file:``); else None."""
+    if path.startswith("file:"):
+        return Path(path[len("file:") :].removeprefix("//"))
+    return Path(path) if "://" not in path else None
 
 
 def read_at(spark: SparkSession, path: str, version: int | None, what: str, fix: str) -> tuple[DataFrame, int]:
     """``path`` at ``version`` (the latest when None), and the version read."""
-    if not table_exists(spark, path):
+    latest = latest_version(spark, path)
+    if latest is None:
         raise DataError(f"{what} does not exist at {path}. Fix: {fix}")
-    pinned = latest_version(spark, path) if version is None else int(version)
+    pinned = latest if version is None else int(version)
     return spark.read.format("delta").option("versionAsOf", pinned).load(path), pinned
 
 
