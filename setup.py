@@ -35,7 +35,7 @@ setup(
         "deltalake==1.6.6",  # REST prediction log: Delta appends without a JVM
     ],
     extras_require={
-        "dev": ["pytest==9.2.0", "ruff==0.17.6", "httpx==0.28.1"],
+        "dev": ["pytest==9.2.0", "ruff==0.17.6", "httpx==0.28.1", "hypothesis==6.170.15"],
         "xgboost": ["xgboost"],
         "lightgbm": ["lightgbm"],
     },

@@ -53,6 +53,8 @@ from common.errors import ConfigError, StoreError
 from common.models.online_features import online_groups
 from common.online.base import get_online_store
 from common.serving.auth import ApiKeys, Client
+from common.serving.errors import install_error_handlers
+from common.serving.limits import install_limits
 from common.serving.config import ServingConfig, open_redis, resolve_redis_url
 from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
 from common.serving.metrics import CONTENT_TYPE, ServingMetrics
@@ -231,6 +233,8 @@ def create_app(
     app.state.config = config
     app.state.prediction_log = prediction_log
     app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)
+    install_error_handlers(app)  # hostile input: never a 500 from rendering an error
+    install_limits(app, body_limit)  # header size/count, URL length, declared body size
 
     def authenticate(
         api_key: str | None = Security(_api_key),
