@@ -44,7 +44,6 @@ from pathlib import Path
 from common.errors import ConfigError, StoreError
 from common.secrets import read_secret
 
-
 LOCK_FILE = ".lock"
 LOCK_WAIT_S = 5.0
 """How long a new server waits for the folder's lock: a server whose owner was just killed needs a moment to exit."""

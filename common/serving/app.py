@@ -53,10 +53,10 @@ from common.errors import ConfigError, StoreError
 from common.models.online_features import online_groups
 from common.online.base import get_online_store
 from common.serving.auth import ApiKeys, Client
-from common.serving.errors import install_error_handlers
-from common.serving.limits import install_limits
 from common.serving.config import ServingConfig, open_redis, resolve_redis_url
+from common.serving.errors import install_error_handlers
 from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
+from common.serving.limits import install_limits
 from common.serving.metrics import CONTENT_TYPE, ServingMetrics
 from common.serving.predict import epoch_us, response_body, score_entities
 from common.serving.prediction_log import PredictionLogger

@@ -81,22 +81,24 @@ def safe_item(item: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _not_utf8(errors: list[Any]) -> bool:
-    return any(
-        isinstance(e, dict) and e.get("type") in ("json_invalid", "json_type") and isinstance(e.get("input"), bytes)
-        for e in errors
-    )
+def _bad_bytes(errors: list[Any]) -> int | None:
+    """Offset of the first byte that is not UTF-8 in a body pydantic refused as JSON, if that is why."""
+    for error in errors:
+        body = error.get("input") if isinstance(error, dict) and error.get("type") == "json_invalid" else None
+        if isinstance(body, bytes | bytearray):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return err.start
+    return None
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> Response:
     """422 with FastAPI's shape (``detail``: items with ``loc``), or 400 for a body that is not UTF-8."""
     errors = list(exc.errors())
-    if _not_utf8(errors):
-        body = (await request.body()) if hasattr(request, "body") else b""
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as err:
-            return json_response(400, {"detail": f"the body is not UTF-8 JSON (bad byte at offset {err.start})"})
+    offset = _bad_bytes(errors)
+    if offset is not None:
+        return json_response(400, {"detail": f"the body is not UTF-8 JSON (bad byte at offset {offset})"})
     return json_response(422, {"detail": errors})
 
 

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator
 
 from common.spec.base import Duration, Name, Strict
-from common.spec.schedules import Cron
 from common.spec.monitoring import DriftRule, Evaluation, Retrain
+from common.spec.schedules import Cron
 from common.spec.sql import check_sql
 from common.spec.transforms import BucketizeTransform, ClipTransform, FillTransform, LogTransform, RatioTransform
 
@@ -108,4 +108,3 @@ class Model(Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     drift: DriftRule = Field(default_factory=DriftRule)
     retrain: Retrain = Field(default_factory=Retrain)
-

@@ -3,7 +3,8 @@
 ``yaml.safe_load`` already refuses Python objects; on top of it this reader refuses:
 
 * bytes that are not UTF-8 (the error names the line);
-* nesting deeper than :data:`MAX_DEPTH` (PyYAML composes recursively: 1,000 levels end in a RecursionError);
+* nesting deeper than :data:`MAX_DEPTH` (PyYAML's Python composer recursed: 1,000 levels ended in a
+  RecursionError; libyaml itself stops at 1,000);
 * aliases that expand past :data:`MAX_NODES` values in total ("billion laughs": a few lines that
   expand to billions of values hang whatever walks them) and aliases that contain themselves;
 * the same key twice in one mapping (YAML says keys are unique; PyYAML silently keeps the last one).
@@ -39,24 +40,19 @@ def _line(node_or_mark: Any) -> int | None:
     return mark.line + 1 if mark is not None and hasattr(mark, "line") else None
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader with a nesting limit and refused duplicate keys."""
+try:  # libyaml when PyYAML is built with it: 10x faster than the Python parser
+    from yaml.cyaml import CParser as _Parser
+except ImportError:  # pragma: no cover - PyYAML without libyaml
+    from yaml.parser import Parser as _Parser  # type: ignore[assignment]
 
-    _depth = 0
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
-        # Counted here, before PyYAML recurses, so a deep document never reaches Python's recursion limit.
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise YamlProblem(
-                    f"nesting deeper than {MAX_DEPTH} levels",
-                    _line(self.peek_event()),
-                    "flatten the structure; metadata needs only a few levels",
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+class _SafeLoader(_Parser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """Safe constructor (no Python objects) that refuses duplicate keys; libyaml parses and composes."""
+
+    def __init__(self, stream: str) -> None:
+        _Parser.__init__(self, stream)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, MappingNode):
@@ -84,15 +80,31 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_expansion(root: Node) -> None:
-    """Refuse a graph of nodes whose aliases expand past :data:`MAX_NODES` or into themselves."""
+def _check_graph(root: Node) -> None:
+    """Refuse nesting past :data:`MAX_DEPTH`, aliases that expand past :data:`MAX_NODES` or into themselves.
+
+    Walks the composed nodes without recursion (a deep document must not hit Python's
+    recursion limit); an alias is the same node object met again, so each node's expanded
+    size is computed once.
+    """
     sizes: dict[int, int] = {}
     on_path: set[int] = set()
-
-    def size(node: Node) -> int:
+    stack: list[tuple[Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
         key = id(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_NODES:
+                raise YamlProblem(
+                    f"the document expands to more than {MAX_NODES:,} values (aliases such as *a repeat their anchor)",
+                    _line(node),
+                    "remove the nested aliases (an 'alias bomb'); write the values out",
+                )
+            continue
         if key in sizes:
-            return sizes[key]
+            continue
         if key in on_path:
             raise YamlProblem(
                 "an alias refers to a mapping or list that contains it (an endless value)",
@@ -100,23 +112,25 @@ def _check_expansion(root: Node) -> None:
                 "refer only to anchors defined outside the value that uses them",
             )
         if isinstance(node, ScalarNode):
-            return 1
+            sizes[key] = 1
+            continue
+        if depth > MAX_DEPTH:
+            raise YamlProblem(
+                f"nesting deeper than {MAX_DEPTH} levels",
+                _line(node),
+                "flatten the structure; metadata needs only a few levels",
+            )
         on_path.add(key)
-        total = 1
-        children = node.value if isinstance(node, SequenceNode) else [part for pair in node.value for part in pair]
-        for child in children:
-            total += size(child)
-            if total > MAX_NODES:
-                raise YamlProblem(
-                    f"the document expands to more than {MAX_NODES:,} values (aliases such as *a repeat their anchor)",
-                    _line(node),
-                    "remove the nested aliases (an 'alias bomb'); write the values out",
-                )
-        on_path.discard(key)
-        sizes[key] = total
-        return total
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in _children(node))
 
-    size(root)
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def decode(data: bytes) -> str:
@@ -132,14 +146,36 @@ def decode(data: bytes) -> str:
         ) from None
 
 
+def _check_nesting(text: str) -> None:
+    """Refuse nesting past :data:`MAX_DEPTH` from the event stream, before anything recursive runs."""
+    parser = _Parser(text)
+    depth = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise YamlProblem(
+                        f"nesting deeper than {MAX_DEPTH} levels",
+                        _line(event),
+                        "flatten the structure; metadata needs only a few levels",
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        parser.dispose()
+
+
 def load(text: str) -> Any:
     """Parse one YAML document safely (see the module docstring)."""
+    _check_nesting(text)
     loader = _SafeLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
             return None
-        _check_expansion(root)
+        _check_graph(root)
         return loader.construct_document(root)
     finally:
         loader.dispose()

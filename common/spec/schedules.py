@@ -44,8 +44,11 @@ _NICKNAMES = {
     "@hourly": "0 * * * *",
 }
 _NAMES = {
-    **{m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
-    **{d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
+    **{
+        m: i + 1
+        for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])
+    },
+    **{d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
 }
 _RANGE = re.compile(r"^([0-9]+|[a-z]{3})-([0-9]+|[a-z]{3})$")
 
@@ -69,7 +72,9 @@ def check_cron(text: str) -> str:
         raise ValueError(f"{nick!r} is a nickname Loom does not accept; write {_NICKNAMES[nick]!r} (same meaning, UTC)")
     fields = text.split()
     if len(fields) == 6:
-        raise ValueError(f"{shown} has 6 fields: Loom's cron has no seconds field (it would tick every second); {CRON_HELP}")
+        raise ValueError(
+            f"{shown} has 6 fields: Loom's cron has no seconds field (it would tick every second); {CRON_HELP}"
+        )
     if len(fields) != 5:
         raise ValueError(f"{shown} has {len(fields)} fields, not 5; {CRON_HELP}")
     for index, (name, field) in enumerate(zip(CRON_FIELDS, fields, strict=True)):
