@@ -251,7 +251,7 @@ def translate_errors(err: ValidationError, document: Any, origins: Origins) -> l
     raw = err.errors(include_url=False)
     paths = [_data_path(tuple(e["loc"]), document, e["type"])[0] for e in raw]
     out: list[SpecError] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     for error, path in zip(raw, paths, strict=True):
         kind = error["type"]
         # A union such as `pii: bool | Policy` reports one error per member; the
@@ -291,8 +291,8 @@ def translate_errors(err: ValidationError, document: Any, origins: Origins) -> l
             fix = f"add {tag_key}: to say which kind this is"
             value = None
         dotted = _dotted(path)
-        if (dotted, message) in seen:
+        if dotted in seen:  # the members of a union (str | int | float) each complain: the first says enough
             continue
-        seen.add((dotted, message))
+        seen.add(dotted)
         out.append(SpecError(message, file=origins.file_for(tuple(path)), path=dotted, value=value, fix=fix))
     return out
