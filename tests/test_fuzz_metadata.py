@@ -297,3 +297,28 @@ def test_loom_validate_subprocess_gives_one_line_and_exit_2(tmp_path, kind, what
     assert what in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and len(done.stderr.encode()) < 1024, done.stderr[:2000]
     assert "Traceback" not in done.stderr
+
+
+def _folder_with(tmp_path: Path, name: str, data: bytes) -> Path:
+    folder = tmp_path / "churn"
+    folder.mkdir()
+    for file, text in FILES.items():
+        (folder / file).write_text(text)
+    (folder / name).write_bytes(data)
+    return folder
+
+
+def test_a_duplicate_key_is_refused_not_last_one_wins(tmp_path):
+    text = FILES["models.yaml"]
+    assert "    threshold: 0.5 " in text
+    doubled = text.replace("    threshold: 0.5 ", "    threshold: 0.9\n    threshold: 0.5 ", 1)
+    code, _, err, _ = _validate(_folder_with(tmp_path, "models.yaml", doubled.encode()))
+    assert code == 2
+    assert "key 'threshold' appears twice in one mapping" in err and "models.yaml" in err
+
+
+def test_a_one_megabyte_value_gives_a_short_error(tmp_path):
+    doc = _replace(DOCS["sources.yaml"], ("sources", "events", "watermark"), "9" * 1_000_000 + " days")
+    code, _, err, _ = _validate(_folder_with(tmp_path, "sources.yaml", _dump(doc)))
+    assert code == 2 and len(err.encode()) < 1024
+    assert "sources.events.watermark" in err and "is not a duration" in err
