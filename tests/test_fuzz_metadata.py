@@ -282,7 +282,7 @@ def test_loom_validate_subprocess_gives_one_line_and_exit_2(tmp_path, kind, what
         )
     elif kind == "deep":
         (folder / "features.yaml").write_bytes(
-            _with_raw(DOCS["features.yaml"], ("feature_groups",), "[" * 1000 + "]" * 1000)
+            _with_raw(DOCS["features.yaml"], ("feature_groups",), "[" * 500 + "]" * 500)
         )
     else:
         (folder / "sources.yaml").write_bytes(FILES["sources.yaml"].encode() + b"\n# caf\xe9\n")

@@ -291,7 +291,7 @@ def _shown(value: Column, is_pii: bool) -> Column:
     """How a value appears in a reason: PII redacted, long values cut, the no-text mark left out."""
     if is_pii:
         return F.lit(REDACTED)
-    value = F.regexp_replace(value, "^" + NOT_TEXT, "")
+    value = F.when(value.startswith(NOT_TEXT), F.substring(value, len(NOT_TEXT) + 1, 1 << 30)).otherwise(value)
     return F.when(
         F.length(value) > SHOWN_VALUE_CHARS, F.concat(F.substring(value, 1, SHOWN_VALUE_CHARS), F.lit("..."))
     ).otherwise(value)
