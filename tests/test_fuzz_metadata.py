@@ -322,3 +322,15 @@ def test_a_one_megabyte_value_gives_a_short_error(tmp_path):
     code, _, err, _ = _validate(_folder_with(tmp_path, "sources.yaml", _dump(doc)))
     assert code == 2 and len(err.encode()) < 1024
     assert "sources.events.watermark" in err and "is not a duration" in err
+
+
+def test_validate_compiles_the_plan(tmp_path):
+    """A spec that loads but does not compile (unknown SQL column) fails `loom validate`, not every job later."""
+    from common.spec import load_usecase
+
+    text = FILES["features.yaml"].replace("expr: amount_clipped,", "expr: no_such_column,", 1)
+    folder = _folder_with(tmp_path, "features.yaml", text.encode())
+    load_usecase(folder)  # the spec alone is valid
+    code, _, err, _ = _validate(folder)
+    assert code == 2
+    assert "reads unknown column 'no_such_column'" in err and len(err.strip().splitlines()) == 1
