@@ -9,6 +9,7 @@ server (httptools, as ``loom serve`` runs it) then gets a 4 MB header and 10,000
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -172,10 +173,8 @@ def _raw(port: int, request: bytes) -> bytes:
 
     No half-close: uvicorn reads EOF as the client leaving and drops the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused early: the answer is there
             sock.sendall(request)
-        except (BrokenPipeError, ConnectionResetError):  # refused before it read everything: the answer is there
-            pass
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
