@@ -214,7 +214,7 @@ def test_real_server_refuses_huge_and_numerous_headers_and_lying_lengths(trained
             nan = b'{"entities":[{"customer_id":NaN}]}'
             answer = _raw(port, lying + b"Content-Length: %d\r\n\r\n" % len(nan) + nan)
             assert answer.startswith(b"HTTP/1.1 422"), answer[:300]
-            assert b'"input":"nan"' in answer
+            assert b'"input": "nan"' in answer
             ok = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + close + b"\r\n")
             assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
         finally:
