@@ -9,12 +9,26 @@
   process exits. With a work folder its data lives in ``$LOOM_HOME/redis``
   (append-only file), so the next job finds the online store as the last one
   left it, like the Delta tables beside it; without one, in a temporary folder.
+
+Guards (a server Loom starts dies with its owner; two servers never share a folder):
+
+* a server of a process (not ``loom redis start``'s) gets a parent-death signal
+  (``PR_SET_PDEATHSIG``, through ``setpriv --pdeathsig`` or ``prctl`` in the child): when its
+  owner dies, even by SIGKILL, or is stopped by SIGTERM without running its exit handlers (as
+  uvicorn does), the kernel sends SIGTERM to the redis-server, which writes its AOF and exits.
+  The start happens on one long-lived thread of the process, because the kernel sends the
+  signal when the *thread* that started the child ends;
+* the data folder is locked (``flock`` on ``<folder>/.lock``, held by the redis-server itself
+  through an inherited descriptor, so the lock lives exactly as long as the server). A second
+  server on a folder a live server holds is refused with a :class:`StoreError` that says what
+  to do; :func:`redis_url` first reuses the shared server of ``loom redis start`` when there is one.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -23,11 +37,64 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.secrets import read_secret
+
+LOCK_FILE = ".lock"
+LOCK_WAIT_S = 5.0
+"""How long a new server waits for the folder's lock: a server whose owner was just killed needs a moment to exit."""
+
+# One long-lived thread starts every child: the parent-death signal fires when the starting thread ends.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-server-spawner")
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec (no setpriv)
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def spawn_guarded(args: list[str], *, die_with_owner: bool, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start a server process on its own session; with ``die_with_owner`` it gets SIGTERM when this process dies."""
+    setpriv = shutil.which("setpriv") if die_with_owner else None
+    command = [setpriv, "--pdeathsig", "TERM", *args] if setpriv else args
+    preexec = _set_parent_death_signal if die_with_owner and not setpriv and os.name == "posix" else None
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the owner, which stops the server in order
+            pass_fds=pass_fds,
+            preexec_fn=preexec,
+        )
+
+    return _SPAWNER.submit(start).result()
+
+
+def lock_folder(directory: Path, wait_s: float = LOCK_WAIT_S) -> int:
+    """An open descriptor holding an exclusive ``flock`` on ``directory``; StoreError when a live server holds it."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                holder = (directory / "owner").read_text().strip() if (directory / "owner").is_file() else "unknown"
+                raise StoreError(
+                    f"the Redis folder {directory} is in use by another redis-server ({holder}); two servers must "
+                    "never share one folder. Fix: wait for that job to end, or run `loom redis start` once so that "
+                    "every job shares one server, or set REDIS_URL"
+                ) from None
+            time.sleep(0.1)
 
 
 def free_port() -> int:
@@ -63,6 +130,8 @@ class RedisServer:
             self._tmp = tempfile.TemporaryDirectory(prefix="loom-redis-")
             self.directory = Path(self._tmp.name)
         self.directory.mkdir(parents=True, exist_ok=True)
+        stop_at_exit = self.stop_at_exit if self.stop_at_exit is not None else not self.persistent
+        lock = lock_folder(self.directory)
         args = [
             binary,
             "--port",
@@ -82,9 +151,12 @@ class RedisServer:
             args += ["--appendonly", "yes", "--save", "60 1"]
         else:
             args += ["--appendonly", "no", "--save", ""]
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        try:
+            # The server inherits the lock's descriptor: the folder stays locked as long as it lives.
+            self.process = spawn_guarded(args, die_with_owner=stop_at_exit, pass_fds=(lock,))
+        finally:
+            os.close(lock)
+        (self.directory / "owner").write_text(f"pid {self.process.pid}, port {self.port}, started by pid {os.getpid()}")
         deadline = time.monotonic() + timeout
         import redis
 
@@ -101,7 +173,7 @@ class RedisServer:
                 time.sleep(0.05)
             finally:
                 client.close()
-        if self.stop_at_exit if self.stop_at_exit is not None else not self.persistent:
+        if stop_at_exit:
             atexit.register(self.stop)
         return self
 

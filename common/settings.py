@@ -57,10 +57,40 @@ def loom_home() -> Path:
     return Path(os.environ.get("LOOM_HOME", ".loom")).resolve()
 
 
+HOME_MARK = ".loom-home"
+"""File in LOOM_HOME holding the absolute path the work area was created at."""
+
+
+def check_home(home: Path) -> None:
+    """Refuse a work area that was moved or copied while it holds streaming checkpoints.
+
+    Spark's streaming checkpoints record absolute paths (the files read, the tables written):
+    under a new location every stream fails with a raw Java error (``Wrong basePath``). The
+    path the home was first used at is kept in :data:`HOME_MARK`; a home without checkpoints
+    may move freely (the mark follows it).
+    """
+    from common.errors import ConfigError
+
+    mark = home / HOME_MARK
+    here = str(home)
+    recorded = mark.read_text(errors="replace").strip() if mark.is_file() else None
+    if recorded == here:
+        return
+    checkpoints = home / "checkpoints"
+    if recorded is not None and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise ConfigError(
+            f"LOOM_HOME {here} was moved or copied from {recorded}, and its streaming checkpoints hold absolute "
+            f"paths under the old location. Fix: move it back to {recorded} (or run from a copy there); "
+            "to start over elsewhere, use a fresh LOOM_HOME and ingest the landing files again"
+        )
+    mark.write_text(here + "\n")
+
+
 def paths() -> Paths:
-    """Paths of the current work area, created on first use."""
+    """Paths of the current work area, created on first use (and checked: see :func:`check_home`)."""
     home = loom_home()
     home.mkdir(parents=True, exist_ok=True)
+    check_home(home)
     return Paths(home)
 
 

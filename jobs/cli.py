@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
@@ -35,7 +36,9 @@ JOBS: dict[str, str] = {
 }
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every job (built once per process: it imports every job module)."""
     parser = argparse.ArgumentParser(prog="loom", description="Operationalize ML models from metadata.")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR")
     sub = parser.add_subparsers(dest="job", metavar="<job>", required=True)

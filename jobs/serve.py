@@ -22,6 +22,7 @@ import tempfile
 
 from common.compile import compile_usecase
 from common.errors import ConfigError
+from common.serving.limits import MAX_HEADER_BYTES
 from common.settings import paths
 from common.spec import load_usecase
 from jobs.runner import add_usecase_argument, main_for
@@ -118,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             access_log=args.access_log,
             log_config=None,  # keep Loom's log format (common.log)
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # the h11 parser's own header limit (httptools has none;
+            # common.serving.limits refuses what is over it in every case)
         )
     finally:
         if metrics_dir is not None:

@@ -134,7 +134,10 @@ def test_no_model_schedule_no_implied_retrain(tmp_path):
     ("cron", "says"),
     [
         ("0 3 * *", "has 4 fields, not 5"),
-        ("@daily", "has 1 fields, not 5"),
+        ("0 0 3 * * *", "has 6 fields: Loom's cron has no seconds field"),
+        ("1-0 * * * *", "the minute range '1-0' runs backwards"),
+        ("0 0 * * fri-mon", "the day-of-week range 'fri-mon' runs backwards"),
+        ("0\t3 * * *", "use ASCII and plain spaces only"),
         ("61 * * * *", "is not a cron expression"),
         ("0 0 L * *", "day-of-month field 'L' is not portable cron"),
         ("0 0 * * 5#3", "day-of-week field '5#3' is not portable cron"),
@@ -167,11 +170,20 @@ def test_unknown_key_in_a_schedule(tmp_path):
         spec_with(tmp_path, {"b": {"job": "backfill", "when": "0 1 * * *", "cron": "0 1 * * *"}})
 
 
-def test_model_schedule_that_is_not_portable_names_the_model(tmp_path):
-    spec = spec_with(tmp_path, None, model_schedule="@weekly")  # croniter accepts it; crontab and Quartz differ
+@pytest.mark.parametrize(
+    ("cron", "says"),
+    [
+        ("@weekly", "'@weekly' is a nickname Loom does not accept; write '0 0 * * 0'"),  # crontab and Quartz differ
+        ("0 3 30 2 *", "'0 3 30 2 *' never fires"),  # passed before, then failed in croniter at schedule time
+        ("*/1 * * * * *", "has 6 fields"),  # croniter reads a 6th field as seconds: it would tick every second
+    ],
+)
+def test_model_schedule_that_is_not_portable_names_the_model(tmp_path, cron, says):
     with pytest.raises(SpecError) as caught:
-        usecase_schedules(spec)
-    assert "models.yaml: models.churn.schedule: '@weekly' has 1 fields, not 5" in str(caught.value)
+        spec_with(tmp_path, None, model_schedule=cron)
+    message = str(caught.value)
+    assert "models.yaml: models.churn.schedule: " in message
+    assert says in message
 
 
 # --- jobs and arguments (checked with each job's parser) -----------------------

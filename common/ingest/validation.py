@@ -21,12 +21,22 @@ check only (one reason per record, so counts by reason add up):
 1. the line is a JSON object (``malformed JSON``; single quotes are refused) or
    a CSV row with the declared number of fields (``malformed CSV record``);
 2. every required column has a value (``missing required column <c>``); an
-   empty or blank string counts as no value, for JSON and CSV alike;
+   empty or blank string counts as no value, for JSON and CSV alike. Blank means
+   only whitespace: spaces, tabs, newlines and Unicode spaces (no-break space);
 3. every value converts to its declared type (``column <c>: <value> is not a
    <type>``), with ``try_cast``. Dates must look like ``YYYY-MM-DD`` and
    timestamps like ISO-8601 (``2026-01-01T10:00:00Z``, offset optional: without
    one the session time zone applies), so Spark's lenient forms (``yesterday``,
-   ``2026``) are refused. Numbers must be exact: ``1.0`` is not an int;
+   ``2026``) are refused. Numbers must be exact: ``1.0`` is not an int. A double
+   is a decimal number of at most 64 characters (``-1.5``, ``2e-3``) with a finite
+   value: ``"NaN"``, ``"Infinity"``, ``1e400`` and endless digit strings are refused,
+   quoted or not. A string column takes text only: in JSON, a number, boolean,
+   array or object there (``"customer_id": 12345``) is refused rather than turned
+   into text (quote it upstream); in Parquet, a column of another type likewise;
+3b. the ``event_time`` lies in the source's ``event_time_range`` (``column <c>:
+   <value> is not a plausible event time``): not before ``not_before`` (default
+   2000-01-01) and at most ``max_future`` (default 1 day) after the ingestion's
+   clock, so placeholder dates (0001-01-01, 1900-01-01, 9999-12-31) never reach bronze;
 4. every value of a column with ``allowed`` is one of them (``column <c>: value
    <v> not in allowed values``);
 5. the record is not a duplicate (``duplicate <id>``): its key is already in
@@ -54,6 +64,7 @@ from common.ingest.redaction import (
     record_as_json,
     redact_json_text,
 )
+from common.spec.base import duration_seconds
 from common.spec.sources import Source
 
 CORRUPT = "_corrupt_record"
@@ -68,6 +79,10 @@ MALFORMED_JSON = "malformed JSON"
 MALFORMED_CSV = "malformed CSV record"
 SHOWN_VALUE_CHARS = 200
 
+BLANK = r"^[\s\p{Z}\x{FEFF}]*$"  # Java regex: ASCII whitespace and every Unicode space
+DECIMAL = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
+MAX_NUMBER_CHARS = 64
+NOT_TEXT = "\u0000\u0001loom:not-text\u0001"
 ISO_DATE = r"^\s*\d{4}-\d{2}-\d{2}\s*$"
 ISO_TIMESTAMP = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?\s*$"
 JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
@@ -139,7 +154,7 @@ def classify(df: DataFrame, source: Source, *, existing_keys: DataFrame | None =
         df = df.withColumn(SOURCE_FILE, F.lit(None).cast("string"))
     df, fields, malformed, malformed_reason, raw = _normalize(df, source)
 
-    values = {name: F.when(F.trim(field) != "", field) for name, field in fields.items()}
+    values = {name: _present(field) for name, field in fields.items()}
     df = df.select(
         "*",
         *[value.alias(_value(name)) for name, value in values.items()],
@@ -161,6 +176,8 @@ def classify(df: DataFrame, source: Source, *, existing_keys: DataFrame | None =
         failed = F.col(_value(name)).isNotNull() & F.col(_typed(name)).isNull()
         message = F.concat(F.lit(f"column {name}: "), shown, F.lit(f" is not a {column.type}"))
         checks.append((failed, message, f"column {name}: not a {column.type}"))
+    if source.event_time is not None:
+        checks.append(_implausible_time(source, source.event_time in pii))
     for name, column in source.columns.items():
         if column.allowed is not None:
             shown = _shown(F.col(_value(name)), name in pii)
@@ -205,6 +222,15 @@ def _normalize(df: DataFrame, source: Source) -> tuple[DataFrame, dict[str, Colu
     if source.format == "json":
         df = df.withColumn(_PARSED, F.from_json("value", string_schema(source, corrupt_column=True), JSON_OPTIONS))
         fields = {name: F.col(_PARSED)[name] for name in names}
+        texts = [name for name in names if source.columns[name].type == "string"]
+        if texts:
+            # from_json turns 12345, true, [..] and {..} into text; the JSON type tells them from "12345"
+            document = F.try_parse_json("value")
+            for name in texts:
+                kind = F.schema_of_variant(F.try_variant_get(document, f"$.{name}", "variant"))
+                fields[name] = F.when(kind.isin("STRING", "VOID") | kind.isNull(), fields[name]).otherwise(
+                    _not_text(fields[name])
+                )
         malformed = F.col(_PARSED).isNull() | F.col(_PARSED)[CORRUPT].isNotNull()
         raw = redact_json_text(F.col("value"), pii) if pii else F.col("value")
         return df, fields, malformed, MALFORMED_JSON, raw
@@ -216,13 +242,30 @@ def _normalize(df: DataFrame, source: Source) -> tuple[DataFrame, dict[str, Colu
         raw = F.when(corrupt.isNotNull(), unparsable).otherwise(as_json)
         return df, fields, corrupt.isNotNull(), MALFORMED_CSV, raw
     fields = {name: F.col(name).cast("string") for name in names}
-    return df, fields, F.lit(False), "malformed record", record_as_json(fields, pii)
+    for name in names:  # a string column read as another type (a number, a struct) is no text either
+        if source.columns[name].type == "string" and name in df.columns and df.schema[name].dataType != StringType():
+            fields[name] = _not_text(fields[name])
+    raw = record_as_json({name: F.col(name).cast("string") for name in names}, pii)
+    return df, fields, F.lit(False), "malformed record", raw
+
+
+def _present(field: Column) -> Column:
+    """``field``, or null when it is empty or blank (whitespace only, Unicode spaces included)."""
+    return F.when(~field.rlike(BLANK), field)
+
+
+def _not_text(value: Column) -> Column:
+    """A value that is no text (a JSON number, boolean, array or object) marked so that it fails as a string."""
+    return F.concat(F.lit(NOT_TEXT), value)
 
 
 def _parse(value: Column, kind: str) -> Column:
     """``value`` (a string) as ``kind``, or null when it does not convert."""
     if kind == "string":
-        return value
+        return F.when(~value.startswith(NOT_TEXT), value)
+    if kind in ("double", "float"):
+        number = F.when(value.rlike(DECIMAL) & (F.length(value) <= MAX_NUMBER_CHARS), value.try_cast(kind))
+        return F.when(~F.isnan(number) & (F.abs(number) != F.lit(float("inf"))), number)
     if kind == "timestamp":
         return F.when(value.rlike(ISO_TIMESTAMP), value.try_cast("timestamp"))
     if kind == "date":
@@ -230,10 +273,25 @@ def _parse(value: Column, kind: str) -> Column:
     return value.try_cast(kind)
 
 
+def _implausible_time(source: Source, is_pii: bool) -> tuple[Column, Column, str]:
+    """The check of ``event_time`` against the source's plausible range (see the module docstring)."""
+    name = source.event_time
+    span = source.event_time_range
+    typed = F.col(_typed(name))
+    earliest = F.to_timestamp(F.lit(span.not_before.isoformat()))
+    latest = F.current_timestamp() + F.make_dt_interval(secs=F.lit(duration_seconds(span.max_future)))
+    failed = typed.isNotNull() & ((typed < earliest) | (typed > latest))
+    shown = _shown(F.col(_value(name)), is_pii)
+    bounds = f"before {span.not_before.isoformat()} or more than {span.max_future} ahead"
+    message = F.concat(F.lit(f"column {name}: "), shown, F.lit(f" is not a plausible event time ({bounds})"))
+    return failed, message, f"column {name}: not a plausible event time"
+
+
 def _shown(value: Column, is_pii: bool) -> Column:
-    """How a value appears in a reason: PII redacted, long values cut."""
+    """How a value appears in a reason: PII redacted, long values cut, the no-text mark left out."""
     if is_pii:
         return F.lit(REDACTED)
+    value = F.when(value.startswith(NOT_TEXT), F.substring(value, len(NOT_TEXT) + 1, 1 << 30)).otherwise(value)
     return F.when(
         F.length(value) > SHOWN_VALUE_CHARS, F.concat(F.substring(value, 1, SHOWN_VALUE_CHARS), F.lit("..."))
     ).otherwise(value)

@@ -56,8 +56,10 @@ from common.models.online_features import online_groups
 from common.online.base import get_online_store
 from common.serving.auth import ApiKeys, Client
 from common.serving.config import ServingConfig, open_redis, resolve_redis_url
+from common.serving.errors import install_error_handlers
 from common.serving.fast_path import FAST_PATH_ERROR, FastPredictPath
 from common.serving.holder import ModelHolder
+from common.serving.limits import install_limits
 from common.serving.metrics import CONTENT_TYPE, ServingMetrics
 from common.serving.predict_service import PredictService
 from common.serving.prediction_log import PredictionLogger
@@ -215,7 +217,10 @@ def create_app(
     app.state.prediction_log = prediction_log
     app.state.freeze_gc = False  # app_from_env (a server worker) turns it on; tests build many apps
     app.add_middleware(FastPredictPath, service=service, max_queue=config.max_queue)
-    app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)  # outermost: counts everything
+    app.add_middleware(_MetricsMiddleware, metrics=metrics, served=config.models)  # counts everything it passes
+    install_error_handlers(app)  # hostile input: never a 500 from rendering an error
+    # outermost: header size/count, URL length and declared body size, refused before anything runs
+    install_limits(app, service.body_limit)
 
     def authenticate(
         api_key: str | None = Security(_api_key),

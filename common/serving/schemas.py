@@ -9,6 +9,7 @@ the field, e.g. ``["body", "entities", 3, "customer_id"]``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -93,9 +94,9 @@ def entity_errors(entities: Sequence[dict[str, Any]], entity_key: str, fields: S
             elif (
                 name != entity_key
                 and value is not None
-                and (isinstance(value, bool) or not isinstance(value, int | float))
-            ):
-                errors.append(_error("float_type", (*where, name), "Input should be a valid number or null", value))
+                and (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value))
+            ):  # NaN, Infinity and 1e400 (read as inf) are no measurement: refused, not passed to the model
+                errors.append(_error("float_type", (*where, name), "Input should be a finite number or null", value))
     return errors
 
 

@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from common.errors import SpecError, SpecErrors
+from common.errors import SpecError, SpecErrors, shorten
 from common.settings import PROJECT_ROOT
+from common.spec import safe_yaml
 from common.spec.references import check_references
 from common.spec.usecase import UseCase
 
@@ -59,15 +60,18 @@ class Origins:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse one YAML file; syntax errors name the line and column."""
+    """Parse one YAML file safely (:mod:`common.spec.safe_yaml`); every problem names the line and a fix."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml.load(safe_yaml.decode(path.read_bytes()))
+    except safe_yaml.YamlProblem as err:
+        where = f"line {err.line}: " if err.line else ""
+        raise SpecError(f"{where}{err}", file=str(path), fix=err.fix) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(
-            f"invalid YAML at {where}: {problem}",
+            f"invalid YAML at {where}: {shorten(problem)}",
             file=str(path),
             fix="correct the syntax there (indentation, a missing ':' or an unclosed quote or bracket)",
         ) from None
@@ -247,7 +251,7 @@ def translate_errors(err: ValidationError, document: Any, origins: Origins) -> l
     raw = err.errors(include_url=False)
     paths = [_data_path(tuple(e["loc"]), document, e["type"])[0] for e in raw]
     out: list[SpecError] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     for error, path in zip(raw, paths, strict=True):
         kind = error["type"]
         # A union such as `pii: bool | Policy` reports one error per member; the
@@ -286,11 +290,9 @@ def translate_errors(err: ValidationError, document: Any, origins: Origins) -> l
             message = f"key {tag_key!r} is missing"
             fix = f"add {tag_key}: to say which kind this is"
             value = None
-        if isinstance(value, (dict, list)) and len(repr(value)) > 120:
-            value = f"{repr(value)[:117]}..."
         dotted = _dotted(path)
-        if (dotted, message) in seen:
+        if dotted in seen:  # the members of a union (str | int | float) each complain: the first says enough
             continue
-        seen.add((dotted, message))
+        seen.add(dotted)
         out.append(SpecError(message, file=origins.file_for(tuple(path)), path=dotted, value=value, fix=fix))
     return out

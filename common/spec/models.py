@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 
 from common.spec.base import Duration, Name, Strict
 from common.spec.monitoring import DriftRule, Evaluation, Retrain
+from common.spec.schedules import Cron
 from common.spec.sql import check_sql
 from common.spec.transforms import BucketizeTransform, ClipTransform, FillTransform, LogTransform, RatioTransform
 
@@ -101,17 +102,9 @@ class Model(Strict):
     metrics: list[Metric] = Field(default_factory=lambda: ["roc_auc", "pr_auc", "log_loss", "brier"])
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="action threshold for precision/recall")
     promotion: Promotion = Field(default_factory=Promotion)
-    schedule: str | None = Field(default=None, description="retraining schedule, a cron expression")
+    schedule: Cron | None = Field(
+        default=None, description="retraining schedule, a 5-field cron expression in UTC, e.g. '0 3 * * 0'"
+    )
     evaluation: Evaluation = Field(default_factory=Evaluation)
     drift: DriftRule = Field(default_factory=DriftRule)
     retrain: Retrain = Field(default_factory=Retrain)
-
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None:
-            from croniter import croniter
-
-            if not croniter.is_valid(value):
-                raise ValueError(f"{value!r} is not a cron expression; write e.g. '0 3 * * 0' (Sundays at 03:00)")
-        return value

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 
-from common.errors import SpecError
+from common.errors import SpecError, shorten
 from common.spec.base import Name, Strict
 
 if TYPE_CHECKING:  # usecase.py imports this module for its `schedules` field
@@ -34,27 +34,68 @@ CRON_HELP = (
 )
 
 
+_NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+_NAMES = {
+    **{
+        m: i + 1
+        for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])
+    },
+    **{d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
+}
+_RANGE = re.compile(r"^([0-9]+|[a-z]{3})-([0-9]+|[a-z]{3})$")
+
+
 def check_cron(text: str) -> str:
     """A portable 5-field cron expression that fires at least once; ValueError otherwise.
 
     Portable means what crontab, croniter and a Quartz conversion (Databricks) all
-    read the same way: no ``@daily``, no seconds field, no ``L``, ``W``, ``#``, ``?`` or ``H``.
+    read the same way: no ``@daily`` (the error gives the 5-field equivalent), no seconds
+    field (a 6th field would tick every second in croniter), no ``L``, ``W``, ``#``, ``?`` or
+    ``H``; fields separated by plain spaces; ranges from low to high (``1-0`` is refused rather
+    than read as a wrap-around); and a date that exists (``30 2`` never fires).
     """
-    from croniter import croniter
+    from croniter import CroniterError, croniter
 
+    shown = shorten(text, 80)
+    if not isinstance(text, str) or not text.isascii() or not text.replace(" ", "").isprintable():
+        raise ValueError(f"{shown} is not a cron expression: use ASCII and plain spaces only; {CRON_HELP}")
+    if text.strip() in _NICKNAMES:
+        nick = text.strip()
+        raise ValueError(f"{nick!r} is a nickname Loom does not accept; write {_NICKNAMES[nick]!r} (same meaning, UTC)")
     fields = text.split()
+    if len(fields) == 6:
+        raise ValueError(
+            f"{shown} has 6 fields: Loom's cron has no seconds field (it would tick every second); {CRON_HELP}"
+        )
     if len(fields) != 5:
-        raise ValueError(f"{text!r} has {len(fields)} fields, not 5; {CRON_HELP}")
+        raise ValueError(f"{shown} has {len(fields)} fields, not 5; {CRON_HELP}")
     for index, (name, field) in enumerate(zip(CRON_FIELDS, fields, strict=True)):
         pattern = _NAMED if index >= 3 else _NUMERIC
         if not pattern.match(field.lower()):
-            raise ValueError(f"{text!r}: the {name} field {field!r} is not portable cron; {CRON_HELP}")
+            raise ValueError(f"{shown}: the {name} field {shorten(field, 40)} is not portable cron; {CRON_HELP}")
+        for part in field.lower().split(","):
+            match = _RANGE.match(part.split("/")[0])
+            if match:
+                low, high = (int(_NAMES.get(v, v)) for v in match.groups())
+                if low > high:
+                    raise ValueError(
+                        f"{shown}: the {name} range {match.group(0)!r} runs backwards; write it from low to high "
+                        f"(for a wrap-around, list two ranges, e.g. '22-23,0-2'); {CRON_HELP}"
+                    )
     if not croniter.is_valid(text):
-        raise ValueError(f"{text!r} is not a cron expression (a value out of range?); {CRON_HELP}")
+        raise ValueError(f"{shown} is not a cron expression (a value out of range?); {CRON_HELP}")
     try:
         croniter(text, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
-    except Exception:  # croniter's CroniterBadDateError: no matching date, e.g. 31 February
-        raise ValueError(f"{text!r} never fires (no such date); {CRON_HELP}") from None
+    except (CroniterError, ValueError, KeyError):  # CroniterBadDateError: no matching date, e.g. 30 February
+        raise ValueError(f"{shown} never fires (no such date, e.g. 30 February); {CRON_HELP}") from None
     return text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -35,6 +36,22 @@ class Column(Strict):
         return None if isinstance(self.pii, bool) else self.pii
 
 
+class EventTimeRange(Strict):
+    """When an event may plausibly have happened; ingestion quarantines an ``event_time`` outside it.
+
+    Upstream systems send placeholder dates (0001-01-01, 1900-01-01, 9999-12-31): they would
+    distort every window, and some tools cannot even read them back from bronze.
+    """
+
+    not_before: date = Field(
+        default=date(2000, 1, 1), description="earliest plausible event date (UTC); earlier events are quarantined"
+    )
+    max_future: Duration = Field(
+        default="1 day",
+        description="how far after the ingestion's clock an event may be stamped (clock skew); later ones are quarantined",
+    )
+
+
 class Source(Strict):
     """A landing folder of files, its schema, its entity and its time column.
 
@@ -50,6 +67,10 @@ class Source(Strict):
     id: Name | None = Field(default=None, description="unique record id; duplicates are ingested once")
     event_time: Name | None = Field(default=None, description="timestamp column that orders the records")
     watermark: Duration | None = Field(default=None, description="how late an event may arrive in a stream")
+    event_time_range: EventTimeRange = Field(
+        default_factory=EventTimeRange,
+        description="plausible event times (default: from 2000-01-01 to 1 day after now); others are quarantined",
+    )
     columns: dict[Name, Column] = Field(min_length=1)
 
     @model_validator(mode="after")
