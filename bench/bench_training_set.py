@@ -234,7 +234,10 @@ def _feast_seconds(python: Path, spec_path: Path) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {FEAST_LIMIT_S} s"}
     if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["exit " + str(done.returncode)])[-1][:200]}
+        # The last line that names an error (warnings also go to stderr), and the exit code:
+        # a negative one is the signal that ended it, e.g. -9 when the kernel ran out of memory.
+        errors = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
+        return {"error": f"exit code {done.returncode}: {(errors or ['no error message'])[-1].strip()[:200]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
