@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from common.serving.app import SUPERVISOR_PID_ENV
     from common.serving.auth import ApiKeys
     from common.serving.config import ServingConfig, resolve_redis_url
     from common.tracking import configure
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.environ.get("REDIS_URL") and not os.environ.get("REDIS_URL_FILE"):
         # Loom's local server (started here if needed): every worker must use the same one.
         os.environ["REDIS_URL"] = resolve_redis_url(config, work.home)
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the workers die with this process
     metrics_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # /metrics of any worker then shows the sum over all workers

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -293,10 +294,19 @@ def _prediction_logger(
     )
 
 
+SUPERVISOR_PID_ENV = "LOOM_SERVE_SUPERVISOR_PID"
+"""Set by ``loom serve`` to its own pid: a worker process that reads another pid arms its parent-death signal."""
+
+
 def app_from_env() -> FastAPI:
     """The uvicorn factory: config, keys and Redis from the environment (see :mod:`common.serving.config`)."""
     from common.log import setup_logging
+    from common.processes import die_with_parent
 
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor and int(supervisor) != os.getpid():
+        # a worker of `loom serve --workers N`: it must not outlive the supervisor, even a SIGKILLed one
+        die_with_parent(int(supervisor))
     setup_logging()
     config = ServingConfig.from_env()
     if config.threads > 0:
