@@ -167,8 +167,12 @@ def model_training_set(
     versions: Mapping[str, TableVersion | int] | None = None,
 ) -> TrainingSet:
     """The training set of ``model``: its label rows (from the label source's bronze
-    table, pinned like the feature tables) with its features as of each label's time."""
+    table, pinned like the feature tables; the latest ingested row per label ``id``:
+    common.models.labels) with its features as of each label's time, and the split
+    column (``_split``) when the model's split is given by one."""
     from common.features.backfill import bronze_path
+    from common.models.labels import label_rows
+    from common.models.split import SPLIT_COLUMN
 
     wanted = dict(versions or {})
     label_table = f"bronze.{model.label_source}"
@@ -180,11 +184,16 @@ def model_training_set(
         f"bronze table of label source {model.label_source!r}",
         f"run `loom ingest --usecase {plan.usecase}` first",
     )
-    labels = bronze.select(
-        F.col(model.entity_key),
-        F.col(model.label_time).cast("timestamp").alias(model.label_time),
-        F.expr(model.label_expr).cast("int").alias(LABEL),
-    ).where(F.col(LABEL).isNotNull() & F.col(model.label_time).isNotNull())
+    split_column = model.spec.split.column
+    labels = label_rows(
+        bronze,
+        plan.spec.sources[model.label_source],
+        key=model.entity_key,
+        time=model.label_time,
+        expr=model.label_expr,
+        label=LABEL,
+        extra={SPLIT_COLUMN: split_column} if split_column else None,
+    )
     refs = [f"{g.name}.{f}" for g in model.feature_spec.groups for f in g.selected]
     result = create_training_set(labels, refs, plan=plan, work=work, time_column=model.label_time, versions=wanted)
     result.versions[label_table] = TableVersion(bronze_path(work, plan.usecase, model.label_source), read)
