@@ -16,7 +16,9 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -102,13 +104,16 @@ def create_training_set(
     work: Paths,
     time_column: str,
     versions: Mapping[str, TableVersion | int] | None = None,
+    time_range: tuple[datetime, datetime] | None = None,
 ) -> TrainingSet:
     """``labels`` plus, for each row, the referenced features as of ``labels[time_column]``.
 
     ``features`` are references such as ``activity.*`` or ``profile.tenure_days``;
     output columns are the feature names (as doubles). ``versions`` pins each
     group's history table ({group: version}); unpinned tables are read at their
-    latest version, and :attr:`TrainingSet.versions` says which one.
+    latest version, and :attr:`TrainingSet.versions` says which one. ``time_range``
+    (earliest, latest label time), when the caller knows it (scoring does), saves the
+    Spark job that would compute it to prune the histories.
     """
     spark = labels.sparkSession
     selected = resolve_feature_refs(plan.spec, list(features))
@@ -142,7 +147,10 @@ def create_training_set(
             F.col(group.entity_key).alias(key), F.col(FEATURE_TS), F.col(PARTITION), *[F.col(n) for n in names]
         )
 
-    times = labels.select(F.min(F.col(time_column)).alias("lo"), F.max(F.col(time_column)).alias("hi")).first()
+    if time_range is not None:
+        times: Any = {"lo": time_range[0], "hi": time_range[1]}
+    else:
+        times = labels.select(F.min(F.col(time_column)).alias("lo"), F.max(F.col(time_column)).alias("hi")).first()
     inputs = []
     for group_name, names in selected.items():
         history = histories[group_name]
