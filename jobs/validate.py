@@ -1,15 +1,19 @@
 """``loom validate --usecase churn``: load and check the metadata, compile the plan, print a summary.
 
 Compiling is part of validating: a spec whose plan is wrong (a transform cycle, an unknown SQL
-column, raw PII reaching a feature, a schedule that never fires) fails here with exit code 2
-and the same one-message error every job would give, instead of passing and failing in every job.
+column, a feature reading a column no transform produces, clashing names, an on-demand output named
+like a feature, raw PII reaching a feature, a schedule that never fires) fails here with exit code 2,
+listing every problem with its file, path, value and fix, instead of passing and failing in a later job.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from common.compile import compile_usecase
+from common.errors import SpecErrors
 from common.spec import load_usecase
 from common.spec.schedules import usecase_schedules
 from jobs.runner import add_usecase_argument, main_for
@@ -22,10 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_usecase(args.usecase)
-    plan = compile_usecase(spec)
+    try:
+        spec = load_usecase(args.usecase)
+        plan = compile_usecase(spec)
+    except SpecErrors as err:
+        # every problem, each with its file, path, value and fix (a job's own message lists the first few)
+        print(f"loom validate: error: {len(err.errors)} problems in the metadata:", file=sys.stderr)
+        for problem in err.errors:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
     schedules = usecase_schedules(spec)
     print(f"use case {spec.name} v{spec.version}: OK")
+    origin = spec.file_of("name")
+    if origin:
+        print(f"  metadata: {Path(origin).parent}")
     print(f"  entities: {', '.join(spec.entities)}")
     print(f"  sources: {', '.join(f'{n} ({s.kind}, {len(s.columns)} columns)' for n, s in spec.sources.items())}")
     for name, group in spec.feature_groups.items():
