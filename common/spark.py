@@ -16,9 +16,9 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.jars import delta_jars, fetch, missing_jars
-from common.settings import PROJECT_ROOT
+from common.settings import PROJECT_ROOT, RESOURCE_ROOT
 
-PROFILE_DIR = PROJECT_ROOT / "spark-conf"
+PROFILE_DIR = RESOURCE_ROOT / "spark-conf"
 
 
 def read_profile(name: str, folder: Path = PROFILE_DIR) -> dict[str, str]:

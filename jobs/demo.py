@@ -26,7 +26,7 @@ from common.smoke import run_smoke
 from common.spark import build_session
 from common.spec import load_usecase
 from common.tracking import tracking_uri
-from jobs.runner import add_spark_arguments, main_for
+from jobs.runner import add_metadata_dir_argument, add_spark_arguments, main_for
 
 DESCRIPTION = (
     "Run the end-to-end demo: data -> Delta -> features -> Redis -> train -> register -> score, "
@@ -39,6 +39,7 @@ DEMO_KEYS = ("LOOM_KEY_PII_HMAC", "LOOM_KEY_PII_ENCRYPTION")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spark_arguments(parser)
     parser.add_argument("--usecase", default="churn", help="use case to demo (default churn)")
+    add_metadata_dir_argument(parser)
     parser.add_argument(
         "--customers", type=int, default=DEMO_CUSTOMERS, help=f"customers to generate (default {DEMO_CUSTOMERS})"
     )
@@ -108,10 +109,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"   {r.group}: {state} -> {r.table}")
     done(started)
 
+    started = step("5b. materialize: offline history as of now -> Redis (`loom materialize`, event-time guard)")
+    failed = not _materialize(spark, plan, work, url)
+    done(started)
+
     started = step("6. consistency: batch recompute vs Redis, every entity and feature")
     groups = [g for g in plan.groups.values() if g.online]
     store = open_store(groups, url)
-    failed = False
     try:
         for group in groups:
             check = check_group(spark, work, group, store)
@@ -154,6 +158,30 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print("\ndemo: OK")
     return 0
+
+
+def _materialize(spark, plan, work: Paths, url: str) -> bool:
+    """Publish every online group as of now; True when each entity of the offline history was written, or
+    skipped because the stream had already stored a newer vector."""
+    from datetime import UTC, datetime
+
+    from pyspark.sql import functions as F
+
+    from common.compile.plan import FEATURE_TS
+    from common.features.publish import materialize
+
+    now = datetime.now(UTC)
+    ok = True
+    for report in materialize(spark, work, plan, now, url):
+        history = spark.read.format("delta").load(report.table).where(F.col(FEATURE_TS) <= F.lit(now))
+        expected = history.select(plan.group(report.group).entity_key).distinct().count()
+        good = report.entities == expected == report.written + report.skipped and expected > 0
+        print(
+            f"   {report.group}: {report.entities} entities as of {now:%Y-%m-%d %H:%M}, {report.written} written, "
+            f"{report.skipped} skipped as older than the stored vector ({'OK' if good else f'expected {expected}'})"
+        )
+        ok &= good
+    return ok
 
 
 def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
