@@ -180,3 +180,21 @@ def test_a_corrected_label_replaces_the_first_one(spark, telco):
     assert (pd.to_datetime(after.loc[changed, "as_of"], utc=True) == AS_OF + timedelta(days=1)).all()
     outcomes = read_outcomes(spark, telco.work, "telco", model, telco.spec.sources["customers"]).toPandas()
     assert outcomes["customer_id"].is_unique and len(outcomes) == len(before)
+
+
+def test_a_column_split_reads_the_label_sources_column_through_the_training_set(spark, telco, monkeypatch):
+    """kind: column carries the label source's column into the training set; values other than test/train stop
+    training with one line (here the gender column, which is no split marker)."""
+    from common.errors import DataError
+    from common.models.train import train_model
+    from common.spec.models import Split
+
+    if telco.outcome is None:
+        pytest.skip("needs the lake of the end-to-end test")
+    plan = telco.plan
+    original = plan.model(MODEL)
+    by_column = Split.model_validate({"kind": "column", "column": "gender"})
+    marked = dataclasses.replace(original, spec=original.spec.model_copy(update={"split": by_column}))
+    monkeypatch.setattr(type(plan), "model", lambda self, name: marked)
+    with pytest.raises(DataError, match=r"split column 'gender' holds \d+ values that are neither test nor train"):
+        train_model(spark, plan, MODEL, telco.work, register=False)
