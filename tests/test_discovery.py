@@ -65,7 +65,7 @@ def test_an_unknown_name_lists_where_loom_looked_and_points_at_the_users_folder(
         load_usecase("shop")
     message = str(caught.value)
     assert f"{elsewhere / 'metadata'} (./metadata of the current directory: ['telco'])" in message
-    assert f"{BUNDLED_METADATA.resolve()} (Loom's bundled examples: ['churn'])" in message
+    assert f"{BUNDLED_METADATA.resolve()} (Loom's bundled examples: ['churn', 'telco'])" in message
     assert f"Fix: create {elsewhere / 'metadata' / 'shop' / 'usecase.yaml'}" in message
     monkeypatch.setenv(METADATA_ENV, str(tmp_path / "mine"))
     with pytest.raises(SpecError, match=f"Fix: create {tmp_path / 'mine' / 'shop' / 'usecase.yaml'}"):
