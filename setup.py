@@ -5,7 +5,23 @@ and its JVM jar (delta-spark_2.13 4.4.0) is built on Spark 4.2.0. PySpark does
 not support pandas 3 yet.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def _shipped_files() -> list[tuple[str, list[str]]]:
+    """Files a pip-installed Loom needs beside its code, installed under <prefix>/share/loom
+    (common.settings.RESOURCE_ROOT): the Spark profiles and the example use cases (searched after
+    the user's own, see common.spec.loader.metadata_roots)."""
+    here = Path(__file__).resolve().parent
+    folders: dict[str, list[str]] = {}
+    for pattern in ("spark-conf/*.conf", "metadata/schema.json", "metadata/*/*.yaml"):
+        for path in sorted(here.glob(pattern)):
+            relative = path.relative_to(here)
+            folders.setdefault(f"share/loom/{relative.parent}", []).append(str(relative))
+    return sorted(folders.items())
+
 
 setup(
     name="loom",
@@ -14,6 +30,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["common", "common.*", "jobs", "jobs.*"]),
     include_package_data=True,
+    data_files=_shipped_files(),
     install_requires=[
         "pyspark==4.2.0",
         "delta-spark==4.4.0",

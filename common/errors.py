@@ -121,6 +121,10 @@ class DataError(LoomError):
     which are quarantined)."""
 
 
+class EstimatorError(DataError):
+    """A fit or prediction the model's estimator or a preprocessing step refused (e.g. missing values)."""
+
+
 class StoreError(LoomError):
     """An online or offline store that cannot be reached or used."""
 

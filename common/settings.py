@@ -14,6 +14,20 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _resource_root() -> Path:
+    """Where the files shipped beside the code live (``spark-conf/``, the example use cases in ``metadata/``):
+    the checkout itself for a source or editable install, else ``<prefix>/share/loom``, where a
+    non-editable ``pip install`` puts them (setup.py ``data_files``)."""
+    if (PROJECT_ROOT / "spark-conf").is_dir():
+        return PROJECT_ROOT
+    import sysconfig
+
+    return Path(sysconfig.get_paths()["data"]) / "share" / "loom"
+
+
+RESOURCE_ROOT = _resource_root()
+
+
 @dataclass(frozen=True)
 class Paths:
     """The folders of one Loom work area."""
@@ -95,6 +109,10 @@ def paths() -> Paths:
 
 
 def jar_cache() -> Path:
-    """Folder for downloaded JVM jars (git-ignored): ``$LOOM_JAR_CACHE`` or ``.cache/jars``."""
-    default = PROJECT_ROOT / ".cache" / "jars"
+    """Folder for downloaded JVM jars (git-ignored): ``$LOOM_JAR_CACHE``, else ``.cache/jars`` of the checkout,
+    else (a pip-installed Loom: never inside site-packages) ``$XDG_CACHE_HOME/loom/jars`` (~/.cache)."""
+    if (PROJECT_ROOT / "setup.py").is_file():
+        default = PROJECT_ROOT / ".cache" / "jars"
+    else:
+        default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "loom" / "jars"
     return Path(os.environ.get("LOOM_JAR_CACHE", default)).resolve()

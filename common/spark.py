@@ -16,9 +16,10 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.jars import delta_jars, fetch, missing_jars
-from common.settings import PROJECT_ROOT
+from common.jvm import QUICK_KEY, build_archive, driver_options
+from common.settings import PROJECT_ROOT, RESOURCE_ROOT
 
-PROFILE_DIR = PROJECT_ROOT / "spark-conf"
+PROFILE_DIR = RESOURCE_ROOT / "spark-conf"
 
 
 def read_profile(name: str, folder: Path = PROFILE_DIR) -> dict[str, str]:
@@ -66,6 +67,9 @@ def build_session(
 
     conf = read_profile(profile)
     conf.update(overrides or {})
+    quick = driver_options(conf, app_name, delta_jars())  # short local jobs: common.jvm
+    if quick:
+        conf["spark.driver.extraJavaOptions"] = quick
 
     if profile == "databricks":
         spark = SparkSession.getActiveSession()
@@ -117,7 +121,7 @@ def build_session(
 
 def write_submit_properties(target: Path, profile: str = "local") -> Path:
     """Write a ``--properties-file`` for spark-submit: the profile plus the jars."""
-    conf = read_profile(profile)
+    conf = {k: v for k, v in read_profile(profile).items() if not k.startswith("loom.")}  # Loom's keys, not Spark's
     conf["spark.jars"] = ",".join(str(p) for p in delta_jars())
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
@@ -135,6 +139,12 @@ def main() -> int:
     for jar in delta_jars():
         print(f"jar: {jar}")
     print(f"spark-submit properties: {target}")
+    options = read_profile("local").get(QUICK_KEY)
+    if options and os.environ.get("LOOM_QUICK_JVM", "1") != "0":
+        archive = build_archive(options, delta_jars())
+        print(
+            f"class-data-sharing archive for short jobs: {archive or 'not made (the JVM refused; jobs start without it)'}"
+        )
     return 0
 
 

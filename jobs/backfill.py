@@ -32,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
     reports = backfill(spark, paths(), plan, args.group, args.start, args.end)
     print(f"{'group':<12} {'range':<26} {'rows':>10} {'entities':>9}  table")
     for r in reports:
-        span = "nothing new" if r.skipped else f"{r.start or 'start'} .. {r.end or 'end'}"
-        print(f"{r.group:<12} {span:<26} {r.rows:>10} {r.entities:>9}  {r.table}")
+        print(f"{r.group:<12} {r.span:<26} {r.rows:>10} {r.entities:>9}  {r.table}")
     return 0
 
 

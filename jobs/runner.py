@@ -4,18 +4,21 @@ common start of a use-case job (:func:`set_up`)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from common.errors import LoomError
+from common.errors import ConfigError, LoomError
 from common.log import setup_logging
 from common.settings import paths
 from common.spark import build_session
 from common.spec import load_usecase
+from common.spec.loader import METADATA_ENV
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -55,7 +58,37 @@ def iso_time(text: str) -> datetime:
 
 
 def add_usecase_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--usecase", required=required, help="use case name (a folder in metadata/) or path")
+    parser.add_argument(
+        "--usecase",
+        required=required,
+        help="use case name (a folder of --metadata-dir, $LOOM_METADATA or ./metadata, then the bundled "
+        "examples) or the path of its folder or file",
+    )
+    add_metadata_dir_argument(parser)
+
+
+def add_metadata_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metadata-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"folder of your use cases, one sub-folder each (default: ${METADATA_ENV}, else ./metadata)",
+    )
+
+
+def apply_metadata_dir(args: argparse.Namespace) -> None:
+    """``--metadata-dir``: checked, then exported as ``$LOOM_METADATA`` so that this job and every process
+    it starts (REST workers, scheduled jobs) find use cases there."""
+    folder = getattr(args, "metadata_dir", None)
+    if folder is None:
+        return
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--metadata-dir {str(folder)!r} is not a folder. Fix: pass the folder that holds your use cases "
+            "(metadata/, with one sub-folder per use case)"
+        )
+    os.environ[METADATA_ENV] = str(folder.resolve())
 
 
 def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +155,7 @@ def execute(name: str, run: Callable[[argparse.Namespace], int], args: argparse.
     """Run a job; a :class:`LoomError` becomes one message and exit code 2."""
     setup_logging(getattr(args, "log_level", None))
     try:
+        apply_metadata_dir(args)
         return int(run(args) or 0)
     except LoomError as err:
         print(f"loom {name}: error: {err}", file=sys.stderr)

@@ -16,11 +16,13 @@ still queued.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import tempfile
 
 from common.compile import compile_usecase
+from common.compile.plan import Plan
 from common.errors import ConfigError
 from common.serving.limits import MAX_HEADER_BYTES
 from common.settings import paths
@@ -29,6 +31,7 @@ from jobs.runner import add_usecase_argument, main_for
 
 DESCRIPTION = "Serve predictions over REST: entity keys -> online features -> the model's pyfunc (FastAPI + uvicorn)."
 APP_FACTORY = "common.serving.app:app_from_env"
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.environ.get("REDIS_URL") and not os.environ.get("REDIS_URL_FILE"):
         # Loom's local server (started here if needed): every worker must use the same one.
         os.environ["REDIS_URL"] = resolve_redis_url(config, work.home)
+    warn_on_empty_online_groups(plan, models, resolve_redis_url(config, work.home))
     os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())  # the workers die with this process
     metrics_dir = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -128,6 +132,42 @@ def run(args: argparse.Namespace) -> int:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def warn_on_empty_online_groups(plan: Plan, models: list[str], url: str) -> list[str]:
+    """Log a warning for each feature group of the served models that has no vector in the online store
+    (every request would answer ``known: false``): after `loom backfill`, run `loom materialize`.
+    Returns those groups; an unreachable store is only logged (the service reports it on /readyz)."""
+    from redis.exceptions import RedisError
+
+    from common.errors import LoomError
+    from common.online.redis_store import groups_without_vectors
+    from common.redis_server import describe
+    from common.serving.config import open_redis
+
+    groups = sorted({g for name in models for g in plan.model(name).groups})
+    try:
+        client = open_redis(url, 2.0)
+        try:
+            empty = groups_without_vectors(client, plan.usecase, plan.version, groups)
+        finally:
+            client.close()
+    except (RedisError, OSError, LoomError) as err:  # unreachable or misconfigured: a warning, not a refusal
+        log.warning("could not check the online store %s for feature vectors: %s", describe(url), err)
+        return []
+    for group in empty:
+        users = [name for name in models if group in plan.model(name).groups]
+        log.warning(
+            "the online store %s holds no vector of feature group %r (read by model(s) %s): every prediction "
+            "will see its features as missing. Fix: run `loom materialize --usecase %s --group %s` "
+            "after `loom backfill`, or `loom stream`",
+            describe(url),
+            group,
+            users,
+            plan.usecase,
+            group,
+        )
+    return empty
 
 
 if __name__ == "__main__":

@@ -179,6 +179,24 @@ def test_refuses_to_mix_with_files_already_there(generated):
 def test_bad_options_and_unknown_use_cases_are_user_errors(tmp_path):
     with pytest.raises(ConfigError, match="--customers"):
         GenerateOptions(customers=0)
-    other = load_usecase(mutated_churn(tmp_path, lambda docs: docs["usecase.yaml"].update(name="telco")))
+    other = load_usecase(mutated_churn(tmp_path, lambda docs: docs["usecase.yaml"].update(name="fleet")))
     with pytest.raises(ConfigError, match="no data generator"):
         generate_landing(other, Paths(tmp_path), OPTIONS)
+
+
+def test_the_telco_snapshot_has_blanks_dirt_and_a_learnable_label(tmp_path):
+    """One CSV, one row per customer at one time, blanks in four columns, logged malformed rows, signal."""
+    import pandas as pd
+
+    from common.generate.telco import COLUMNS, MISSING
+
+    summary = generate_landing(load_usecase("telco"), Paths(tmp_path), GenerateOptions(customers=2000, seed=3))
+    frame = pd.read_csv(tmp_path / "landing" / "telco" / "customers" / "customers-000.csv", dtype=str)
+    assert list(frame.columns) == COLUMNS and len(frame) == 2000 == summary.rows["customers"]
+    assert frame["as_of"].nunique() == 1 and frame["customer_id"].dropna().is_unique
+    for column, share in MISSING.items():
+        assert 0.3 * share < frame[column].isna().mean() < 3 * share, column
+    assert set(frame["churn"]) == {"Yes", "No"} and 0.15 < summary.facts["churn_rate"] < 0.4
+    assert summary.facts["true_roc_auc"] > 0.8
+    logged = read_malformed_log(tmp_path / "landing" / "telco")
+    assert len(logged) == sum(summary.malformed["customers"].values()) > 0

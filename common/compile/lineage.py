@@ -60,18 +60,47 @@ def source_pii_errors(spec: UseCase) -> list[PrivacyError]:
     return errors
 
 
-def _order_transforms(group_name: str, group: FeatureGroup, base: dict[str, Origin], file: str | None):
-    """Topological order of the transforms; errors for unknown inputs and cycles."""
+def _order_transforms(
+    group_name: str,
+    group: FeatureGroup,
+    base: dict[str, Origin],
+    file: str | None,
+    errors: list[CompileError] | None = None,
+):
+    """Topological order of the transforms; errors for clashing outputs, unknown inputs and cycles.
+
+    With ``errors``, every problem is appended there (and the order is what could be made of the rest);
+    without, the first one is raised.
+    """
+    found: list[CompileError] = [] if errors is None else errors
+    first = len(found)
     producer: dict[str, int] = {}
     for index, transform in enumerate(group.transforms):
         for output in transform.outputs():
+            where = f"feature_groups.{group_name}.transforms[{index}]"
             if output in producer:
-                raise CompileError(
-                    f"column {output!r} is produced by two transforms",
-                    file=file,
-                    path=f"feature_groups.{group_name}.transforms[{index}].name",
-                    value=output,
-                    fix="give each transform a unique name",
+                found.append(
+                    CompileError(
+                        f"column {output!r} is produced by two transforms "
+                        f"({group.transforms[producer[output]].name!r} and {transform.name!r})",
+                        file=file,
+                        path=f"{where}.name",
+                        value=output,
+                        fix="give each transform a unique name (one_hot: name its columns apart under names:)",
+                    )
+                )
+                continue
+            if output in base:
+                origin = base[output]
+                found.append(
+                    CompileError(
+                        f"transform {transform.name!r} outputs {output!r}, which is already a column of "
+                        f"{'source' if origin.source == group.source else 'joined source'} {origin.source!r}",
+                        file=file,
+                        path=f"{where}.name",
+                        value=output,
+                        fix="give the transform another name (a feature may keep the column's name)",
+                    )
                 )
             producer[output] = index
     needs: dict[int, set[int]] = {}
@@ -81,20 +110,24 @@ def _order_transforms(group_name: str, group: FeatureGroup, base: dict[str, Orig
             if column in producer and producer[column] != index:
                 deps.add(producer[column])
             elif column in producer:
-                raise CompileError(
-                    f"transform {transform.name!r} reads its own output {column!r}",
-                    file=file,
-                    path=f"feature_groups.{group_name}.transforms[{index}]",
-                    fix="read another column, or give the transform another name",
+                found.append(
+                    CompileError(
+                        f"transform {transform.name!r} reads its own output {column!r}",
+                        file=file,
+                        path=f"feature_groups.{group_name}.transforms[{index}]",
+                        fix="read another column, or give the transform another name",
+                    )
                 )
             elif column not in base:
-                raise CompileError(
-                    f"transform {transform.name!r} reads unknown column {column!r}",
-                    file=file,
-                    path=f"feature_groups.{group_name}.transforms[{index}]",
-                    value=column,
-                    fix=f"use a column of the source, a joined column or a transform output: "
-                    f"{sorted(set(base) | set(producer))}",
+                found.append(
+                    CompileError(
+                        f"transform {transform.name!r} reads unknown column {column!r}",
+                        file=file,
+                        path=f"feature_groups.{group_name}.transforms[{index}]",
+                        value=column,
+                        fix=f"use a column of the source, a joined column or a transform output: "
+                        f"{sorted(set(base) | set(producer))}",
+                    )
                 )
         needs[index] = deps
     order: list[int] = []
@@ -106,12 +139,15 @@ def _order_transforms(group_name: str, group: FeatureGroup, base: dict[str, Orig
         if state.get(node) == "visiting":
             cycle = trail[trail.index(node) :] + [node]
             names = " -> ".join(group.transforms[i].name for i in cycle)
-            raise CompileError(
-                f"transforms form a cycle: {names}",
-                file=file,
-                path=f"feature_groups.{group_name}.transforms",
-                fix="break the cycle: one of these transforms must read a source column instead",
+            found.append(
+                CompileError(
+                    f"transforms form a cycle: {names}",
+                    file=file,
+                    path=f"feature_groups.{group_name}.transforms",
+                    fix="break the cycle: one of these transforms must read a source column instead",
+                )
             )
+            return
         state[node] = "visiting"
         for dep in sorted(needs[node]):
             visit(dep, [*trail, node])
@@ -120,6 +156,8 @@ def _order_transforms(group_name: str, group: FeatureGroup, base: dict[str, Orig
 
     for index in range(len(group.transforms)):
         visit(index, [])
+    if errors is None and len(found) > first:
+        raise found[first]
     return tuple(group.transforms[i] for i in order), producer
 
 
@@ -139,6 +177,8 @@ def _base_origins(
                 for origin, trail in _base_origins(group, base, producer, upstream, seen | {column}):
                     found.add((origin, f"{trail} -> transform {transform.name}"))
         return found
+    if column not in base:  # unknown: reported by the caller
+        return set()
     return {(base[column], f"{base[column].source}.{base[column].column}")}
 
 
@@ -182,37 +222,68 @@ def feature_origins(spec: UseCase, group_name: str) -> list[FeatureOrigin]:
     return found
 
 
-def resolve_group(spec: UseCase, group_name: str) -> ResolvedGroup:
-    """Order a group's transforms and check every column its features read."""
+RESERVED_COLUMNS = ("feature_ts",)
+"""Column names the engines add to every feature table (besides names starting with ``_``)."""
+
+
+def group_problems(spec: UseCase, group_name: str) -> tuple[ResolvedGroup, list[CompileError]]:
+    """Order a group's transforms and check every column its features read and every name they take;
+    every problem found, not just the first."""
     file = spec.file_of("feature_groups", group_name)
     group = spec.feature_groups[group_name]
     base = _available_base(spec, group_name, group)
-    ordered, producer = _order_transforms(group_name, group, base, file)
-
-    def base_origins(column: str) -> set[tuple[Origin, str]]:
-        return _base_origins(group, base, producer, column)
-
+    errors: list[CompileError] = []
+    ordered, producer = _order_transforms(group_name, group, base, file, errors)
+    entity_key = spec.entities[group.entity].key if group.entity in spec.entities else None
     for index, feature in enumerate(group.features):
         where = f"feature_groups.{group_name}.features[{index}]"
+        if feature.name == entity_key or feature.name in RESERVED_COLUMNS:
+            errors.append(
+                CompileError(
+                    f"feature {feature.name!r} has the name of the "
+                    + ("entity key" if feature.name == entity_key else "feature time column")
+                    + " of the group's feature table",
+                    file=file,
+                    path=f"{where}.name",
+                    value=feature.name,
+                    fix="give the feature another name",
+                )
+            )
         for column in feature.inputs():
             if column not in base and column not in producer:
-                raise CompileError(
-                    f"feature {feature.name!r} reads unknown column {column!r}",
-                    file=file,
-                    path=where,
-                    value=column,
-                    fix=f"use one of {sorted(set(base) | set(producer))}",
+                errors.append(
+                    CompileError(
+                        f"feature {feature.name!r} reads unknown column {column!r}; no source column, joined "
+                        "column or transform output has that name",
+                        file=file,
+                        path=where,
+                        value=column,
+                        fix=f"use one of {sorted(set(base) | set(producer))}",
+                    )
                 )
-            for origin, trail in base_origins(column):
-                _check_pii(spec, origin, trail, group_name, feature.name, where)
-    return ResolvedGroup(ordered, base)
+                continue
+            for origin, trail in _base_origins(group, base, producer, column):
+                problem = _pii_problem(spec, origin, trail, group_name, feature.name, where)
+                if problem is not None and str(problem) not in {str(e) for e in errors}:
+                    errors.append(problem)
+    return ResolvedGroup(ordered, base), errors
 
 
-def _check_pii(spec: UseCase, origin: Origin, trail: str, group: str, feature: str, where: str) -> None:
+def resolve_group(spec: UseCase, group_name: str) -> ResolvedGroup:
+    """Order a group's transforms and check every column its features read; raises the first problem."""
+    resolved, errors = group_problems(spec, group_name)
+    if errors:
+        raise errors[0]
+    return resolved
+
+
+def _pii_problem(
+    spec: UseCase, origin: Origin, trail: str, group: str, feature: str, where: str
+) -> CompileError | None:
     column = spec.sources[origin.source].columns[origin.column]
     path = f"{trail} -> feature {group}.{feature} -> offline store and Redis"
     if column.pii is True:
-        raise PrivacyError(
+        return PrivacyError(
             f"PII column {origin.source}.{origin.column} has no policy and would reach a feature: {path}",
             file=spec.file_of("sources", origin.source),
             path=f"sources.{origin.source}.columns.{origin.column}.pii",
@@ -220,7 +291,7 @@ def _check_pii(spec: UseCase, origin: Origin, trail: str, group: str, feature: s
             fix="give the column a policy (drop, pseudonymize, encrypt or generalize) or stop reading it",
         )
     if column.policy is not None and column.policy.method == "drop":
-        raise CompileError(
+        return CompileError(
             f"column {origin.source}.{origin.column} is dropped at ingestion by its privacy policy, "
             f"but a feature reads it: {path}",
             file=spec.file_of("feature_groups", group),
@@ -228,3 +299,4 @@ def _check_pii(spec: UseCase, origin: Origin, trail: str, group: str, feature: s
             value=origin.column,
             fix="read another column, or protect it with pseudonymize, encrypt or generalize instead of drop",
         )
+    return None

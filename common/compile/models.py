@@ -88,6 +88,66 @@ def resolve_feature_refs(
     return selected
 
 
+def model_problems(spec: UseCase, name: str) -> list[CompileError]:
+    """What would make model ``name`` fail at training or scoring, checked on the spec: every problem.
+
+    * its feature references select one name from two groups;
+    * an on-demand output takes the name of a feature of the model's entity, of the entity key, or of an
+      earlier on-demand output (the model's input columns would clash);
+    * its label expression reads a column that its label source does not have.
+    """
+    from common.spec.sql import referenced_columns
+
+    model = spec.models[name]
+    file = spec.file_of("models", name)
+    errors: list[CompileError] = []
+    try:
+        resolve_feature_refs(spec, model.features, where=f"models.{name}.features", file=file)
+    except CompileError as err:
+        errors.append(err)
+    features: dict[str, str] = {}
+    for group_name, group in spec.feature_groups.items():
+        if group.entity == model.entity:
+            for feature in group.features:
+                features.setdefault(feature.name, group_name)
+    entity_key = spec.entities[model.entity].key
+    earlier: set[str] = set()
+    for index, transform in enumerate(model.on_demand):
+        clash = None
+        if transform.name in features:
+            clash = f"the feature {features[transform.name]}.{transform.name}"
+        elif transform.name == entity_key:
+            clash = f"the entity key {entity_key!r}"
+        elif transform.name in earlier:
+            clash = "an earlier on-demand output"
+        if clash:
+            errors.append(
+                CompileError(
+                    f"model {name!r}: on-demand output {transform.name!r} has the name of {clash}",
+                    file=file,
+                    path=f"models.{name}.on_demand[{index}].name",
+                    value=transform.name,
+                    fix=f"give the on-demand transform another name, e.g. {transform.name}_{transform.fn}",
+                )
+            )
+        earlier.add(transform.name)
+    source = spec.sources.get(model.label.source)
+    if source is not None:
+        unknown = [c for c in referenced_columns(model.label.expr) if c not in source.columns]
+        if unknown:
+            errors.append(
+                CompileError(
+                    f"model {name!r}: the label expression reads {unknown}, which source "
+                    f"{model.label.source!r} does not have",
+                    file=file,
+                    path=f"models.{name}.label.expr",
+                    value=model.label.expr,
+                    fix=f"use columns of {sorted(source.columns)}",
+                )
+            )
+    return errors
+
+
 def compile_model(spec: UseCase, name: str, group_ttls: dict[str, int | None]) -> ModelPlan:
     """Resolve ``spec.models[name]``; references were checked when the spec was loaded."""
     model = spec.models[name]

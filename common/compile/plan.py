@@ -12,10 +12,10 @@ import json
 from dataclasses import dataclass, field
 
 from common.compile.aggregates import AggPlan
-from common.compile.lineage import resolve_group, source_pii_errors
-from common.compile.models import ModelPlan, compile_model
+from common.compile.lineage import group_problems, resolve_group, source_pii_errors
+from common.compile.models import ModelPlan, compile_model, model_problems
 from common.compile.triggers import TriggerPlan, compile_triggers
-from common.errors import CompileError, SpecErrors
+from common.errors import CompileError, PrivacyError, SpecErrors
 from common.spec.base import duration_seconds
 from common.spec.features import FeatureGroup
 from common.spec.transforms import Transform
@@ -126,12 +126,35 @@ def _group_plan(spec: UseCase, name: str, group: FeatureGroup) -> GroupPlan:
     )
 
 
+def plan_problems(spec: UseCase) -> list[CompileError]:
+    """Every problem that would make the plan wrong (lineage, names, PII, models), not just the first:
+    what `loom validate` reports before any job runs."""
+    found: list[CompileError] = []
+    for name in spec.feature_groups:
+        found += group_problems(spec, name)[1]
+    for name in spec.models:
+        found += model_problems(spec, name)
+    found += source_pii_errors(spec)
+    # One error per unprotected PII column (its fix is on the column): the first found names the
+    # feature it would reach; the bare "no policy" one only when no feature reads it.
+    errors: list[CompileError] = []
+    pii_paths: set[str | None] = set()
+    for error in found:
+        if isinstance(error, PrivacyError):
+            if error.path in pii_paths:
+                continue
+            pii_paths.add(error.path)
+        errors.append(error)
+    return errors
+
+
 def compile_usecase(spec: UseCase) -> Plan:
-    """Compile ``spec``; raises CompileError/PrivacyError for a plan that would be wrong."""
+    """Compile ``spec``; raises CompileError/PrivacyError for a plan that would be wrong (SpecErrors
+    listing every problem when there are several)."""
+    problems = plan_problems(spec)
+    if problems:
+        raise problems[0] if len(problems) == 1 else SpecErrors(list(problems))
     groups = {name: _group_plan(spec, name, group) for name, group in spec.feature_groups.items()}
-    pii = source_pii_errors(spec)
-    if pii:
-        raise pii[0] if len(pii) == 1 else SpecErrors(list(pii))
     ttls = {name: group.ttl_s for name, group in groups.items()}
     models = {name: compile_model(spec, name, ttls) for name in spec.models}
     return Plan(spec.name, spec.version, spec, groups, models, compile_triggers(spec))

@@ -86,8 +86,8 @@ def _bucketize(spec: t.BucketizeTransform) -> list[tuple[str, Column]]:
 def _one_hot(spec: t.OneHotTransform) -> list[tuple[str, Column]]:
     value = F.col(spec.input).cast("string")
     return [
-        (f"{spec.name}_{option}", F.when(value.isNull(), None).otherwise((value == F.lit(option)).cast("double")))
-        for option in spec.values
+        (column, F.when(value.isNull(), None).otherwise((value == F.lit(option)).cast("double")))
+        for option, column in spec.columns()
     ]
 
 

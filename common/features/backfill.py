@@ -34,6 +34,17 @@ class BackfillReport:
     rows: int
     entities: int
     skipped: bool = False
+    first: date | None = None  # the first and last dates (UTC) of the rows written
+    last: date | None = None
+
+    @property
+    def span(self) -> str:
+        """The range column of the job's summary: the dates the rows written cover."""
+        if self.skipped:
+            return "nothing new"
+        if self.first is None or self.last is None:
+            return "no rows"
+        return f"{self.first.isoformat()} .. {self.last.isoformat()}"
 
 
 def bronze_path(work: Paths, usecase: str, source: str) -> str:
@@ -100,10 +111,12 @@ def backfill_group(
         written = written.where(F.col(PARTITION) >= F.lit(start))
     if end is not None:
         written = written.where(F.col(PARTITION) < F.lit(end))
-    counts = written.agg(F.count("*"), F.countDistinct(plan.entity_key)).first()
+    counts = written.agg(F.count("*"), F.countDistinct(plan.entity_key), F.min(PARTITION), F.max(PARTITION)).first()
     if newest_ingest is not None:
         _set_table_property(spark, target, HWM_PROPERTY, newest_ingest.isoformat())
-    return BackfillReport(plan.name, target, start, end, int(counts[0]), int(counts[1]))
+    return BackfillReport(
+        plan.name, target, start, end, int(counts[0]), int(counts[1]), first=counts[2], last=counts[3]
+    )
 
 
 def backfill(

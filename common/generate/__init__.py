@@ -17,6 +17,7 @@ from common.spec import UseCase, load_usecase
 
 GENERATORS: dict[str, str] = {
     "churn": "common.generate.churn",
+    "telco": "common.generate.telco",
 }
 
 __all__ = ["GENERATORS", "GenerateOptions", "GenerateSummary", "generate_landing", "read_malformed_log"]

@@ -14,7 +14,13 @@ well-kept compiled library where there is one:
   LightGBM) -> treelite's GTIL (C++, float64 thresholds, one thread for small
   batches);
 * linear classifiers with ``coef_``/``intercept_`` (LogisticRegression, ...)
-  -> one float64 matrix product and the logistic function.
+  -> one float64 matrix product and the logistic function;
+* a scikit-learn Pipeline (``preprocessing:`` steps, then the estimator) whose
+  steps are SimpleImputer (numeric statistics, no indicator), StandardScaler,
+  MinMaxScaler (no clip), MaxAbsScaler or RobustScaler, and whose estimator has
+  a backend above -> those steps as numpy operations, then that backend. Any
+  other step (an encoder, a custom transformer) means no fast predictor: the
+  pyfunc then scores with the Pipeline itself, on every path alike.
 
 A backend is a :class:`FastPredictor` subclass with ``build`` (from a fitted
 estimator, None when it does not apply), ``dumps``/``loads`` (the artifact
@@ -241,7 +247,108 @@ class TreelitePredictor(FastPredictor):
         return cls(treelite.Model.deserialize_bytes(payload))
 
 
-BACKENDS: list[type[FastPredictor]] = [HistGradientBoostingPredictor, TreelitePredictor, LinearPredictor]
+class PipelinePredictor(FastPredictor):
+    """A Pipeline of column-wise affine steps and missing-value fills, then another backend's predictor.
+
+    Each step is (``fill``, ``shift``, ``scale``, ``offset``) per column, applied in scikit-learn's own
+    order of operations so the results agree to the last bits: ``fill`` replaces NaN (an imputer);
+    then ``x = (x - shift) / scale * mul + offset`` with the unused parts neutral.
+    """
+
+    kind = "pipeline"
+
+    def __init__(self, steps: list[dict[str, np.ndarray]], final: FastPredictor) -> None:
+        self.steps = steps
+        self.final = final
+
+    @classmethod
+    def build(cls, estimator: Any) -> PipelinePredictor | None:
+        from sklearn.pipeline import Pipeline
+
+        if not isinstance(estimator, Pipeline) or len(estimator.steps) < 2:
+            return None
+        steps = []
+        for _, step in estimator.steps[:-1]:
+            arrays = _step_arrays(step)
+            if arrays is None:
+                log.info("no fast predictor for pipeline step %s; scoring uses the Pipeline", type(step).__name__)
+                return None
+            steps.append(arrays)
+        final = build_fast_predictor(estimator.steps[-1][1])
+        return None if final is None or isinstance(final, PipelinePredictor) else cls(steps, final)
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        x = np.array(matrix, dtype=np.float64, copy=True)
+        for step in self.steps:
+            if "fill" in step:
+                x = np.where(np.isnan(x), step["fill"], x)
+            if "shift" in step:
+                x -= step["shift"]
+            if "divide" in step:
+                x /= step["divide"]
+            if "multiply" in step:
+                x *= step["multiply"]
+            if "offset" in step:
+                x += step["offset"]
+        return self.final.predict(x)
+
+    def dumps(self) -> bytes:
+        buffer = io.BytesIO()
+        arrays = {f"{i}.{name}": value for i, step in enumerate(self.steps) for name, value in step.items()}
+        np.savez(buffer, steps=np.array([len(self.steps)]), final=np.frombuffer(dumps(self.final), np.uint8), **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def loads(cls, payload: bytes) -> PipelinePredictor:
+        data = np.load(io.BytesIO(payload))
+        steps: list[dict[str, np.ndarray]] = [{} for _ in range(int(data["steps"][0]))]
+        for name in data.files:
+            index, _, part = name.partition(".")
+            if part:
+                steps[int(index)][part] = data[name]
+        return cls(steps, loads(data["final"].tobytes()))
+
+
+def _step_arrays(step: Any) -> dict[str, np.ndarray] | None:
+    """The column operations of a fitted preprocessing step, in scikit-learn's order; None when unsupported."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
+
+    kind = type(step)
+    if kind is SimpleImputer:
+        stats = np.asarray(getattr(step, "statistics_", np.array([np.nan])))
+        missing = step.missing_values
+        missing_is_nan = isinstance(missing, float) and missing != missing
+        if step.add_indicator or not missing_is_nan or stats.dtype.kind not in "fiu" or np.isnan(stats).any():
+            return None  # an indicator adds columns; an all-missing column is dropped by scikit-learn
+        return {"fill": stats.astype(np.float64)}
+    if kind is StandardScaler:
+        arrays = {}
+        if step.mean_ is not None and step.with_mean:
+            arrays["shift"] = np.asarray(step.mean_, dtype=np.float64)
+        if step.scale_ is not None and step.with_std:
+            arrays["divide"] = np.asarray(step.scale_, dtype=np.float64)
+        return arrays
+    if kind is RobustScaler:
+        arrays = {}
+        if step.center_ is not None and step.with_centering:
+            arrays["shift"] = np.asarray(step.center_, dtype=np.float64)
+        if step.scale_ is not None and step.with_scaling:
+            arrays["divide"] = np.asarray(step.scale_, dtype=np.float64)
+        return arrays
+    if kind is MinMaxScaler and not step.clip:
+        return {"multiply": np.asarray(step.scale_, dtype=np.float64), "offset": np.asarray(step.min_, np.float64)}
+    if kind is MaxAbsScaler:
+        return {"divide": np.asarray(step.scale_, dtype=np.float64)}
+    return None
+
+
+BACKENDS: list[type[FastPredictor]] = [
+    PipelinePredictor,
+    HistGradientBoostingPredictor,
+    TreelitePredictor,
+    LinearPredictor,
+]
 
 
 def build_fast_predictor(estimator: Any) -> FastPredictor | None:

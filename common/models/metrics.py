@@ -1,40 +1,57 @@
-"""Classification metrics by name, with the direction that counts as better."""
+"""Classification metrics by name, with the direction that counts as better.
+
+scikit-learn is imported when a metric is computed: every `loom` job imports this module (through the
+CLI's parser), and most never compute one (importing scikit-learn and scipy costs about a second).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from sklearn import metrics as skm
 
 MetricFn = Callable[[np.ndarray, np.ndarray, float], float]
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def _pr_auc(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.average_precision_score(y, p)) if y.any() else float("nan")
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))
 
 
 def _brier(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.brier_score_loss(y, p))
 
 
 def _accuracy(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.accuracy_score(y, p >= threshold))
 
 
 def _precision(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.precision_score(y, p >= threshold, zero_division=0))
 
 
 def _recall(y: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.recall_score(y, p >= threshold, zero_division=0))
 
 

@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - mlflow is a core dependency
 from common.compile.feature_spec import FeatureSpec
 from common.errors import ConfigError, DataError
 from common.models import fast_predict
+from common.models.estimators import run_estimator
 from common.models.on_demand import on_demand_columns, transform_inputs
 
 FEATURE_SPEC = "feature_spec"
@@ -139,7 +140,8 @@ class LoomModel(PythonModel):
         fast = getattr(self, "fast", None)
         if fast is not None:
             return fast.predict(matrix)
-        return self.estimator.predict_proba(matrix)[:, 1].astype("float64")
+        scores = run_estimator(self.estimator, "predict", self.estimator.predict_proba, matrix, model=self.spec.model)
+        return scores[:, 1].astype("float64")
 
     def _redis_url(self) -> str:
         """model_config's redis_url, else REDIS_URL, else the `loom redis start` server; never a new, empty one."""

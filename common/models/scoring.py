@@ -151,7 +151,9 @@ def score_batch(
     else:
         rows = entities.select(key).crossJoin(_times_frame(spark, times))
     refs = [f"{g.name}.{f}" for g in spec.groups for f in g.selected]
-    features = create_training_set(rows, refs, plan=plan, work=work, time_column=PREDICTION_TS).frame
+    features = create_training_set(
+        rows, refs, plan=plan, work=work, time_column=PREDICTION_TS, time_range=(times[0], times[-1])
+    ).frame
     scored = score_frame(spark, ref, spec, features, work).select(
         F.col(key),
         F.col(PREDICTION_TS),

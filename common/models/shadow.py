@@ -124,7 +124,7 @@ def _paired_outcomes(spark: SparkSession, work: Paths, plan: Plan, model_name: s
         "champion",
         SHADOW,
     )
-    outcomes = read_outcomes(spark, work, plan.usecase, model)
+    outcomes = read_outcomes(spark, work, plan.usecase, model, plan.spec.sources.get(model.label_source))
     delay = settings_of(model.spec).label_delay_s
     matched = match_outcomes(pairs, outcomes, key, delay, labels_through(outcomes)).where(F.col(STATUS) == MATCHED)
     return matched.select(LABEL, "champion", SHADOW).toPandas()

@@ -1,5 +1,5 @@
-"""Train a model of the metadata: point-in-time training set -> time split ->
-fit -> holdout metrics -> MLflow run (params, metrics, plots, lineage, pyfunc
+"""Train a model of the metadata: point-in-time training set -> holdout split
+(common.models.split) -> fit (preprocessing Pipeline + estimator) -> holdout metrics -> MLflow run (params, metrics, plots, lineage, pyfunc
 with its feature spec) -> registered version @challenger -> @champion when the
 promotion rule passes against the current champion on the same holdout (or
 @shadow first, when the model declares a shadow period: common.models.shadow)."""
@@ -23,28 +23,18 @@ from common.compile.models import ModelPlan
 from common.compile.plan import Plan
 from common.errors import DataError
 from common.models import registry
-from common.models.estimators import build_estimator
+from common.models.estimators import build_model, run_estimator, step_names
 from common.models.fast_predict import FastPredictor, build_fast_predictor, check_fast_predictor, dumps
 from common.models.lineage import code_version, pip_requirements
 from common.models.metrics import evaluate, improvement
 from common.models.pyfunc import ESTIMATOR, FAST_PREDICTOR, FEATURE_SPEC, LoomModel, model_matrix
 from common.models.shadow import shadow_until, start_shadow
+from common.models.split import Split, split_frame, time_split  # noqa: F401 (time_split: re-exported)
 from common.models.training_set import LABEL, TableVersion, model_training_set
 from common.monitoring.profile import log_training_profile, training_profile
 from common.settings import Paths
 
 log = logging.getLogger(__name__)
-
-MIN_ROWS_PER_SIDE = 20
-
-
-@dataclass
-class Split:
-    """A time split: every holdout label is at or after ``cutoff``; every training label before it."""
-
-    train: pd.DataFrame
-    holdout: pd.DataFrame
-    cutoff: pd.Timestamp
 
 
 @dataclass
@@ -67,19 +57,11 @@ class TrainOutcome:
         return f"{self.model} {version}, run {self.run_id}\n  holdout: {shown}\n  decision: {self.decision}"
 
 
-def time_split(frame: pd.DataFrame, time_column: str, holdout: float) -> Split:
-    """The latest ``holdout`` share of label times is held out; ties at the cutoff go to the holdout."""
-    ordered = frame.sort_values(time_column, kind="stable").reset_index(drop=True)
-    cutoff = ordered[time_column].iloc[min(len(ordered) - 1, int(len(ordered) * (1 - holdout)))]
-    train, test = ordered[ordered[time_column] < cutoff], ordered[ordered[time_column] >= cutoff]
-    for name, part in (("training", train), ("holdout", test)):
-        if len(part) < MIN_ROWS_PER_SIDE or part[LABEL].nunique() < 2:
-            raise DataError(
-                f"the {name} part of the time split has {len(part)} labels "
-                f"({int(part[LABEL].sum()) if len(part) else 0} positive); it needs at least {MIN_ROWS_PER_SIDE} "
-                "with both classes. Fix: ingest more labels, or change split.holdout"
-            )
-    return Split(train.reset_index(drop=True), test.reset_index(drop=True), cutoff)
+def model_split(frame: pd.DataFrame, model: ModelPlan) -> Split:
+    """The model's holdout split (``split:`` of its metadata) of its training set, sorted by (time, key)."""
+    return split_frame(
+        frame, model.spec.split, time_column=model.label_time, entity_key=model.entity_key, model=model.name
+    )
 
 
 def _permutation_importance(estimator: Any, x: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
@@ -223,18 +205,16 @@ def train_model(
             f"Fix: ingest labels (`loom ingest --usecase {plan.usecase}`)"
         )
     frame = frame.sort_values([model.label_time, model.entity_key], kind="stable").reset_index(drop=True)
-    split = time_split(frame, model.label_time, spec.split.holdout)
+    split = model_split(frame, model)
     estimator_spec = spec.estimator
     if estimator_params:
         estimator_spec = estimator_spec.model_copy(update={"params": {**estimator_spec.params, **estimator_params}})
-    estimator = build_estimator(
-        estimator_spec, f"models.{model_name}.estimator", plan.spec.file_of("models", model_name)
-    )
+    estimator = build_model(spec, model_name, plan.spec.file_of("models", model_name), estimator=estimator_spec)
     x_train = model_matrix(model.feature_spec, split.train)
     x_test = model_matrix(model.feature_spec, split.holdout)
     y_train, y_test = split.train[LABEL].to_numpy(), split.holdout[LABEL].to_numpy()
-    estimator.fit(x_train, y_train)
-    scores = estimator.predict_proba(x_test)[:, 1]
+    run_estimator(estimator, "fit", estimator.fit, x_train, y_train, model=model_name)
+    scores = run_estimator(estimator, "predict", estimator.predict_proba, x_test, model=model_name)[:, 1]
     fast, fast_gap = _fast_predictor(estimator, x_test, model_name)
     names = list(dict.fromkeys([*spec.metrics, spec.promotion.metric]))
     metrics = evaluate(y_test, scores, names, spec.threshold)
@@ -262,8 +242,8 @@ def train_model(
         params: dict[str, Any] = {
             "estimator": estimator_spec.class_,
             "split.kind": spec.split.kind,
-            "split.holdout": spec.split.holdout,
-            "split.cutoff": split.cutoff.isoformat(),
+            "split.holdout": spec.split.holdout if spec.split.kind != "column" else spec.split.column,
+            "split.cutoff": split.cutoff.isoformat() if split.cutoff is not None else "none",
             "rows.train": len(split.train),
             "rows.holdout": len(split.holdout),
             "label.rate.train": round(float(y_train.mean()), 4),
@@ -274,6 +254,14 @@ def train_model(
             "promotion.min_improvement": spec.promotion.min_improvement,
         }
         params.update({f"estimator.{k}": v for k, v in estimator_spec.params.items()})
+        if spec.split.kind in ("random", "entity"):
+            params["split.seed"] = spec.split.random_seed
+        if spec.preprocessing:
+            names = step_names(spec.preprocessing)
+            params["preprocessing"] = ",".join(names)
+            for step_name, step in zip(names, spec.preprocessing, strict=True):
+                params[f"preprocessing.{step_name}"] = step.class_
+                params.update({f"preprocessing.{step_name}.{k}": v for k, v in step.params.items()})
         params.update({f"delta.{name}.version": v.version for name, v in training.versions.items()})
         mlflow.log_params(params)
         mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if v == v})

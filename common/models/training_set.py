@@ -16,7 +16,9 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -102,13 +104,16 @@ def create_training_set(
     work: Paths,
     time_column: str,
     versions: Mapping[str, TableVersion | int] | None = None,
+    time_range: tuple[datetime, datetime] | None = None,
 ) -> TrainingSet:
     """``labels`` plus, for each row, the referenced features as of ``labels[time_column]``.
 
     ``features`` are references such as ``activity.*`` or ``profile.tenure_days``;
     output columns are the feature names (as doubles). ``versions`` pins each
     group's history table ({group: version}); unpinned tables are read at their
-    latest version, and :attr:`TrainingSet.versions` says which one.
+    latest version, and :attr:`TrainingSet.versions` says which one. ``time_range``
+    (earliest, latest label time), when the caller knows it (scoring does), saves the
+    Spark job that would compute it to prune the histories.
     """
     spark = labels.sparkSession
     selected = resolve_feature_refs(plan.spec, list(features))
@@ -142,7 +147,10 @@ def create_training_set(
             F.col(group.entity_key).alias(key), F.col(FEATURE_TS), F.col(PARTITION), *[F.col(n) for n in names]
         )
 
-    times = labels.select(F.min(F.col(time_column)).alias("lo"), F.max(F.col(time_column)).alias("hi")).first()
+    if time_range is not None:
+        times: Any = {"lo": time_range[0], "hi": time_range[1]}
+    else:
+        times = labels.select(F.min(F.col(time_column)).alias("lo"), F.max(F.col(time_column)).alias("hi")).first()
     inputs = []
     for group_name, names in selected.items():
         history = histories[group_name]
@@ -167,8 +175,12 @@ def model_training_set(
     versions: Mapping[str, TableVersion | int] | None = None,
 ) -> TrainingSet:
     """The training set of ``model``: its label rows (from the label source's bronze
-    table, pinned like the feature tables) with its features as of each label's time."""
+    table, pinned like the feature tables; the latest ingested row per label ``id``:
+    common.models.labels) with its features as of each label's time, and the split
+    column (``_split``) when the model's split is given by one."""
     from common.features.backfill import bronze_path
+    from common.models.labels import label_rows
+    from common.models.split import SPLIT_COLUMN
 
     wanted = dict(versions or {})
     label_table = f"bronze.{model.label_source}"
@@ -180,11 +192,16 @@ def model_training_set(
         f"bronze table of label source {model.label_source!r}",
         f"run `loom ingest --usecase {plan.usecase}` first",
     )
-    labels = bronze.select(
-        F.col(model.entity_key),
-        F.col(model.label_time).cast("timestamp").alias(model.label_time),
-        F.expr(model.label_expr).cast("int").alias(LABEL),
-    ).where(F.col(LABEL).isNotNull() & F.col(model.label_time).isNotNull())
+    split_column = model.spec.split.column
+    labels = label_rows(
+        bronze,
+        plan.spec.sources[model.label_source],
+        key=model.entity_key,
+        time=model.label_time,
+        expr=model.label_expr,
+        label=LABEL,
+        extra={SPLIT_COLUMN: split_column} if split_column else None,
+    )
     refs = [f"{g.name}.{f}" for g in model.feature_spec.groups for f in g.selected]
     result = create_training_set(labels, refs, plan=plan, work=work, time_column=model.label_time, versions=wanted)
     result.versions[label_table] = TableVersion(bronze_path(work, plan.usecase, model.label_source), read)

@@ -160,7 +160,7 @@ def evaluate_model(
             f"Fix: score first (`loom score --usecase {plan.usecase} --model {model_name}@champion --at now`, "
             "`loom stream`, or the REST service)"
         )
-    outcomes = read_outcomes(spark, work, plan.usecase, model)
+    outcomes = read_outcomes(spark, work, plan.usecase, model, plan.spec.sources.get(model.label_source))
     through = through or labels_through(outcomes)
     # read twice (metrics, reliability diagram): match once
     matched = match_outcomes(predictions.frame, outcomes, key, settings.label_delay_s, through).persist()

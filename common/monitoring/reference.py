@@ -19,7 +19,7 @@ def rebuild_profile(spark: SparkSession, plan: Plan, model_name: str, work: Path
     to the version's run as ``training_profile.json``; returns it."""
     import mlflow
 
-    from common.models.train import lineage_versions, load_lineage, time_split
+    from common.models.train import lineage_versions, load_lineage, model_split
     from common.models.training_set import model_training_set
     from common.monitoring.tracking import monitoring_client, version_run_id
 
@@ -31,7 +31,7 @@ def rebuild_profile(spark: SparkSession, plan: Plan, model_name: str, work: Path
     versions = lineage_versions(load_lineage(run_id))
     frame = model_training_set(spark, plan, model, work, versions=versions).frame.toPandas()
     frame = frame.sort_values([model.label_time, model.entity_key], kind="stable").reset_index(drop=True)
-    split = time_split(frame, model.label_time, model.spec.split.holdout)
+    split = model_split(frame, model)
     loaded = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}").unwrap_python_model()
     scores = loaded.predict_features(split.holdout)
     profile = training_profile(frame, loaded.feature_spec.lookup_features, scores)

@@ -19,6 +19,7 @@ from common.errors import DataError
 from common.features.offline import table_exists
 from common.models.scoring import predictions_path
 from common.settings import Paths
+from common.spec.sources import Source
 
 # shadow: a @shadow version's scores of the stream's firings (common.models.shadow)
 PATHS: tuple[str, ...] = ("batch", "stream", "rest", "shadow")
@@ -82,9 +83,12 @@ def read_predictions(
     return Predictions(union, found, missing)
 
 
-def read_outcomes(spark: SparkSession, work: Paths, usecase: str, model: ModelPlan) -> DataFrame:
+def read_outcomes(
+    spark: SparkSession, work: Paths, usecase: str, model: ModelPlan, source: Source | None = None
+) -> DataFrame:
     """The model's labels as they have arrived: entity key, ``label_ts`` and 0/1 ``label``, from the
-    label source's bronze table (the same expression and time column as the training set)."""
+    label source's bronze table (the same expression and time column as the training set, and, when
+    ``source`` (the label source's spec) has an ``id``, the latest ingested row per id)."""
     from common.features.backfill import bronze_path
 
     path = bronze_path(work, usecase, model.label_source)
@@ -93,9 +97,16 @@ def read_outcomes(spark: SparkSession, work: Paths, usecase: str, model: ModelPl
             f"bronze table of label source {model.label_source!r} does not exist at {path}. "
             f"Fix: run `loom ingest --usecase {usecase}` first"
         )
+    from common.models.labels import label_rows
+
     bronze = spark.read.format("delta").load(path)
-    return bronze.select(
-        F.col(model.entity_key).cast("string").alias(model.entity_key),
-        F.col(model.label_time).cast("timestamp").alias(LABEL_TS),
-        F.expr(model.label_expr).cast("int").alias(LABEL),
-    ).where(F.col(LABEL).isNotNull() & F.col(LABEL_TS).isNotNull())
+    rows = label_rows(
+        bronze,
+        source,
+        key=model.entity_key,
+        time=model.label_time,
+        expr=model.label_expr,
+        label=LABEL,
+        time_alias=LABEL_TS,
+    )
+    return rows.withColumn(model.entity_key, F.col(model.entity_key).cast("string"))

@@ -466,6 +466,30 @@ def _block(spec: OnlineGroup, blobs: list[bytes | None]) -> GroupBlock:
     return block
 
 
+def groups_without_vectors(
+    client: Any, usecase: str, version: int, groups: Sequence[str], max_calls: int = 200
+) -> list[str]:
+    """The ``groups`` of which Redis holds no vector at all (SCAN, stopping at the first key of each).
+
+    At most ``max_calls`` SCAN calls of 1,000 keys per group: a group not found within them on a huge
+    keyspace is reported as empty only if the scan finished.
+    """
+    prefix = _glob_escape(key_prefix(usecase, version))
+    empty = []
+    for group in groups:
+        pattern = f"{prefix}{{*}}:{_glob_escape(group)}"
+        cursor, calls, found = 0, 0, False
+        while not found and calls < max_calls:
+            cursor, keys = client.scan(cursor=cursor, match=pattern, count=1000)
+            calls += 1
+            found = bool(keys)
+            if int(cursor) == 0:
+                break
+        if not found and int(cursor) == 0:
+            empty.append(group)
+    return empty
+
+
 def _glob_escape(text: str) -> str:
     """Escape the glob characters of Redis MATCH patterns."""
     for char in "\\*?[]":

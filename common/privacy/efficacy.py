@@ -39,10 +39,10 @@ from pyspark.sql import functions as F
 from common.compile.plan import Plan
 from common.errors import ConfigError
 from common.features.backfill import read_bronze
-from common.models.estimators import build_estimator
+from common.models.estimators import build_model, run_estimator
 from common.models.metrics import METRICS, evaluate, improvement
 from common.models.pyfunc import model_matrix
-from common.models.train import time_split
+from common.models.train import model_split
 from common.models.training_set import LABEL, model_training_set
 from common.privacy.landing import entity_key, landing_folder_of, read_raw_typed
 from common.settings import Paths
@@ -208,10 +208,9 @@ def privacy_report(
             for feature in features:
                 extras[variant][feature.name] = encode(current[feature.column], feature, frame[model.label_time])
 
-    # frame is sorted by label time and time_split keeps that order (a stable sort): its first
-    # len(split.train) rows are the training part, the rest the holdout, row for row with `extras`
-    split = time_split(frame, model.label_time, model.spec.split.holdout)
-    cut = len(split.train)
+    # the model's own split; its row positions pick the same rows of `extras` (row for row with frame)
+    split = model_split(frame, model)
+    train_rows, holdout_rows = split.train_rows, split.holdout_rows
     names = list(dict.fromkeys([*model.spec.metrics, model.spec.promotion.metric]))
     names = [n for n in names if n in METRICS]
     report = PrivacyReport(
@@ -222,16 +221,14 @@ def privacy_report(
     y_train, y_test = split.train[LABEL].to_numpy(), split.holdout[LABEL].to_numpy()
     for variant in ("raw", "protected"):
         added = np.column_stack([extras[variant][f.name] for f in columns])
-        x_train = np.hstack([base_train, added[:cut]])
-        x_test = np.hstack([base_test, added[cut:]])
-        estimator = build_estimator(
-            model.spec.estimator, f"models.{model_name}.estimator", spec.file_of("models", model_name)
-        )
-        estimator.fit(x_train, y_train)
-        scores = estimator.predict_proba(x_test)[:, 1]
+        x_train = np.hstack([base_train, added[train_rows]])
+        x_test = np.hstack([base_test, added[holdout_rows]])
+        estimator = build_model(model.spec, model_name, spec.file_of("models", model_name))
+        run_estimator(estimator, "fit", estimator.fit, x_train, y_train, model=model_name)
+        scores = run_estimator(estimator, "predict", estimator.predict_proba, x_test, model=model_name)[:, 1]
         setattr(report, variant, evaluate(y_test, scores, names, model.spec.threshold))
     if log_to_mlflow:
-        report.run_id = _log(report, plan, work, split.cutoff.isoformat())
+        report.run_id = _log(report, plan, work, split.cutoff.isoformat() if split.cutoff is not None else "none")
     log.info("privacy report %s/%s: cost on %s %+.4f", spec.name, model_name, report.metric, report.cost)
     return report
 

@@ -7,6 +7,7 @@ item by item). Every error names the file, the YAML path, the value and a fix.
 
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -15,27 +16,57 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from common.errors import SpecError, SpecErrors, shorten
-from common.settings import PROJECT_ROOT
+from common.settings import RESOURCE_ROOT
 from common.spec import safe_yaml
 from common.spec.references import check_references
 from common.spec.usecase import UseCase
 
-METADATA_ROOT = PROJECT_ROOT / "metadata"
+BUNDLED_METADATA = RESOURCE_ROOT / "metadata"
+"""The example use cases shipped with Loom: searched last."""
+METADATA_ROOT = BUNDLED_METADATA  # kept for callers of the old name
+METADATA_ENV = "LOOM_METADATA"
+"""Folder of the user's use cases (``--metadata-dir`` sets it for the job and the processes it starts)."""
 MERGED_SECTIONS = ("entities", "sources", "feature_groups")
 
 
+def metadata_roots() -> list[tuple[Path, str]]:
+    """Folders searched for a use case given by name, in order, each with how it was chosen:
+    ``--metadata-dir`` / ``$LOOM_METADATA``, else ``./metadata`` of the current directory; then the
+    bundled examples (once, when they are not that same folder)."""
+    configured = os.environ.get(METADATA_ENV)
+    if configured:
+        user = (Path(configured).expanduser().resolve(), f"--metadata-dir / ${METADATA_ENV}")
+    else:
+        user = (Path.cwd().resolve() / "metadata", "./metadata of the current directory")
+    roots = [user]
+    bundled = BUNDLED_METADATA.resolve()
+    if bundled != user[0]:
+        roots.append((bundled, "Loom's bundled examples"))
+    return roots
+
+
+def _use_cases_in(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+
+
 def usecase_dir(name: str, root: Path | None = None) -> Path:
-    """Folder of use case ``name``; a clear error if there is none."""
-    root = root or METADATA_ROOT
-    folder = root / name
-    if not folder.is_dir() or not any(folder.glob("*.yaml")):
-        known = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.yaml"))) if root.is_dir() else []
-        raise SpecError(
-            f"no use case named {name!r}",
-            file=str(folder),
-            fix=f"use one of {known} or create {folder}/usecase.yaml",
-        )
-    return folder
+    """Folder of use case ``name``: the first of :func:`metadata_roots` (or ``root`` alone) that holds it;
+    else an error that lists where it looked and how to create it in the user's folder."""
+    roots = [(root, "given folder")] if root is not None else metadata_roots()
+    for folder, _ in roots:
+        candidate = folder / name
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    looked = "; ".join(f"{folder} ({why}: {_use_cases_in(folder) or 'no use cases'})" for folder, why in roots)
+    target = roots[0][0] / name / "usecase.yaml"
+    raise SpecError(
+        f"no use case named {name!r}; looked in {looked}",
+        file=str(roots[0][0] / name),
+        fix=f"create {target} (run from your project folder, or pass --metadata-dir DIR or set "
+        f"{METADATA_ENV}), pass --usecase path/to/{name}, or use one of the names listed",
+    )
 
 
 class Origins:

@@ -1,8 +1,8 @@
 """Models: what to predict, from which features, how to train, and when to promote.
 
 A model names its features by reference (``group.feature`` or ``group.*``),
-its label as an expression over a source, an estimator by import path, a
-time-based holdout, the metrics to report, the promotion rule against the
+its label as an expression over a source, optional preprocessing steps and an estimator by import path (one scikit-learn
+Pipeline), a holdout split (time, random, entity or a given column), the metrics to report, the promotion rule against the
 current champion, and a retraining schedule.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.spec.base import Duration, Name, Strict
 from common.spec.monitoring import DriftRule, Evaluation, Retrain
@@ -58,11 +58,59 @@ class Estimator(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class Split(Strict):
-    """Time-based holdout: the latest ``holdout`` share of labels (by label time) is held out."""
+SplitKind = Literal["time", "random", "entity", "column"]
 
-    kind: Literal["time"] = "time"
-    holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+class Split(Strict):
+    """Which labels train the model and which are held out to measure it.
+
+    * ``time`` (default): the latest ``holdout`` share of label times is held out. It cuts between
+      distinct times (labels at the cutoff time go to the holdout, never to both sides), so labels
+      that all share one time (a snapshot) cannot be time-split: use ``random`` or ``entity``.
+    * ``random``: a seeded random ``holdout`` share of the label rows.
+    * ``entity``: a ``holdout`` share of the entities, picked by a hash of the entity key and
+      ``seed``: all rows of one entity are on the same side, and the same entity stays on the same
+      side when labels are added.
+    * ``column``: a column of the label source says which rows are the test set, like the
+      ``split_col`` of Databricks AutoML: ``test``/``train`` (any case), ``true``/``false`` or
+      ``1``/``0`` (true and 1 mean test). For data that arrives with a given train/test split.
+    """
+
+    kind: SplitKind = "time"
+    holdout: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of rows (time, random) or entities held out")
+    seed: int | None = Field(default=None, ge=0, description="random and entity splits: same seed, same split (7)")
+    column: Name | None = Field(
+        default=None, description="kind column: the label source's column marking the test rows (test/train, 1/0)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Split:
+        if self.kind == "column" and self.column is None:
+            raise ValueError("a split of kind 'column' needs column: (the label column marking the test rows)")
+        if self.kind != "column" and self.column is not None:
+            raise ValueError(f"column: is for kind 'column', not {self.kind!r}; drop it or set kind: column")
+        if self.kind == "column" and "holdout" in self.model_fields_set:
+            raise ValueError("a split of kind 'column' takes its holdout from the column; drop holdout:")
+        if self.kind in ("time", "column") and self.seed is not None:
+            raise ValueError(f"a {self.kind} split is not random; drop seed: or use kind random or entity")
+        return self
+
+    @property
+    def random_seed(self) -> int:
+        """The seed of a random or entity split (7 when not given)."""
+        return 7 if self.seed is None else self.seed
+
+
+class Step(Strict):
+    """One preprocessing step of the model's scikit-learn Pipeline: a transformer by import path."""
+
+    name: Name | None = Field(default=None, description="step name in the Pipeline (default: from the class)")
+    class_: str = Field(
+        alias="class",
+        pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$",
+        description="import path, e.g. sklearn.impute.SimpleImputer or sklearn.preprocessing.StandardScaler",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class Promotion(Strict):
@@ -97,6 +145,11 @@ class Model(Strict):
     label: Label
     features: list[FeatureRef] = Field(min_length=1)
     on_demand: list[OnDemandTransform] = Field(default_factory=list)
+    preprocessing: list[Step] = Field(
+        default_factory=list,
+        description="transformers (imputers, scalers, encoders) run before the estimator, in order, as one "
+        "scikit-learn Pipeline logged inside the model: training, batch, stream and REST run them alike",
+    )
     estimator: Estimator
     split: Split = Field(default_factory=Split)
     metrics: list[Metric] = Field(default_factory=lambda: ["roc_auc", "pr_auc", "log_loss", "brier"])

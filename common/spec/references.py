@@ -176,6 +176,15 @@ def _model_problems(spec: UseCase, name: str, model: Model) -> list[Problem]:
                     f"use one of {sorted(source.columns)}",
                 )
             )
+        if model.split.column is not None and model.split.column not in source.columns:
+            problems.append(
+                Problem(
+                    base + ("split", "column"),
+                    f"label source {model.label.source!r} has no column {model.split.column!r}",
+                    model.split.column,
+                    f"use one of {sorted(source.columns)}",
+                )
+            )
         if entity.key not in source.columns:
             problems.append(
                 Problem(

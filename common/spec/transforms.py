@@ -7,11 +7,12 @@ arguments. The compiler maps each ``fn`` to a shared PySpark function in
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from common.spec.base import Name, Strict
+from common.spec.base import NAME_PATTERN, Name, Strict
 from common.spec.sources import ColumnType
 
 
@@ -81,15 +82,56 @@ class BucketizeTransform(_Transform):
         return self
 
 
+def safe_name(text: str) -> str:
+    """``text`` as a safe snake_case name part: lower-cased, every run of characters other than ASCII
+    letters and digits replaced by one ``_``, and ``_`` stripped at both ends.
+    ``"Month-to-month"`` -> ``"month_to_month"``, ``"Bank transfer (automatic)"`` -> ``"bank_transfer_automatic"``."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 class OneHotTransform(_Transform):
-    """One 0/1 column ``<name>_<value>`` per listed value."""
+    """One 0/1 column per listed value (null when the input is null), named ``<name>_<safe value>``
+    (:func:`safe_name`: ``contract`` + ``Month-to-month`` -> ``contract_month_to_month``), or as ``names:``
+    maps the value. Two values that would give one column are an error naming both."""
 
     fn: Literal["one_hot"]
     input: Name
     values: list[str] = Field(min_length=1)
+    names: dict[str, Name] = Field(
+        default_factory=dict,
+        description="explicit column name per value (value -> column); the other values get <name>_<safe value>",
+    )
+
+    @model_validator(mode="after")
+    def _column_names(self) -> OneHotTransform:
+        unknown = [value for value in self.names if value not in self.values]
+        if unknown:
+            raise ValueError(f"names: maps {unknown}, which are not listed under values: {self.values}")
+        by_column: dict[str, str] = {}
+        for value, column in self.columns():
+            if value not in self.names and not safe_name(value):
+                raise ValueError(
+                    f"one_hot value {value!r} has no letter or digit to name its column after; name it under names:"
+                )
+            if not re.fullmatch(NAME_PATTERN, column):
+                raise ValueError(
+                    f"one_hot value {value!r} gives the column name {column!r}, which is not a safe name "
+                    "(a letter, then lower-case letters, digits and '_', at most 63); name it under names:"
+                )
+            if column in by_column:
+                raise ValueError(
+                    f"one_hot values {by_column[column]!r} and {value!r} both give the column {column!r}; "
+                    "list each value once, or name them apart under names: (value: column)"
+                )
+            by_column[column] = value
+        return self
+
+    def columns(self) -> list[tuple[str, str]]:
+        """``(value, column name)`` per listed value, in order: what batch, stream and REST all use."""
+        return [(value, self.names.get(value) or f"{self.name}_{safe_name(value)}") for value in self.values]
 
     def outputs(self) -> list[str]:
-        return [f"{self.name}_{value}" for value in self.values]
+        return [column for _, column in self.columns()]
 
 
 class DatePartTransform(_Transform):
