@@ -46,8 +46,7 @@ def test_stream_and_batch_agree_on_every_entity_and_feature(spark, redis_url, pi
 def test_the_stream_ran_several_micro_batches(spark, pipeline):
     work, plan, _, reports = pipeline
     assert reports["events"].batches >= 3
-    history = spark.read.format("delta").load(offline.tiles_path(work, plan.group("activity")))
-    assert history.count() > 0
+    assert offline.read_history(spark, work, plan.group("activity")).count() > 0
 
 
 def test_a_changed_feature_value_is_caught(spark, redis_url, pipeline):
@@ -58,8 +57,7 @@ def test_a_changed_feature_value_is_caught(spark, redis_url, pipeline):
     try:
         entity = sorted(
             r[0]
-            for r in spark.read.format("delta")
-            .load(offline.tiles_path(work, group))
+            for r in offline.read_history(spark, work, group)
             .select(group.entity_key)
             .distinct()
             .limit(1)
