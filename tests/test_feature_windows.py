@@ -188,8 +188,7 @@ def _fold(plan, states, rows):
     for entity in {r[0] for r in rows}:
         mine = [r for r in rows if r[0] == entity]
         state = states.setdefault(entity, TileState())
-        values = [[r[3][i] for r in mine] for i in range(len(plan.aggregations))]
-        folder.fold(state, [r[1] for r in mine], [r[2] for r in mine], values)
+        folder.fold(state, [(r[1], r[2], dict(enumerate(r[3]))) for r in mine])
     return folder
 
 
@@ -223,11 +222,6 @@ def test_tile_state_keeps_only_the_longest_window_and_skips_older_events(plan, p
     assert min(state.tiles) == folder.oldest_kept(state)
     before = folder.values(state)
     old = [r for r in rows if r[0] == "a"][:2]  # events of 10:00-12:10, older than the horizon
-    assert (
-        folder.fold(
-            state, [r[1] for r in old], [r[2] for r in old], [[r[3][i] for r in old] for i in range(len(before))]
-        )
-        == 0
-    )
+    assert folder.fold(state, [(r[1], r[2], dict(enumerate(r[3]))) for r in old]) == 0
     assert folder.values(state) == before
     assert TileState.from_json(json.loads(json.dumps(state.to_json()))) == state

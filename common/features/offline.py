@@ -24,10 +24,6 @@ def history_path(work: Paths, plan: GroupPlan) -> str:
     return work.table(plan.usecase, "features", plan.name)
 
 
-def tiles_path(work: Paths, plan: GroupPlan) -> str:
-    return work.table(plan.usecase, "features", f"{plan.name}__tiles")
-
-
 def table_exists(spark: SparkSession, path: str) -> bool:
     from delta.tables import DeltaTable
 

@@ -23,12 +23,12 @@ previous one.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -47,7 +47,6 @@ from common.settings import Paths
 log = logging.getLogger("loom.stream")
 
 OnlineWriter = Callable[[GroupPlan, DataFrame], tuple[int, int]]
-NEWEST_US = "_newest_us"
 
 # The tiles' state: RocksDB (off the JVM heap, so millions of entities fit), checkpointed as changelogs (a
 # micro-batch uploads the keys it changed, not a snapshot of the whole state). Set for the feature queries
@@ -70,10 +69,20 @@ class BatchStats:
     seconds: float
 
 
+ROW = "_row"  # one JSON object per event: the operator reads one column, not one per feature
+OUT = "_values"  # JSON array: newest event µs, then the group's features
+
+
 def tile_rows(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFrame) -> DataFrame:
-    """Bronze rows -> (entity, event µs, event id, each feature's row value): the operator's input."""
+    """Bronze rows -> (entity, the event as JSON: µs, id and each feature's row value): the operator's input.
+
+    pandas conversion costs per column and per entity in ``applyInPandasWithState``: one text column keeps
+    that cost flat whatever the number of features.
+    """
     prepared = with_row_values(plan, prepare(plan, stream, join_tables(spark, work, plan)))
-    return prepared.select(plan.entity_key, TS_MICROS, EVENT_ID, *[value_column(agg) for agg in plan.aggregations])
+    fields = [F.col(TS_MICROS).alias("t"), F.col(EVENT_ID).alias("i")]
+    fields += [F.col(value_column(agg)).alias(f"v{index}") for index, agg in enumerate(plan.aggregations)]
+    return prepared.select(plan.entity_key, F.to_json(F.struct(*fields)).alias(ROW))
 
 
 def make_tile_function(plan: GroupPlan) -> Callable[..., Iterator[Any]]:
@@ -81,40 +90,49 @@ def make_tile_function(plan: GroupPlan) -> Callable[..., Iterator[Any]]:
     import pandas as pd
 
     folder = TileFolder(plan.aggregations, plan.slide_s)
-    columns = [value_column(agg) for agg in plan.aggregations]
-    by_name = {agg.name: index for index, agg in enumerate(plan.aggregations)}
-    out_columns = [plan.entity_key, NEWEST_US, *plan.feature_names]
+    index_of = {f"v{index}": index for index in range(len(plan.aggregations))}
+    order = [[agg.name for agg in plan.aggregations].index(name) for name in plan.feature_names]
+
+    def event(text: str) -> tuple[int, str, dict[int, Any]]:
+        row = orjson.loads(text)  # to_json leaves out null fields: only the aggregations the row counts for
+        return row["t"], row["i"], {index_of[k]: v for k, v in row.items() if k in index_of}
 
     def run(key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        tiles = TileState.from_json(json.loads(state.get[0])) if state.exists else TileState()
+        tiles = TileState.from_json(orjson.loads(state.get[0])) if state.exists else TileState()
         folded = 0
         for frame in batches:
-            folded += folder.fold(
-                tiles, frame[TS_MICROS].tolist(), frame[EVENT_ID].tolist(), [frame[c].tolist() for c in columns]
-            )
+            folded += folder.fold(tiles, [event(text) for text in frame[ROW].tolist()])
         if not folded:
             return
-        state.update((json.dumps(tiles.to_json(), separators=(",", ":")),))
-        values = folder.values(tiles)
-        row = [key[0], tiles.newest_us, *[values[by_name[name]] for name in plan.feature_names]]
-        yield pd.DataFrame([row], columns=out_columns)
+        state.update((orjson.dumps(tiles.to_json()),))
+        features = folder.values(tiles)
+        out = orjson.dumps([tiles.newest_us, *[features[index] for index in order]]).decode()
+        yield pd.DataFrame({plan.entity_key: [key[0]], OUT: [out]})
 
     return run
 
 
 def entity_features(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFrame) -> DataFrame:
-    """Streaming DataFrame: the features of every entity a micro-batch touched, at its newest event."""
+    """Streaming DataFrame: the features of every entity a micro-batch touched, at its newest event
+    (entity key and :data:`OUT`; :func:`unpack_values` turns them into columns)."""
     rows = tile_rows(spark, work, plan, stream)
     key_type = rows.schema[plan.entity_key].dataType.simpleString()
-    schema = ", ".join(
-        [f"{plan.entity_key} {key_type}", f"{NEWEST_US} long", *[f"`{name}` double" for name in plan.feature_names]]
-    )
     return rows.groupBy(plan.entity_key).applyInPandasWithState(
         make_tile_function(plan),
-        outputStructType=schema,
-        stateStructType="tiles string",
+        outputStructType=f"{plan.entity_key} {key_type}, {OUT} string",
+        stateStructType="tiles binary",
         outputMode="update",
         timeoutConf=GroupStateTimeout.NoTimeout,
+    )
+
+
+def unpack_values(plan: GroupPlan, batch: DataFrame) -> DataFrame:
+    """The operator's output as entity key, ``feature_ts`` and one double per feature."""
+    values = F.from_json(F.col(OUT), "array<double>")
+    return batch.select(
+        plan.entity_key,
+        F.timestamp_micros(values[0].cast("long")).alias(FEATURE_TS),
+        *[values[index + 1].alias(name) for index, name in enumerate(plan.feature_names)],
     )
 
 
@@ -144,7 +162,7 @@ def make_batch_handler(
             if values is None:
                 return
         else:
-            values = batch.select(plan.entity_key, F.timestamp_micros(NEWEST_US).alias(FEATURE_TS), *plan.feature_names)
+            values = unpack_values(plan, batch)
         values = values.cache()
         try:
             entities = values.count()

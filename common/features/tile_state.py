@@ -21,7 +21,7 @@ event older than that horizon is not folded (it still is in bronze; the backfill
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,31 +40,52 @@ def _empty(agg: AggPlan) -> list[Any]:
     return [0.0 if suffix == "n" else None for suffix, _ in PARTIALS[agg.agg]]
 
 
-def _add(agg: AggPlan, partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
-    """Fold one row's contribution into one aggregation's partials (in place)."""
-    kind = agg.agg
-    if kind == "count":
-        partials[0] += 1.0
-    elif kind in ("sum", "avg"):
-        partials[0] += 1.0
-        partials[1] = value if partials[1] is None else partials[1] + value
-    elif kind == "stddev":
-        partials[0] += 1.0
-        partials[1] = value if partials[1] is None else partials[1] + value
-        partials[2] = value * value if partials[2] is None else partials[2] + value * value
-    elif kind == "min":
-        partials[0] = value if partials[0] is None else min(partials[0], value)
-    elif kind == "max":
-        partials[0] = value if partials[0] is None else max(partials[0], value)
-    elif kind == "count_distinct":
-        if partials[0] is None:
-            partials[0] = [value]
-        elif value not in partials[0]:
-            partials[0].append(value)
-    else:  # last: greatest (time, id, value), as Spark orders the struct
-        candidate = [ts_us, event_id, value]
-        if partials[0] is None or candidate > partials[0]:
-            partials[0] = candidate
+def _add_count(partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
+    partials[0] += 1.0
+
+
+def _add_sum(partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
+    partials[0] += 1.0
+    partials[1] = value if partials[1] is None else partials[1] + value
+
+
+def _add_squares(partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
+    _add_sum(partials, value, ts_us, event_id)
+    partials[2] = value * value if partials[2] is None else partials[2] + value * value
+
+
+def _add_min(partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
+    partials[0] = value if partials[0] is None else min(partials[0], value)
+
+
+def _add_max(partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
+    partials[0] = value if partials[0] is None else max(partials[0], value)
+
+
+def _add_distinct(partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
+    if partials[0] is None:
+        partials[0] = [value]
+    elif value not in partials[0]:
+        partials[0].append(value)
+
+
+def _add_last(partials: list[Any], value: Any, ts_us: int, event_id: str) -> None:
+    candidate = [ts_us, event_id, value]  # greatest (time, id, value), as Spark orders the struct
+    if partials[0] is None or candidate > partials[0]:
+        partials[0] = candidate
+
+
+# how one row's contribution folds into an aggregation's partials (in place)
+ADDERS = {
+    "count": _add_count,
+    "sum": _add_sum,
+    "avg": _add_sum,
+    "stddev": _add_squares,
+    "min": _add_min,
+    "max": _add_max,
+    "count_distinct": _add_distinct,
+    "last": _add_last,
+}
 
 
 def _merge_window(agg: AggPlan, index: int, tiles: Iterable[Tile]) -> list[Any]:
@@ -146,18 +167,18 @@ class TileFolder:
         """Start of the oldest tile an online value can still read."""
         return self.tile_of(state.newest_us) + self.slide_s - self.horizon_s
 
-    def fold(
-        self, state: TileState, ts_us: Sequence[int], event_ids: Sequence[str], values: Sequence[Sequence[Any]]
-    ) -> int:
-        """Fold rows into ``state``; ``values[i]`` is aggregation ``i``'s row values. Returns the rows folded.
+    def fold(self, state: TileState, events: Sequence[tuple[int, str, Mapping[int, Any]]]) -> int:
+        """Fold events into ``state``: (time µs, event id, {aggregation index: row value}); an aggregation
+        the row does not count for is absent or null. Returns the events folded.
 
-        Rows older than the state's horizon are skipped (they cannot change the online value).
+        Events older than the state's horizon are skipped (they cannot change the online value).
         """
-        if len(ts_us):
-            state.newest_us = max(state.newest_us, max(ts_us))
+        if events:
+            state.newest_us = max(state.newest_us, max(event[0] for event in events))
         oldest = self.oldest_kept(state)
+        adders = [ADDERS[agg.agg] for agg in self.aggregations]
         folded = 0
-        for row, (ts, event_id) in enumerate(zip(ts_us, event_ids, strict=True)):
+        for ts, event_id, values in events:
             start = self.tile_of(ts)
             if start < oldest:
                 continue
@@ -165,10 +186,9 @@ class TileFolder:
             if tile is None:
                 tile = state.tiles[start] = [_empty(agg) for agg in self.aggregations]
             folded += 1
-            for index, agg in enumerate(self.aggregations):
-                value = values[index][row]
+            for index, value in values.items():
                 if not _is_null(value):
-                    _add(agg, tile[index], value, ts, event_id)
+                    adders[index](tile[index], value, ts, event_id)
         for start in [s for s in state.tiles if s < oldest]:
             del state.tiles[start]
         return folded
