@@ -13,63 +13,18 @@ The machine is shared with other agents' Spark jobs: read the figures with the l
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench import local_spark, machine_load_row, throwaway_keys
+from bench.batch_log import batch_steps, captured
 
 NAME = "streaming"
 LOGGERS = {"ingest": "common.ingest.writer", "features": "loom.stream"}
 FILES_PER_TRIGGER = 24
-
-
-class _Capture(logging.Handler):
-    """Keeps the per-batch log records (their last argument is the batch's Stopwatch)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "batch" in str(record.msg):
-            self.records.append(record)
-
-
-@contextmanager
-def _captured() -> Iterator[_Capture]:
-    capture = _Capture()
-    loggers = [logging.getLogger(name) for name in LOGGERS.values()]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(capture)
-        logger.setLevel(logging.INFO)
-    try:
-        yield capture
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.removeHandler(capture)
-            logger.setLevel(level)
-
-
-def _profile(records: list[logging.LogRecord], logger: str) -> tuple[int, dict[str, float]]:
-    """Batches and summed seconds per step of one logger's batch lines."""
-    totals: dict[str, float] = defaultdict(float)
-    batches = 0
-    for record in records:
-        if record.name != logger:
-            continue
-        batches += 1
-        clock = record.args[-1] if isinstance(record.args, tuple) and record.args else None
-        for name, seconds in getattr(clock, "laps", []):
-            totals[name] += seconds
-    return batches, dict(totals)
 
 
 def _floor(spark: Any, folder: Path, checkpoint: Path) -> tuple[float, int]:
@@ -115,7 +70,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     plan = compile_usecase(spec)
     summary = generate_landing(spec, work, GenerateOptions(customers=customers, days=days, rows_per_file=25_000))
     try:
-        with local_spark("streaming") as spark, configured_or_throwaway() as url, _captured() as capture:
+        with local_spark("streaming") as spark, configured_or_throwaway() as url, captured(LOGGERS.values()) as capture:
             floor_s, floor_batches = _floor(spark, work.landing / spec.name / "events", home / "floor-checkpoint")
             started = time.perf_counter()
             reports = {
@@ -159,7 +114,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         row.update(unit="events/s", note=note)
     rows.append({"metric": "ratio Loom / floor", "value": round(loom / floor, 3), "unit": "x", "target": ">= 0.4"})
     for part, logger in LOGGERS.items():
-        batches, steps = _profile(records, logger)
+        batches, steps = batch_steps(records, logger)
         shown = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in steps.items()) or "no batch lines"
         rows.append(
             {
