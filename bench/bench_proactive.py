@@ -39,9 +39,6 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from bench import local_spark, machine_load_row, throwaway_keys
+from bench.batch_log import BatchCapture, batch_steps, captured
 
 NAME = "proactive"
 MODEL = "churn"
@@ -65,52 +63,6 @@ BACKGROUND = (  # event type, share, channels: everyday events that never comple
     ("payment", 0.15, ("app", "web", "store")),
     ("plan_change", 0.01, ("phone", "web", "store")),
 )
-
-
-class _Capture(logging.Handler):
-    """Keeps the per-batch log records of ingest, features and triggers (their args carry the timings)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "batch" in str(record.msg):
-            self.records.append(record)
-
-    def take(self) -> list[logging.LogRecord]:
-        taken, self.records = self.records, []
-        return taken
-
-
-@contextmanager
-def _captured() -> Iterator[_Capture]:
-    capture = _Capture()
-    loggers = [logging.getLogger(name) for name in LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(capture)
-        logger.setLevel(logging.INFO)
-    try:
-        yield capture
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.removeHandler(capture)
-            logger.setLevel(level)
-
-
-def _steps(records: list[logging.LogRecord], logger: str) -> tuple[int, dict[str, float]]:
-    """Batches and summed seconds per step (the Stopwatch laps) of one logger's batch lines."""
-    totals: dict[str, float] = defaultdict(float)
-    batches = 0
-    for record in records:
-        if record.name != logger:
-            continue
-        batches += 1
-        clock = record.args[-1] if isinstance(record.args, tuple) and record.args else None
-        for name, seconds in getattr(clock, "laps", []):
-            totals[name] += seconds
-    return batches, dict(totals)
 
 
 def _trigger_batches(records: list[logging.LogRecord]) -> list[tuple[int, int, float]]:
@@ -185,7 +137,7 @@ def _count(spark: Any, path: str) -> int:
     return spark.read.format("delta").load(path).where(F.col("score").isNotNull()).count()
 
 
-def _catch_up(spark: Any, plan: Any, work: Any, url: str, capture: _Capture, files: int | None) -> dict[str, Any]:
+def _catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, files: int | None) -> dict[str, Any]:
     """The timed parts, one after the other; what each processed and took.
 
     Ingest reads the new log's files; features and triggers have not run yet, so they process every
@@ -210,7 +162,7 @@ def _catch_up(spark: Any, plan: Any, work: Any, url: str, capture: _Capture, fil
         name: ingest_source(spark, spec, name, work, "batch", max_files_per_trigger=files) for name in spec.sources
     }
     out["ingest_s"] = time.perf_counter() - started
-    out["ingest"] = _steps(capture.records, "common.ingest.writer")
+    out["ingest"] = batch_steps(capture.records, "common.ingest.writer")
     out["events"] = reports["events"].read
     out["bronze"] = spark.read.format("delta").load(bronze_path(work, plan.usecase, "events")).count()
     capture.take()
@@ -222,7 +174,7 @@ def _catch_up(spark: Any, plan: Any, work: Any, url: str, capture: _Capture, fil
         )
     )
     out["features_s"] = time.perf_counter() - started
-    out["features"] = _steps(capture.take(), "loom.stream")
+    out["features"] = batch_steps(capture.take(), "loom.stream")
 
     started = time.perf_counter()
     _await(start_trigger_streams(spark, work, plan, url, available_now=True, max_files_per_trigger=files))
@@ -517,7 +469,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     plan = compile_usecase(spec)
     rows: list[dict[str, Any]] = [machine_load_row(", shared with other agents' Spark jobs: figures are noisy")]
     try:
-        with local_spark("proactive") as spark, configured_or_throwaway() as url, _captured() as capture:
+        with local_spark("proactive") as spark, configured_or_throwaway() as url, captured(LOGGERS) as capture:
             outcome, setup = _prepare(spark, plan, work, train_customers, train_days, log_start)
             options = GenerateOptions(customers=log_customers, days=log_days, start=log_start, rows_per_file=50_000)
             generate_landing(spec, work, options, overwrite=True)
@@ -655,8 +607,8 @@ def _freshness_rows(
     tag: str, fresh: dict[str, Any], live: list[logging.LogRecord], warmup_s: float, drain_s: float
 ) -> list[dict[str, Any]]:
     trigger_batches = _trigger_batches(live)
-    ingest_batches, ingest_steps = _steps(live, "common.ingest.writer")
-    feature_batches, feature_steps = _steps(live, "loom.stream")
+    ingest_batches, ingest_steps = batch_steps(live, "common.ingest.writer")
+    feature_batches, feature_steps = batch_steps(live, "loom.stream")
     trigger_s = sorted(s for _, _, s in trigger_batches)
     rate = f"{fresh['rate']:,.0f} events/s"
     kept_up = fresh["backlog"] <= 0.01 * fresh["written"] and not fresh["unseen"]

@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     started = step("4. stream: landing -> bronze + quarantine -> features -> Redis + Delta (availableNow)")
     reports = catch_up(spark, plan, work, url, max_files_per_trigger=48, parts=("ingest", "features"))
     print("   " + render_reports(reports).replace("\n", "\n   "))
+    events = sum(r.read for r in reports if spec.sources[r.source].kind == "events")
+    seconds = time.monotonic() - started
+    print(f"   {events:,} events (landing -> Redis + Delta) in {seconds:.1f}s: {events / seconds:,.0f} events/s")
     done(started)
 
     started = step("5. backfill: bronze -> offline feature history (Delta)")

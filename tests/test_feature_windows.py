@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -168,3 +169,59 @@ def test_window_edges(plan, prepared):
     at_1520 = by_time[("a", "15:20")]
     assert at_1520.calls_3h == 1.0  # window starts 13:00: the 13:20 call counts, 11:00 does not
     assert at_1520.channels_3h == 1.0  # only 'web' (the 13:20 call has no channel)
+
+
+def _state_rows(plan, prepared):
+    """The stream operator's input rows: (entity, µs, event id, each feature's row value)."""
+    from common.compile.plan import EVENT_ID, TS_MICROS
+    from common.features.windows import value_column, with_row_values
+
+    columns = [value_column(a) for a in plan.aggregations]
+    rows = with_row_values(plan, prepared).select("customer_id", TS_MICROS, EVENT_ID, *columns).collect()
+    return [(r[0], r[1], r[2], [r[c] for c in columns]) for r in rows]
+
+
+def _fold(plan, states, rows):
+    from common.features.tile_state import TileFolder, TileState
+
+    folder = TileFolder(plan.aggregations, plan.slide_s)
+    for entity in {r[0] for r in rows}:
+        mine = [r for r in rows if r[0] == entity]
+        state = states.setdefault(entity, TileState())
+        folder.fold(state, [(r[1], r[2], dict(enumerate(r[3]))) for r in mine])
+    return folder
+
+
+@pytest.mark.parametrize("batches", [1, 3, 11])
+def test_tile_state_folded_in_any_batches_gives_the_reference_at_the_newest_event(plan, prepared, batches):
+    """The stream's per-entity state (tiles folded batch by batch, any arrival order) equals the reference."""
+    events = _events()
+    rows = _state_rows(plan, prepared)  # arrival order as shuffled in the fixture
+    states: dict = {}
+    size = math.ceil(len(rows) / batches)
+    for start in range(0, len(rows), size):
+        folder = _fold(plan, states, rows[start : start + size])
+    names = [a.name for a in plan.aggregations]
+    for entity, state in states.items():
+        newest = max(e["ts"] for e in events if e["customer_id"] == entity)
+        assert state.newest_us == int(newest.timestamp() * 1_000_000)
+        got = dict(zip(names, folder.values(state), strict=True))
+        for name, value in _expected(events, entity, newest).items():
+            assert _close(got[name], value), f"{entity} {name} after {batches} batches: {got[name]} != {value}"
+
+
+def test_tile_state_keeps_only_the_longest_window_and_skips_older_events(plan, prepared):
+    from common.features.tile_state import TileState
+
+    rows = _state_rows(plan, prepared)
+    states: dict = {}
+    folder = _fold(plan, states, [r for r in rows if r[0] == "a"])
+    state = states["a"]
+    # a's newest event is at 15:20: the 3 h windows read the tiles from 13:00 on; older ones are gone
+    assert sorted(state.tiles) == [start for start in sorted(state.tiles) if start >= folder.oldest_kept(state)]
+    assert min(state.tiles) == folder.oldest_kept(state)
+    before = folder.values(state)
+    old = [r for r in rows if r[0] == "a"][:2]  # events of 10:00-12:10, older than the horizon
+    assert folder.fold(state, [(r[1], r[2], dict(enumerate(r[3]))) for r in old]) == 0
+    assert folder.values(state) == before
+    assert TileState.from_json(json.loads(json.dumps(state.to_json()))) == state

@@ -46,8 +46,7 @@ def test_stream_and_batch_agree_on_every_entity_and_feature(spark, redis_url, pi
 def test_the_stream_ran_several_micro_batches(spark, pipeline):
     work, plan, _, reports = pipeline
     assert reports["events"].batches >= 3
-    history = spark.read.format("delta").load(offline.tiles_path(work, plan.group("activity")))
-    assert history.count() > 0
+    assert offline.read_history(spark, work, plan.group("activity")).count() > 0
 
 
 def test_a_changed_feature_value_is_caught(spark, redis_url, pipeline):
@@ -58,12 +57,7 @@ def test_a_changed_feature_value_is_caught(spark, redis_url, pipeline):
     try:
         entity = sorted(
             r[0]
-            for r in spark.read.format("delta")
-            .load(offline.tiles_path(work, group))
-            .select(group.entity_key)
-            .distinct()
-            .limit(1)
-            .collect()
+            for r in offline.read_history(spark, work, group).select(group.entity_key).distinct().limit(1).collect()
         )[0]
         vector = store.read([entity], [group.name])[(entity, group.name)]
         values = vector.values.copy()
@@ -132,3 +126,59 @@ def test_consistency_job_exit_codes(spark, redis_url, pipeline, monkeypatch, cap
     finally:
         store.write(group.name, [entity], vector.values.reshape(1, -1), [vector.event_time_us])
         store.close()
+
+
+def _land_events(work: Paths, name: str, events: list[dict]) -> None:
+    import json
+
+    folder = work.landing / "churn" / "events"
+    (folder / name).write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+
+
+def test_late_events_within_and_beyond_the_state_horizon(spark, redis_url, pipeline):
+    """README "Late data": a late event within the longest window of the entity's newest event updates the
+    online vector exactly; an older one changes no online value, lands in bronze, and the backfill (the
+    documented path) counts it in the offline history. Consistency has 0 mismatches after both."""
+    from datetime import timedelta
+
+    work, plan, _, _ = pipeline
+    group = plan.group("activity")
+    store = open_store([group], redis_url)
+    try:
+        entity = "C00000003"
+        before = store.read([entity], [group.name])[(entity, group.name)]
+        newest = pd_timestamp(before.event_time_us)
+        calls = group.feature_names.index("support_calls_30d")
+        within = newest - timedelta(hours=5)
+        beyond = newest - timedelta(days=31)
+        event = {"customer_id": entity, "event_type": "support_call", "amount": None, "duration_s": 60.0}
+        _land_events(
+            work,
+            "late-events.json",
+            [
+                dict(event, event_id="LATE-WITHIN", ts=within.strftime("%Y-%m-%dT%H:%M:%SZ"), channel="chat"),
+                dict(event, event_id="LATE-BEYOND", ts=beyond.strftime("%Y-%m-%dT%H:%M:%SZ"), channel="web"),
+            ],
+        )
+        reports = {r.source: r for r in catch_up(spark, plan, work, redis_url, parts=["ingest", "features"])}
+        assert reports["events"].accepted == 2
+
+        after = store.read([entity], [group.name])[(entity, group.name)]
+        assert after.event_time_us == before.event_time_us, "neither late event is the newest"
+        assert after.values[calls] == before.values[calls] + 1.0, "the event within the horizon counts online"
+        report = check_group(spark, work, group, store)
+        assert report.ok and report.behind == 0, report.examples
+
+        backfill(spark, work, plan, ["activity"])
+        history = offline.read_history(spark, work, group).where(F.col(group.entity_key) == entity)
+        at_beyond = history.where(F.col("feature_ts") == F.lit(beyond.replace(tzinfo=None))).collect()
+        assert len(at_beyond) == 1 and at_beyond[0]["support_calls_30d"] == 1.0, "the backfill counts it offline"
+        assert check_group(spark, work, group, store).ok
+    finally:
+        store.close()
+
+
+def pd_timestamp(micros: int):
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC).replace(microsecond=0)

@@ -552,7 +552,6 @@ def test_forget_removes_the_subject_from_every_store_and_the_delta_history(spark
         "bronze/customers",
         "bronze/events",
         "features/activity",
-        "features/activity__tiles",
         "predictions/batch",
     ):
         line = next(line for line in out.splitlines() if line.strip().startswith(table + " "))

@@ -27,10 +27,6 @@ def history_path(work: Paths, plan: GroupPlan) -> str:
     return work.table(plan.usecase, "features", plan.name)
 
 
-def tiles_path(work: Paths, plan: GroupPlan) -> str:
-    return work.table(plan.usecase, "features", f"{plan.name}__tiles")
-
-
 _LOG_FILE = re.compile(r"\d{20}\.(json|checkpoint(\.\d+\.\d+)?\.parquet)|_last_checkpoint")
 
 

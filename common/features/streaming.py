@@ -1,29 +1,46 @@
 """The streaming feature job: bronze Delta (as a stream) -> the same plan ->
-tiles, offline history and the online store, exactly once.
+the online store and the offline history, exactly once.
 
-Each micro-batch recomputes the tiles its events touch from bronze (so a
-retried batch or a late event gives the same tiles, never double counts),
-replaces them in the tiles table, then recomputes the touched entities' values
-at their newest event and writes them to the online store (event-time guarded)
-and to the offline history (MERGE by entity and time).
+Events groups keep each entity's tiles in Spark's state store (RocksDB,
+changelog checkpoints): the query prepares the rows with the plan's own
+functions (joins, transforms, each feature's row value), groups them by entity
+and folds them into the entity's :class:`~common.features.tile_state.TileState`
+with ``applyInPandasWithState``. A micro-batch therefore costs in proportion to
+its own events: bronze is never re-read and no tiles table is merged. For each
+entity the batch touched, the operator emits the features at its newest event,
+which ``foreachBatch`` writes to the online store (event-time guarded) and to
+the offline history (MERGE by entity and time). A retried batch re-emits the
+same values (the state is versioned with the checkpoint); a late event within
+the longest window of the entity's newest event is folded exactly; an older
+one cannot change the online value and is counted by the backfill (README
+"Late data").
+
+Table groups (snapshots of a table source) re-read the newest row of each
+touched entity from bronze: their sources are small and a row replaces the
+previous one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
-from common.compile.plan import TILE, GroupPlan, Plan
+from common.compile.plan import EVENT_ID, FEATURE_TS, TS_MICROS, GroupPlan, Plan
 from common.features import offline
 from common.features.backfill import bronze_path, join_tables, read_bronze
 from common.features.prepare import prepare
 from common.features.snapshots import snapshot_latest
-from common.features.windows import latest, tiles
+from common.features.tile_state import TileFolder, TileState
+from common.features.windows import value_column, with_row_values
 from common.log import Stopwatch
 from common.settings import Paths
 
@@ -31,121 +48,172 @@ log = logging.getLogger("loom.stream")
 
 OnlineWriter = Callable[[GroupPlan, DataFrame], tuple[int, int]]
 
+# The tiles' state: RocksDB (off the JVM heap, so millions of entities fit), checkpointed as changelogs (a
+# micro-batch uploads the keys it changed, not a snapshot of the whole state). Set for the feature queries
+# only, when they start (Spark keeps the provider in the checkpoint for restarts).
+STATE_STORE_CONF = {
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+}
+
 
 @dataclass
 class BatchStats:
     group: str
     batch_id: int
-    events: int
     entities: int
     online_written: int
     online_skipped: int
     seconds: float
 
 
-def _replace_tiles(spark: SparkSession, plan: GroupPlan, new_tiles: DataFrame, path: str) -> None:
-    """Recomputed tiles replace the stored ones (idempotent: a retry writes the same rows)."""
-    rows = new_tiles.withColumn(offline.PARTITION, F.to_date(F.timestamp_seconds(TILE)))
-    offline.merge_rows(spark, path, rows, [plan.entity_key, TILE])
+ROW = "_row"  # one JSON object per event: the operator reads one column, not one per feature
+OUT = "_values"  # JSON array: newest event µs, then the group's features
 
 
-def process_events_batch(
-    spark: SparkSession, work: Paths, plan: GroupPlan, batch: DataFrame, clock: Stopwatch
-) -> tuple[DataFrame | None, int]:
-    """Recompute touched tiles and the touched entities' newest values; returns them."""
-    key, ts = plan.entity_key, plan.event_time
-    batch = batch.select(key, ts).cache()
-    touched = (
-        batch.where(F.col(ts).isNotNull() & F.col(key).isNotNull())
-        .select(key, (F.floor(F.unix_seconds(ts) / plan.slide_s).cast("long") * plan.slide_s).alias(TILE))
-        .distinct()
-        .cache()
+def tile_rows(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFrame) -> DataFrame:
+    """Bronze rows -> (entity, the event as JSON: µs, id and each feature's row value): the operator's input.
+
+    pandas conversion costs per column and per entity in ``applyInPandasWithState``: one text column keeps
+    that cost flat whatever the number of features.
+    """
+    prepared = with_row_values(plan, prepare(plan, stream, join_tables(spark, work, plan)))
+    fields = [F.col(TS_MICROS).alias("t"), F.col(EVENT_ID).alias("i")]
+    fields += [F.col(value_column(agg)).alias(f"v{index}") for index, agg in enumerate(plan.aggregations)]
+    return prepared.select(plan.entity_key, F.to_json(F.struct(*fields)).alias(ROW))
+
+
+def make_tile_function(plan: GroupPlan) -> Callable[..., Iterator[Any]]:
+    """The ``applyInPandasWithState`` function: an entity's new rows -> its features at its newest event."""
+    import pandas as pd
+
+    folder = TileFolder(plan.aggregations, plan.slide_s)
+    index_of = {f"v{index}": index for index in range(len(plan.aggregations))}
+    order = [[agg.name for agg in plan.aggregations].index(name) for name in plan.feature_names]
+
+    def event(text: str) -> tuple[int, str, dict[int, Any]]:
+        row = orjson.loads(text)  # to_json leaves out null fields: only the aggregations the row counts for
+        return row["t"], row["i"], {index_of[k]: v for k, v in row.items() if k in index_of}
+
+    def run(key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
+        tiles = TileState.from_json(orjson.loads(state.get[0])) if state.exists else TileState()
+        folded = 0
+        for frame in batches:
+            folded += folder.fold(tiles, [event(text) for text in frame[ROW].tolist()])
+        if not folded:
+            return
+        state.update((orjson.dumps(tiles.to_json()),))
+        features = folder.values(tiles)
+        out = orjson.dumps([tiles.newest_us, *[features[index] for index in order]]).decode()
+        yield pd.DataFrame({plan.entity_key: [key[0]], OUT: [out]})
+
+    return run
+
+
+def entity_features(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFrame) -> DataFrame:
+    """Streaming DataFrame: the features of every entity a micro-batch touched, at its newest event
+    (entity key and :data:`OUT`; :func:`unpack_values` turns them into columns)."""
+    rows = tile_rows(spark, work, plan, stream)
+    key_type = rows.schema[plan.entity_key].dataType.simpleString()
+    return rows.groupBy(plan.entity_key).applyInPandasWithState(
+        make_tile_function(plan),
+        outputStructType=f"{plan.entity_key} {key_type}, {OUT} string",
+        stateStructType="tiles binary",
+        outputMode="update",
+        timeoutConf=GroupStateTimeout.NoTimeout,
     )
-    try:
-        bounds = touched.agg(F.min(TILE), F.count("*")).first()
-        if not bounds[1]:
-            return None, 0
-        events = batch.count()
-        first_tile = int(bounds[0])
-        clock.lap("read")
-        source = read_bronze(spark, work, plan.usecase, plan.source).where(
-            F.col(ts) >= F.timestamp_seconds(F.lit(first_tile))
-        )
-        source = source.withColumn(TILE, F.floor(F.unix_seconds(ts) / plan.slide_s).cast("long") * plan.slide_s).join(
-            F.broadcast(touched), on=[key, TILE], how="left_semi"
-        )
-        prepared = prepare(plan, source.drop(TILE), join_tables(spark, work, plan))
-        path = offline.tiles_path(work, plan)
-        _replace_tiles(spark, plan, tiles(plan, prepared), path)
-        clock.lap("tiles")
-        entities = touched.select(key).distinct()
-        horizon = first_tile - plan.max_window_s
-        entity_tiles = (
-            spark.read.format("delta")
-            .load(path)
-            .where(F.col(offline.PARTITION) >= F.to_date(F.timestamp_seconds(F.lit(horizon))))
-            .where(F.col(TILE) >= horizon)
-            .join(F.broadcast(entities), on=key, how="left_semi")
-        )
-        values = latest(plan, entity_tiles)
-        return values, events
-    finally:
-        touched.unpersist()
-        batch.unpersist()
+
+
+def unpack_values(plan: GroupPlan, batch: DataFrame) -> DataFrame:
+    """The operator's output as entity key, ``feature_ts`` and one double per feature."""
+    values = F.from_json(F.col(OUT), "array<double>")
+    return batch.select(
+        plan.entity_key,
+        F.timestamp_micros(values[0].cast("long")).alias(FEATURE_TS),
+        *[values[index + 1].alias(name) for index, name in enumerate(plan.feature_names)],
+    )
 
 
 def process_table_batch(
     spark: SparkSession, work: Paths, plan: GroupPlan, batch: DataFrame, clock: Stopwatch
-) -> tuple[DataFrame | None, int]:
+) -> DataFrame | None:
     """Newest row of every entity the batch touched -> its feature values."""
     key = plan.entity_key
     entities = batch.select(key).where(F.col(key).isNotNull()).distinct()
     if entities.isEmpty():
-        return None, 0
+        return None
     rows = read_bronze(spark, work, plan.usecase, plan.source).join(F.broadcast(entities), on=key, how="left_semi")
     values = snapshot_latest(plan, prepare(plan, rows, join_tables(spark, work, plan)))
-    events = batch.count()
     clock.lap("read")
-    return values, events
+    return values
 
 
 def make_batch_handler(
     spark: SparkSession, work: Paths, plan: GroupPlan, write_online: OnlineWriter
 ) -> Callable[[DataFrame, int], None]:
-    """The foreachBatch function of one group's stream."""
+    """The foreachBatch function of one group's stream: values -> online store + offline history."""
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         clock = Stopwatch()
         if plan.source_kind == "table":
-            values, events = process_table_batch(spark, work, plan, batch, clock)
+            values = process_table_batch(spark, work, plan, batch, clock)
+            if values is None:
+                return
         else:
-            values, events = process_events_batch(spark, work, plan, batch, clock)
-        if values is None:
-            return
+            values = unpack_values(plan, batch)
         values = values.cache()
         try:
             entities = values.count()
-            clock.lap("values")
+            clock.lap("state")
+            if not entities:
+                return
             written, skipped = write_online(plan, values) if plan.online else (0, 0)
             clock.lap("online")
             offline.upsert(spark, plan, values, offline.history_path(work, plan))
             clock.lap("history")
         finally:
             values.unpersist()
-        stats = BatchStats(plan.name, batch_id, events, entities, written, skipped, clock.total)
+        stats = BatchStats(plan.name, batch_id, entities, written, skipped, clock.total)
         log.info(
-            "features %s batch %d: %d events, %d entities, online %d written / %d older skipped, %.1f events/s (%s)",
+            "features %s batch %d: %d entities, online %d written / %d older skipped, %.1f s (%s)",
             stats.group,
             stats.batch_id,
-            stats.events,
             stats.entities,
             stats.online_written,
             stats.online_skipped,
-            stats.events / stats.seconds if stats.seconds else 0.0,
+            stats.seconds,
             clock,
         )
 
     return handle
+
+
+def feature_checkpoint(work: Paths, plan: GroupPlan) -> str:
+    """Where a group's query keeps its offsets (and, for events groups, its tiles' state).
+
+    Events groups have a stateful query, whose checkpoint cannot be one of the former stateless query: its own
+    folder name makes a first run rebuild the state from bronze.
+    """
+    suffix = "" if plan.source_kind == "table" else "_state"
+    return work.checkpoint(plan.usecase, f"features_{plan.name}{suffix}")
+
+
+@contextlib.contextmanager
+def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
+    """``conf`` set on the session while the block runs (queries started in it keep it), then restored."""
+    previous = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def start_feature_streams(
@@ -168,11 +236,16 @@ def start_feature_streams(
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
         stream = reader.load(bronze_path(work, plan.usecase, group.source))
+        stateful = group.source_kind != "table"
+        if stateful:
+            stream = entity_features(spark, work, group, stream)
         writer = (
             stream.writeStream.queryName(f"loom_{plan.usecase}_features_{name}")
-            .option("checkpointLocation", work.checkpoint(plan.usecase, f"features_{name}"))
+            .outputMode("update" if stateful else "append")
+            .option("checkpointLocation", feature_checkpoint(work, group))
             .foreachBatch(make_batch_handler(spark, work, group, write_online))
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
-        queries.append(writer.start())
+        with _session_conf(spark, STATE_STORE_CONF if stateful else {}):
+            queries.append(writer.start())
     return queries

@@ -18,13 +18,14 @@ from common.compile.plan import EVENT_ID, FEATURE_TS, TILE, TS_MICROS, GroupPlan
 MAX_TS = "_max_ts_us"  # newest event time in a tile, epoch microseconds
 
 
-def _value_col(agg: AggPlan) -> str:
+def value_column(agg: AggPlan) -> str:
+    """The column holding ``agg``'s per-row contribution (see :func:`with_row_values`)."""
     return f"_v_{agg.name}"
 
 
 def with_row_values(plan: GroupPlan, prepared: DataFrame) -> DataFrame:
     """Each feature's per-row contribution (null when the row does not count)."""
-    return prepared.withColumns({_value_col(a): a.row_value() for a in plan.aggregations})
+    return prepared.withColumns({value_column(a): a.row_value() for a in plan.aggregations})
 
 
 def tiles(plan: GroupPlan, prepared: DataFrame) -> DataFrame:
@@ -32,7 +33,7 @@ def tiles(plan: GroupPlan, prepared: DataFrame) -> DataFrame:
     rows = with_row_values(plan, prepared)
     aggregates = [F.max(TS_MICROS).alias(MAX_TS)]
     for agg in plan.aggregations:
-        aggregates += agg.row_aggregates(_value_col(agg), TS_MICROS, EVENT_ID)
+        aggregates += agg.row_aggregates(value_column(agg), TS_MICROS, EVENT_ID)
     return rows.groupBy(plan.entity_key, TILE).agg(*aggregates)
 
 
@@ -64,7 +65,7 @@ def history(plan: GroupPlan, prepared: DataFrame, tile_df: DataFrame | None = No
     prefix = Window.partitionBy(plan.entity_key, TILE).orderBy(TS_MICROS).rangeBetween(Window.unboundedPreceding, 0)
     prefix_columns = []
     for agg in plan.aggregations:
-        prefix_columns += agg.row_aggregates(_value_col(agg), TS_MICROS, EVENT_ID, over=prefix)
+        prefix_columns += agg.row_aggregates(value_column(agg), TS_MICROS, EVENT_ID, over=prefix)
     per_event = rows.select(plan.entity_key, TILE, TS_MICROS, *prefix_columns).dropDuplicates(
         [plan.entity_key, TS_MICROS]
     )

@@ -40,7 +40,8 @@ check only (one reason per record, so counts by reason add up):
 4. every value of a column with ``allowed`` is one of them (``column <c>: value
    <v> not in allowed values``);
 5. the record is not a duplicate (``duplicate <id>``): its key is already in
-   ``existing_keys`` (bronze) or an earlier record of the batch has it. The key
+   ``existing_keys`` (bronze; the writer passes the rows no older than the
+   batch's oldest event minus the watermark) or an earlier record of the batch has it. The key
    is ``id`` for ``kind: events`` and ``(id, event_time)`` for ``kind: table``
    (a table keeps every version of an entity; only a replay of the same
    version is a duplicate). "Earlier" means an older file (modification time,
@@ -146,7 +147,17 @@ def classify(df: DataFrame, source: Source, *, existing_keys: DataFrame | None =
     """One row per input record: typed columns, ``_source_file``, ``_raw``, ``_reason``, ``_check``.
 
     ``_reason`` is null for an accepted record; ``_check`` is the reason without
-    the offending value (``column amount: not a double``), for counting.
+    the offending value (``column amount: not a double``), for counting. It is
+    :func:`check_records` (rules 1-4) then :func:`mark_duplicates` (rule 5): a
+    caller that persists the first half parses each record once.
+    """
+    return mark_duplicates(check_records(df, source), source, existing_keys=existing_keys)
+
+
+def check_records(df: DataFrame, source: Source) -> DataFrame:
+    """Rules 1-4 in one projection: per record its typed values, first failed check and row id.
+
+    Internal columns (``_t_<column>``, the first reason and check) feed :func:`mark_duplicates`.
     """
     if ROW_ID not in df.columns:
         df = df.withColumn(ROW_ID, F.monotonically_increasing_id())
@@ -186,18 +197,34 @@ def classify(df: DataFrame, source: Source, *, existing_keys: DataFrame | None =
             failed = typed.isNotNull() & ~F.coalesce(typed.isin(*allowed), F.lit(False))
             message = F.concat(F.lit(f"column {name}: value "), shown, F.lit(" not in allowed values"))
             checks.append((failed, message, f"column {name}: not in allowed values"))
-    df = df.select(
-        "*",
+    order = [FILE_TIME] if FILE_TIME in df.columns else []
+    return df.select(
+        *[_typed(name) for name in source.columns],
+        SOURCE_FILE,
+        *order,
+        ROW_ID,
+        RAW,
         F.coalesce(*[F.when(cond, message) for cond, message, _ in checks]).alias(_FIRST_REASON),
         F.coalesce(*[F.when(cond, F.lit(check)) for cond, _, check in checks]).alias(_FIRST_CHECK),
     )
 
+
+def oldest_candidate_time(source: Source) -> Column | None:
+    """Aggregate over :func:`check_records`'s output: the oldest event time among the records that passed
+    rules 1-4 (the ones the duplicate check probes); None for a source without an event time."""
+    if source.event_time is None:
+        return None
+    return F.min(F.when(F.col(_FIRST_REASON).isNull(), F.col(_typed(source.event_time))))
+
+
+def mark_duplicates(checked: DataFrame, source: Source, *, existing_keys: DataFrame | None = None) -> DataFrame:
+    """Rule 5 on :func:`check_records`'s output, then the shape of :func:`classify`."""
     keys = dedup_columns(source)
     duplicate = F.lit(False)
     if keys:
-        df, duplicate = _duplicates(df, keys, existing_keys)
+        checked, duplicate = _duplicates(checked, keys, existing_keys)
     reason = duplicate_reason(source) if keys else ""
-    return df.select(
+    return checked.select(
         *[F.col(_typed(name)).alias(name) for name in source.columns],
         SOURCE_FILE,
         RAW,
@@ -301,7 +328,9 @@ def _duplicates(df: DataFrame, keys: list[str], existing_keys: DataFrame | None)
     """Mark records whose key is in ``existing_keys`` or on an earlier record of the batch.
 
     The window and the bronze lookup run on a narrow projection (key, order, row
-    id); the wide records only meet the row ids of the duplicates (usually few).
+    id); the wide records only meet the row ids of the duplicates (usually few),
+    broadcast, so the batch itself is never shuffled. Bronze is probed against the
+    batch's keys broadcast (a scan of its key columns, no shuffle of bronze).
     """
     typed_keys = [_typed(key) for key in keys]
     candidate = F.col(_FIRST_REASON).isNull()
@@ -314,7 +343,7 @@ def _duplicates(df: DataFrame, keys: list[str], existing_keys: DataFrame | None)
     duplicates = narrow.withColumn("_position", position).where(F.col("_position") > 1).select(ROW_ID)
     if existing_keys is not None:
         existing = existing_keys.select(*[F.col(key).alias(typed) for key, typed in zip(keys, typed_keys, strict=True)])
-        known = narrow.join(existing, typed_keys, "left_semi").select(ROW_ID)
+        known = existing.join(F.broadcast(narrow.select(*typed_keys, ROW_ID)), typed_keys, "inner").select(ROW_ID)
         duplicates = duplicates.union(known).distinct()
-    df = df.join(duplicates.withColumn(_KNOWN, F.lit(True)), ROW_ID, "left")
+    df = df.join(F.broadcast(duplicates.withColumn(_KNOWN, F.lit(True))), ROW_ID, "left")
     return df, F.col(_KNOWN).isNotNull()

@@ -10,9 +10,10 @@ but before bronze did classifies every record as before.
 
 The batch is counted before anything is written: if read != accepted +
 quarantined, it raises :class:`DataError` and writes nothing. The checks are
-:func:`~common.ingest.validation.validate_records`, called as its two halves
-(``classify`` then ``split_classified``) so the classified batch is cached once
-for the counts and both writes.
+:func:`~common.ingest.validation.validate_records`, called as its parts
+(``check_records``, ``mark_duplicates``, ``split_classified``): the files are
+read and parsed once, into a cache that the duplicate check reads, and the
+classified batch is cached once for the counts and both writes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -31,8 +32,19 @@ from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 from common.errors import DataError, LoomError, PrivacyError
 from common.ingest.paths import IngestLocations
 from common.ingest.report import IngestReport
-from common.ingest.validation import CHECK, ROW_ID, SOURCE_FILE, classify, dedup_columns, split_classified, typed_schema
+from common.ingest.validation import (
+    CHECK,
+    ROW_ID,
+    SOURCE_FILE,
+    check_records,
+    dedup_columns,
+    mark_duplicates,
+    oldest_candidate_time,
+    split_classified,
+    typed_schema,
+)
 from common.log import Stopwatch
+from common.spec.base import duration_seconds
 from common.spec.sources import Source
 
 log = logging.getLogger(__name__)
@@ -131,21 +143,26 @@ class BatchWriter:
             raise RuntimeError("BatchWriter.bind() was not called after the query started")
         spark = batch.sparkSession
         ingested_at = datetime.now(UTC)
-        # Row ids are assigned once, on the cached batch, so every branch of the plan sees the same ids.
-        batch = batch.withColumn(ROW_ID, F.monotonically_increasing_id()).persist(StorageLevel.MEMORY_AND_DISK)
+        # One pass over the files: rules 1-4 in one projection, cached with the row ids it assigned, so
+        # the duplicate check, the counts and both writes see the same ids and nothing is parsed twice.
+        checked = check_records(batch.withColumn(ROW_ID, F.monotonically_increasing_id()), self.source)
+        checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
         classified: DataFrame | None = None
         clock = Stopwatch()
         try:
-            read = batch.count()
-            clock.lap("read")
+            oldest = oldest_candidate_time(self.source)
+            stats = checked.agg(F.count(F.lit(1)), *([oldest] if oldest is not None else [])).first()
+            read, since = stats[0], (stats[1] if oldest is not None else None)
+            clock.lap("read+check")
             if read == 0:
                 return
-            classified = classify(batch, self.source, existing_keys=self._existing_keys(spark)).persist(
+            classified = mark_duplicates(checked, self.source, existing_keys=self._existing_keys(spark, since)).persist(
                 StorageLevel.MEMORY_AND_DISK
             )
             counts = {row[CHECK]: int(row["count"]) for row in classified.groupBy(CHECK).count().collect()}
             accepted_count = counts.pop(None, 0)
-            clock.lap("validate")
+            checked.unpersist()
+            clock.lap("duplicates")
             if read != accepted_count + sum(counts.values()):
                 raise DataError(
                     f"source {self.source_name!r}, batch {batch_id}: read {read} records but classified "
@@ -171,15 +188,26 @@ class BatchWriter:
         finally:
             if classified is not None:
                 classified.unpersist()
-            batch.unpersist()
+            checked.unpersist()
 
-    def _existing_keys(self, spark: SparkSession) -> DataFrame | None:
-        """Duplicate-check keys of bronze as of now (a fixed version, so retries see the same)."""
+    def _existing_keys(self, spark: SparkSession, since: datetime | None) -> DataFrame | None:
+        """Duplicate-check keys of bronze as of now (a fixed version, so retries see the same).
+
+        Bounded by event time: only bronze rows no older than ``since`` (the batch's oldest candidate) minus
+        the source's watermark. A replay carries its original event time, so every replay is still found,
+        and Delta skips the files whose event times are all older: the check reads the recent end of
+        bronze, not all of it. (An id reused for an event older than that bound is not a replay; it is
+        accepted.)
+        """
         keys = dedup_columns(self.source)
         if not keys:
             return None
         version = DeltaTable.forPath(spark, self.locations.bronze).history(1).select("version").first()[0]
-        return spark.read.format("delta").option("versionAsOf", version).load(self.locations.bronze).select(*keys)
+        bronze = spark.read.format("delta").option("versionAsOf", version).load(self.locations.bronze)
+        if since is not None and self.source.event_time is not None:
+            slack = duration_seconds(self.source.watermark) if self.source.watermark else 0
+            bronze = bronze.where(F.col(self.source.event_time) >= F.lit(since - timedelta(seconds=slack)))
+        return bronze.select(*keys)
 
     def _append(self, df: DataFrame, path: str, batch_id: int) -> None:
         (
