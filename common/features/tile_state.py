@@ -13,7 +13,7 @@ Python values:
 
 A tile is the slide ``s`` long; the value at the entity's newest event ``t`` merges the tiles in
 ``[tile(t) + s - W, tile(t)]`` for each window ``W`` (README "Time semantics"), exactly as
-:func:`common.features.windows.latest` does from the tiles table. Tiles older than the longest window before the
+:func:`common.features.windows.latest` does from the batch's tiles. Tiles older than the longest window before the
 newest event can no longer change any online value, so they are evicted: the state is bounded per entity. An
 event older than that horizon is not folded (it still is in bronze; the backfill counts it in the offline history).
 """
@@ -32,7 +32,8 @@ Tile = list[list[Any]]
 
 
 def _is_null(value: Any) -> bool:
-    # pandas turns a null double into NaN; validation refuses NaN in data, so NaN here is always "no value"
+    # the operator's JSON rows leave nulls out; a NaN (only from a caller's own values: validation refuses NaN
+    # in data, and the stream's JSON parse would fail on one) counts as "no value" too
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
