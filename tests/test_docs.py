@@ -14,7 +14,10 @@
 * every ``loom ...`` command of a ```bash block parses with the ``loom`` console script's own argparse
   parser (``jobs.cli.build_parser``: real subcommands, real flags, valid values), and so do
   ``python -m jobs.<job> ...`` and ``spark-submit ... jobs/<job>.py ...``; a ``loom ...`` shown in
-  inline code names a real job and real flags.
+  inline code names a real job and real flags;
+* every repository file (``common/spec/safe_yaml.py``) and every ``common.*`` module or name
+  (``common.models.training_set.create_training_set``) shown in inline code exists, so a moved module
+  cannot leave the docs behind.
 
 Pure: no Spark session, no server; a few seconds.
 """
@@ -22,6 +25,7 @@ Pure: no Spark session, no server; a few seconds.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import copy
 import io
@@ -368,6 +372,56 @@ def test_inline_loom_commands_name_real_jobs_and_flags(page):
     assert inline_loom_problems(page) == []
 
 
+# --- (d) files and modules named in the text ---------------------------------
+
+REPO_PATH = re.compile(r"(?:common|jobs|tests|bench|metadata|notebooks|spark-conf)/[\w./-]*\w")
+DOTTED = re.compile(r"common(?:\.\w+)+")
+
+
+def _top_level_names(source: Path) -> set[str]:
+    """Names a module defines or imports at its top level (read with ast: nothing is imported)."""
+    names = set()
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def dotted_exists(name: str) -> bool:
+    """``common.a.b`` is a module or package of the repository, or a top-level name of one."""
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+        if source.is_file():
+            rest = parts[cut:]
+            return not rest or (len(rest) == 1 and rest[0] in _top_level_names(source))
+    return False
+
+
+def named_code_problems(page: Path) -> list[str]:
+    """Repository files and ``common.*`` names in a page's inline code that do not exist."""
+    problems = []
+    for number, line in enumerate(prose(page).splitlines(), start=1):
+        for span in INLINE_CODE.findall(line):
+            for token in re.split(r"[\s(),:;`\[\]]+", span):
+                if REPO_PATH.fullmatch(token) and not (ROOT / token).exists():
+                    problems.append(f"{number}: {span}: no file {token}")
+                elif (dotted := DOTTED.fullmatch(token)) and not dotted_exists(dotted.group(0)):
+                    problems.append(f"{number}: {span}: no module or name {token}")
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_named_files_and_modules_exist(page):
+    assert named_code_problems(page) == []
+
+
 # --- the checks themselves catch what they are for ---------------------------
 
 
@@ -401,6 +455,14 @@ def test_the_checks_reject_broken_input(tmp_path):
         "--entity",
         "C1",
         "--strict",
+    ]
+    named = tmp_path / "named.md"
+    named.write_text(
+        "`common/spec/loader.py`, `common.spec.loader.load_usecase`, `common/nope.py`, `common.spec.nope`\n"
+    )
+    assert named_code_problems(named) == [
+        "1: `common/nope.py`: no file common/nope.py",
+        "1: `common.spec.nope`: no module or name common.spec.nope",
     ]
     inline = tmp_path / "inline.md"
     inline.write_text("Run `loom ingest --usecase churn --mood batch` or `loom ingestt`.\n")
