@@ -1,9 +1,8 @@
 """The FastAPI application of the prediction service.
 
-``create_app(config, ...)`` assembles it from the worker's objects
-(:mod:`common.serving.context`), the routes (:mod:`common.serving.routes`) and the
-middleware; it builds it (tests call it directly, with a fixed
-clock); ``app_from_env()`` is the factory uvicorn workers call
+``create_app(config, ...)`` builds it (tests call it directly, with a fixed clock) from the
+worker's objects (:mod:`common.serving.context`), the routes (:mod:`common.serving.routes`) and
+the middleware; ``app_from_env()`` is the factory uvicorn workers call
 (``uvicorn common.serving.app:app_from_env --factory``), configured by the
 environment (:mod:`common.serving.config`).
 
@@ -55,7 +54,7 @@ from common.serving.fast_path import FastPredictPath
 from common.serving.limits import install_limits
 from common.serving.metrics import ServingMetrics
 from common.serving.prediction_sink import PredictionSink
-from common.serving.routes import ops_router, predict_router
+from common.serving.routes import install_routes
 from common.settings import Paths
 
 
@@ -127,8 +126,7 @@ def create_app(
     install_error_handlers(app)  # hostile input: never a 500 from rendering an error
     # outermost: header size/count, URL length and declared body size, refused before anything runs
     install_limits(app, context.service.body_limit)
-    app.include_router(predict_router)
-    app.include_router(ops_router)
+    install_routes(app)
     return app
 
 

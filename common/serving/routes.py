@@ -1,6 +1,8 @@
 """The FastAPI routes of the prediction service: the prediction endpoint and the operations endpoints.
 
-Handlers find the worker's objects in ``request.app.state.serving``
+:func:`install_routes` adds them to an app with ``add_api_route`` (what ``@app.post`` does), so they
+sit directly in the app's router: ``include_router`` of an ``APIRouter`` would put FastAPI's
+included-router layer in front of them, matched on every request. Handlers find the worker's objects in ``request.app.state.serving``
 (:class:`common.serving.context.ServingContext`). Every 200 prediction is answered by the fast path
 (:mod:`common.serving.fast_path`) before FastAPI runs; the route here raises the fast path's error so
 that the app's exception handlers render it, checks the key itself for requests the fast path did not
@@ -9,7 +11,7 @@ take, and describes the endpoint in OpenAPI.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -33,9 +35,6 @@ _ERRORS = {
         "description": "The online store is unreachable or no version is loaded; see Retry-After",
     },
 }
-
-predict_router = APIRouter()
-ops_router = APIRouter()
 
 
 def _context(request: Request) -> ServingContext:
@@ -66,18 +65,6 @@ async def _read_body(request: Request, service: PredictService) -> bytes:
     return b"".join(chunks)
 
 
-@predict_router.post(
-    "/v1/models/{model}/predict",
-    response_model=PredictResponse,
-    responses=_ERRORS,
-    summary="Score entities",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
-        }
-    },
-)
 async def predict(model: str, request: Request, client: Client = Depends(authenticate)) -> Response:
     """Score entities with the model's version of the served alias (or the version named in the body)."""
     failed = request.scope.get(FAST_PATH_ERROR)
@@ -90,12 +77,10 @@ async def predict(model: str, request: Request, client: Client = Depends(authent
     return Response(answer.body, media_type="application/json", headers={"X-Request-Id": answer.request_id})
 
 
-@ops_router.get("/healthz", summary="The process is up")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops_router.get("/readyz", summary="Every served model is loaded and Redis answers", responses={503: {}})
 async def readyz(request: Request) -> JSONResponse:
     context = _context(request)
     models = context.holder.status()
@@ -107,8 +92,39 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "redis": redis_ok, "models": models}, status_code=200 if ready else 503)
 
 
-@ops_router.get(
-    "/metrics", summary="Prometheus metrics", response_class=Response, responses={401: {"model": ErrorBody}}
-)
 async def prometheus(request: Request, client: Client = Depends(authenticate)) -> Response:
     return Response(_context(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+def install_routes(app: FastAPI) -> None:
+    """Add the prediction endpoint and the operations endpoints (``/healthz``, ``/readyz``, ``/metrics``)."""
+    app.add_api_route(
+        "/v1/models/{model}/predict",
+        predict,
+        methods=["POST"],
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        summary="Score entities",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+            }
+        },
+    )
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="The process is up")
+    app.add_api_route(
+        "/readyz",
+        readyz,
+        methods=["GET"],
+        summary="Every served model is loaded and Redis answers",
+        responses={503: {}},
+    )
+    app.add_api_route(
+        "/metrics",
+        prometheus,
+        methods=["GET"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={401: {"model": ErrorBody}},
+    )
