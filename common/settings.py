@@ -54,10 +54,6 @@ class Paths:
     def mlflow_artifacts(self) -> Path:
         return self.home / "mlartifacts"
 
-    @property
-    def redis_dir(self) -> Path:
-        return self.home / "redis"
-
     def table(self, usecase: str, layer: str, name: str) -> str:
         """Path of a Delta table: ``lake/<usecase>/<layer>/<name>``."""
         return str(self.lake / usecase / layer / name)

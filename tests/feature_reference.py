@@ -1,4 +1,4 @@
-"""A deliberately naive, pure-Python statement of the README's time semantics.
+"""A deliberately naive, pure-Python statement of the time semantics (docs/time-semantics.md).
 
 Tests compare the Spark engines against it: for entity e at time t, a feature
 with slide s and window W aggregates e's events with

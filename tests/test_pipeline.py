@@ -136,7 +136,7 @@ def _land_events(work: Paths, name: str, events: list[dict]) -> None:
 
 
 def test_late_events_within_and_beyond_the_state_horizon(spark, redis_url, pipeline):
-    """README "Late data": a late event within the longest window of the entity's newest event updates the
+    """docs/time-semantics.md, "Late and out-of-order data": a late event within the longest window of the entity's newest event updates the
     online vector exactly; an older one changes no online value, lands in bronze, and the backfill (the
     documented path) counts it in the offline history. Consistency has 0 mismatches after both."""
     from datetime import timedelta

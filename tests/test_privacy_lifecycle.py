@@ -562,7 +562,7 @@ def test_forget_removes_the_subject_from_every_store_and_the_delta_history(spark
     assert list(client.scan_iter(match=f"*{{{subject}}}*")) == []
     client.close()
     for table in delta_tables(spark, lake):
-        # the key may remain in the log only as a min/max statistic of a file (README: forget residue)
+        # the key may remain in the log only as a min/max statistic of a file (docs/privacy.md, "Right to be forgotten")
         assert _log_mentions_outside_stats(table.log_files(), subject) == [], table.name
     # time travel to before the forget cannot bring the rows back: their files are vacuumed
     old = spark.read.format("delta").option("versionAsOf", version_before).load(events)

@@ -3,7 +3,7 @@
 Real processes: `loom serve` in a subprocess starts its own redis-server under ``$LOOM_HOME/redis``
 (no REDIS_URL). Killed with SIGKILL, or stopped with SIGTERM (uvicorn then re-raises the signal,
 so exit handlers do not run), its redis-server must be gone within 5 s. While one holds the
-folder, a second server on it is refused with a clear message (documented in README: use
+folder, a second server on it is refused with a clear message (documented in docs/operations.md: use
 `loom redis start` to share one server, or REDIS_URL).
 """
 

@@ -2,8 +2,7 @@
 existed at that time, from feature histories.
 
 A row at time ``t`` gets, per group, the history row with the greatest
-``feature_ts <= t`` (the value the online store held at ``t``: README "Time
-semantics"), and nulls when there is none or when it is older than the group's
+``feature_ts <= t`` (the value the online store held at ``t``: docs/time-semantics.md), and nulls when there is none or when it is older than the group's
 ``ttl`` (an age of exactly ``ttl`` still counts).
 
 One pass for all groups: the rows and the history rows of every group are

@@ -1,7 +1,7 @@
 """``loom materialize``: publish the offline feature history, as of a time, into the online store.
 
 For each online feature group, the newest history row of every entity with ``feature_ts <= at``
-is the vector the online store would hold at ``at`` (README "Time semantics"); it goes through
+is the vector the online store would hold at ``at`` (docs/time-semantics.md); it goes through
 the same Spark -> Redis writer as the streaming job (:func:`common.online.materialize.
 write_features_to_online_store`), so the event-time guard applies: a vector older than the one
 stored (e.g. written by the stream) is skipped, an equal one is rewritten with the same bytes.

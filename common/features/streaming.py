@@ -12,8 +12,8 @@ which ``foreachBatch`` writes to the online store (event-time guarded) and to
 the offline history (MERGE by entity and time). A retried batch re-emits the
 same values (the state is versioned with the checkpoint); a late event within
 the longest window of the entity's newest event is folded exactly; an older
-one cannot change the online value and is counted by the backfill (README
-"Late data").
+one cannot change the online value and is counted by the backfill (docs/time-semantics.md,
+"Late and out-of-order data").
 
 Table groups (snapshots of a table source) re-read the newest row of each
 touched entity from bronze: their sources are small and a row replaces the

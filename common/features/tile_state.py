@@ -12,7 +12,7 @@ Python values:
 * ``last`` is the greatest ``(time µs, event id, value)`` (``last``).
 
 A tile is the slide ``s`` long; the value at the entity's newest event ``t`` merges the tiles in
-``[tile(t) + s - W, tile(t)]`` for each window ``W`` (README "Time semantics"), exactly as
+``[tile(t) + s - W, tile(t)]`` for each window ``W`` (docs/time-semantics.md), exactly as
 :func:`common.features.windows.latest` does from the batch's tiles. Tiles older than the longest window before the
 newest event can no longer change any online value, so they are evicted: the state is bounded per entity. An
 event older than that horizon is not folded (it still is in bronze; the backfill counts it in the offline history).

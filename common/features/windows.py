@@ -1,7 +1,7 @@
 """Windowed aggregation over tiles: the tile partials, the history of values at
 every event time, and the value at each entity's newest event.
 
-Time semantics (README "Time semantics"): with slide ``s`` and window ``W``,
+Time semantics (docs/time-semantics.md): with slide ``s`` and window ``W``,
 the value at time ``t`` aggregates the events with
 ``floor(t/s)*s + s - W <= ts <= t``: the ``W/s - 1`` whole tiles before the
 tile of ``t``, plus that tile up to and including ``t``.

@@ -8,7 +8,7 @@ to null withdraws it. Training sets (common.models.training_set) and the evaluat
 
 Ingestion keeps the corrections when the source's duplicate key lets them in: a ``kind: table``
 label source keys its rows by ``(id, event_time)``, so a correction with a newer ``event_time``
-(e.g. ``updated_at``) is a new version (README "Models").
+(e.g. ``updated_at``) is a new version (docs/models.md, "Corrected labels").
 """
 
 from __future__ import annotations

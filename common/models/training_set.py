@@ -1,5 +1,5 @@
 """Point-in-time training sets: label rows joined with the feature values that
-existed at each label's time (README "Time semantics": the history row with the
+existed at each label's time (docs/time-semantics.md: the history row with the
 greatest ``feature_ts <= t``; null when there is none or it is older than the
 group's ``ttl``).
 

@@ -59,16 +59,3 @@ def write_latest(
         return int(sum(pipe.execute()))
     except RedisError as err:
         raise StoreError(f"writing predictions to Redis failed: {err}") from err
-
-
-def read_latest(client: Any, usecase: str, usecase_version: int, entity: Any, model: str) -> LatestPrediction | None:
-    """The stored latest prediction of ``entity`` by ``model``, or None."""
-    raw = client.hgetall(prediction_key(usecase, usecase_version, entity, model))
-    if not raw:
-        return None
-    value = {
-        k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v for k, v in raw.items()
-    }
-    return LatestPrediction(
-        str(entity), model, int(value["ts_us"]), float(value["score"]), int(value["version"]), value["trigger"]
-    )

@@ -136,14 +136,3 @@ def _models(text: str, where: str) -> frozenset[str] | None:
     if ALL_MODELS in names:
         return None
     return frozenset(names)
-
-
-def bearer_or_header(authorization: str | None, api_key: str | None) -> str | None:
-    """The key a request presents: ``X-API-Key`` or the token of ``Authorization: Bearer``."""
-    if api_key:
-        return api_key.strip()
-    if authorization:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return None

@@ -9,7 +9,7 @@ uvicorn's default parser (httptools) has no limit on header size or count: a 4 M
 * 413 when ``Content-Length`` says more than the app's body limit, or is not a number.
 
 A body without ``Content-Length`` (chunked) is counted by the endpoint that reads it
-(``_read_body`` in :mod:`common.serving.app`). ``loom serve`` also runs uvicorn's h11 parser
+(``_read_body`` in :mod:`common.serving.routes`). ``loom serve`` also runs uvicorn's h11 parser
 limit (``h11_max_incomplete_event_size``) where h11 is used.
 """
 

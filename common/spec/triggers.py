@@ -3,8 +3,8 @@
 Exactly one of ``all_of``, ``any_of`` or ``sequence`` lists the event
 conditions (Spark SQL predicates over the source's rows). ``within`` bounds
 the time between the first and the last event of a combination; ``cooldown``
-lets a trigger fire at most once per entity per period. Semantics: README
-"Triggers".
+lets a trigger fire at most once per entity per period. Semantics:
+docs/triggers.md.
 """
 
 from __future__ import annotations

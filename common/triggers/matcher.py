@@ -1,8 +1,8 @@
 """Event-combination matching for one entity and one trigger: pure Python, no Spark.
 
 The streaming operator keeps one :class:`TriggerState` per entity and trigger
-and calls :func:`advance` with each micro-batch's events. Semantics (README
-"Triggers"):
+and calls :func:`advance` with each micro-batch's events. Semantics
+(docs/triggers.md):
 
 * ``any_of``: every event that meets a condition completes the trigger.
 * ``all_of`` within W: an event completes it at its time ``t`` when every
