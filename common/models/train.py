@@ -27,11 +27,11 @@ from common.models.estimators import build_model, run_estimator, step_names
 from common.models.fast_predict import FastPredictor, build_fast_predictor, check_fast_predictor, dumps
 from common.models.lineage import code_version, pip_requirements
 from common.models.metrics import evaluate, improvement
+from common.models.profile import log_training_profile, training_profile
 from common.models.pyfunc import ESTIMATOR, FAST_PREDICTOR, FEATURE_SPEC, LoomModel, model_matrix
 from common.models.shadow import shadow_until, start_shadow
 from common.models.split import Split, split_frame, time_split  # noqa: F401 (time_split: re-exported)
 from common.models.training_set import LABEL, TableVersion, model_training_set
-from common.monitoring.profile import log_training_profile, training_profile
 from common.settings import Paths
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def train_model(
     """
     import mlflow
 
-    from common.tracking import experiment
+    from common.runtime.tracking import experiment
 
     model = plan.model(model_name)
     spec = model.spec

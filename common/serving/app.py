@@ -178,7 +178,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from common.redis_server import describe
+        from common.runtime.redis_server import describe
 
         log.info(
             "serving %s @%s from %s; online store %s; %d API client(s); max batch %d",
@@ -282,7 +282,7 @@ def _prediction_logger(
     if not config.usecase:
         log.warning("predictions are not logged: no use case names the table. Fix: set LOOM_SERVE_USECASE")
         return None
-    from common.models.scoring import predictions_path
+    from common.lake.paths import predictions_path
 
     table = predictions_path(work, config.usecase, "rest")
     log.info("predictions are logged to %s (written every %.1fs at most)", table, config.log_flush_s)
@@ -300,8 +300,8 @@ SUPERVISOR_PID_ENV = "LOOM_SERVE_SUPERVISOR_PID"
 
 def app_from_env() -> FastAPI:
     """The uvicorn factory: config, keys and Redis from the environment (see :mod:`common.serving.config`)."""
-    from common.log import setup_logging
-    from common.processes import die_with_parent
+    from common.runtime.log import setup_logging
+    from common.runtime.processes import die_with_parent
 
     supervisor = os.environ.get(SUPERVISOR_PID_ENV)
     if supervisor and int(supervisor) != os.getpid():

@@ -31,9 +31,10 @@ from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
 from common.features.at_times import features_at
-from common.features.offline import table_exists
+from common.lake.delta import table_exists
+from common.lake.paths import predictions_path
 from common.models import registry
-from common.models.scoring import ModelRef, model_feature_spec, predictions_path
+from common.models.scoring import ModelRef, model_feature_spec
 from common.models.shadow import SHADOW
 from common.online.predictions import LatestPrediction, write_latest
 from common.settings import Paths
