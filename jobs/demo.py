@@ -19,6 +19,7 @@ from common.features.online_sink import open_store
 from common.generate import generate_landing
 from common.generate.options import DEMO_CUSTOMERS, DEMO_DAYS, demo_options
 from common.ingest.report import render_reports
+from common.lake.paths import bronze_path
 from common.pipeline import catch_up
 from common.runtime.redis_server import connect, describe, redis_url
 from common.runtime.smoke import run_smoke
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         first = sorted(
             r[0]
             for r in spark.read.format("delta")
-            .load(work.table(spec.name, "bronze", "customers"))
+            .load(bronze_path(work, spec.name, "customers"))
             .select(plan.group("activity").entity_key)
             .limit(1)
             .collect()

@@ -158,7 +158,7 @@ def make_firing_handler(
     by_name = {t.name: t for t in triggers}
     predictions = predictions_path(work, plan.usecase, "stream")
     shadow_predictions = predictions_path(work, plan.usecase, SHADOW)
-    actions = work.table(plan.usecase, "predictions", "actions")
+    actions = predictions_path(work, plan.usecase, "actions")
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
