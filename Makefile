@@ -29,7 +29,7 @@ system-deps:
 
 # Delta jars into .cache/jars (once) and .cache/loom-spark.conf for spark-submit.
 jars: $(STAMP) system-deps
-	@$(PY) -m common.spark
+	@$(PY) -m common.runtime.spark
 
 demo: setup
 	$(VENV)/bin/loom demo

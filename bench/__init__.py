@@ -42,7 +42,7 @@ def machine_load_row(note: str = "") -> dict[str, Any]:
 @contextmanager
 def local_spark(name: str) -> Iterator[Any]:
     """A Spark session of the ``local`` profile named ``loom-bench-<name>``, stopped at the end of the block."""
-    from common.spark import build_session
+    from common.runtime.spark import build_session
 
     spark = build_session("local", app_name=f"loom-bench-{name}")
     try:

@@ -1,6 +1,6 @@
 """The per-micro-batch log lines of ingest, features and triggers, captured during a bench run.
 
-Each batch line's last argument is the batch's :class:`common.log.Stopwatch`: summed per step, they say
+Each batch line's last argument is the batch's :class:`common.runtime.log.Stopwatch`: summed per step, they say
 where a run's batch time went.
 """
 

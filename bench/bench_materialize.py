@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench import local_spark, machine_load_row
-from common.redis_server import configured_or_throwaway
+from common.runtime.redis_server import configured_or_throwaway
 
 NAME = "materialize"
 FEATURES = 50

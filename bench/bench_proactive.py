@@ -130,7 +130,7 @@ def _prepare(spark: Any, plan: Any, work: Any, customers: int, days: int, end: d
 def _count(spark: Any, path: str) -> int:
     from pyspark.sql import functions as F
 
-    from common.features.offline import table_exists
+    from common.lake.delta import table_exists
 
     if not table_exists(spark, path):
         return 0
@@ -143,11 +143,10 @@ def _catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture,
     Ingest reads the new log's files; features and triggers have not run yet, so they process every
     bronze event (the training data's too): each part's rate is over the events it processed.
     """
-    from common.features.backfill import bronze_path
     from common.features.online_sink import spark_online_writer
     from common.features.streaming import start_feature_streams
     from common.ingest.stream import ingest_source
-    from common.models.scoring import predictions_path
+    from common.lake.paths import bronze_path, predictions_path
     from common.triggers.stream import start_trigger_streams
 
     spec = plan.spec
@@ -187,7 +186,7 @@ def _catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture,
 
 def _operator_alone(spark: Any, plan: Any, work: Any, home: Path) -> tuple[int, float]:
     """Bronze events -> the stateful trigger operator -> noop sink: (rows, seconds), no scoring."""
-    from common.features.backfill import bronze_path
+    from common.lake.paths import bronze_path
     from common.triggers.operator import firings
     from common.triggers.stream import triggers_by_source
 
@@ -212,8 +211,9 @@ def _scoring_steps(spark: Any, plan: Any, work: Any, batch_id: int) -> dict[str,
     from pyspark.sql import functions as F
 
     from common.features.at_times import features_at
+    from common.lake.paths import predictions_path
     from common.models import registry
-    from common.models.scoring import ModelRef, predictions_path
+    from common.models.scoring import ModelRef
     from common.triggers.operator import FIRING_TS
     from common.triggers.scoring import ModelResolver
 
@@ -347,7 +347,7 @@ def _freshness(
     from common.ingest.report import IngestReport
     from common.ingest.stream import start_ingest_stream, stop_gracefully
     from common.online.predictions import prediction_key
-    from common.redis_server import connect
+    from common.runtime.redis_server import connect
     from common.triggers.stream import start_trigger_streams
 
     spec = plan.spec
@@ -454,7 +454,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     throwaway_keys()
     from common.compile import compile_usecase
     from common.generate import GenerateOptions, generate_landing
-    from common.redis_server import configured_or_throwaway
+    from common.runtime.redis_server import configured_or_throwaway
     from common.settings import Paths
     from common.spec import load_usecase
 

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from bench import machine_load_row
-from common.redis_server import configured_or_throwaway, free_port
+from common.runtime.redis_server import configured_or_throwaway, free_port
 
 NAME = "serving"
 FEATURES = 50
@@ -103,7 +103,7 @@ def _register_model(work: Any, usecase: str) -> Any:
     from common.models import registry
     from common.models.fast_predict import build_fast_predictor, check_fast_predictor, dumps
     from common.models.pyfunc import ESTIMATOR, FAST_PREDICTOR, FEATURE_SPEC, LoomModel
-    from common.tracking import experiment
+    from common.runtime.tracking import experiment
 
     names = _names()
     spec = FeatureSpec(
@@ -576,7 +576,7 @@ def _prediction_log_row(work: Any, usecase: str, scored: int) -> dict[str, Any]:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    from common.models.scoring import predictions_path
+    from common.lake.paths import predictions_path
     from common.serving.prediction_spool import SPOOL_FOLDER
 
     table = predictions_path(work, usecase, "rest")
@@ -748,8 +748,8 @@ def _ratio_rows(loom_p99: dict[str, float], feast: list[dict[str, Any]]) -> list
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Register the synthetic model, fill Redis, start the server, load it at RATE rps; then Feast."""
+    from common.runtime.tracking import configure
     from common.settings import Paths
-    from common.tracking import configure
 
     entities = 2_000 if quick else 10_000
     usecase = f"benchserve{os.getpid()}"
@@ -777,7 +777,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 rows += feast + _ratio_rows(loom_p99, feast)
                 rows.append(machine_load_row(" (at the end of the serving bench)"))
             finally:
-                from common.redis_server import connect
+                from common.runtime.redis_server import connect
 
                 client = connect(url)  # leave a shared Redis ($REDIS_URL) as we found it
                 found = list(client.scan_iter(match=f"loom:{usecase}:*", count=10_000))

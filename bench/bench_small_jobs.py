@@ -6,7 +6,7 @@ subprocess of the ``loom`` console script, one after the other, and is timed fro
 exit: Python start, imports, Spark and JVM start, the work, and shutdown. Beside them, in the
 same run, the floor every Spark job pays: a bare ``build_session`` with one action (Delta's
 jars and extension loaded, like the jobs), with the JVM's defaults and with the quick JVM the
-short jobs use (common/jvm.py). The machine load is recorded before each job.
+short jobs use (common/runtime/jvm.py). The machine load is recorded before each job.
 
 Targets (issue 19, "at low load"): ingest <= 15 s, backfill <= 15 s, train <= 20 s, score <= 15 s.
 ``audit-pii`` is timed too (no target). Each job's log goes to ``<LOOM_HOME>/logs/<job>.log``;
@@ -32,9 +32,9 @@ MODEL = "telco_churn"
 TARGETS = {"ingest": 15.0, "backfill": 15.0, "train": 20.0, "score": 15.0}
 FLOOR = """
 import sys
-from common.jars import delta_jars
-from common.jvm import driver_options
-from common.spark import build_session, read_profile
+from common.runtime.jars import delta_jars
+from common.runtime.jvm import driver_options
+from common.runtime.spark import build_session, read_profile
 quick = driver_options(read_profile("local"), "loom-score", delta_jars()) if sys.argv[1] == "quick" else None
 s = build_session("local", app_name="loom-bench-floor", overrides={"spark.driver.extraJavaOptions": quick} if quick else {})
 s.range(1).count()

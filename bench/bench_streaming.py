@@ -58,7 +58,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from common.features.streaming import start_feature_streams
     from common.generate import GenerateOptions, generate_landing
     from common.ingest.stream import ingest_source
-    from common.redis_server import configured_or_throwaway
+    from common.runtime.redis_server import configured_or_throwaway
     from common.settings import Paths
     from common.spec import load_usecase
 

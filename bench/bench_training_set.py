@@ -70,7 +70,8 @@ def _write_inputs(spark: Any, plan: Any, work: Any, sizes: tuple[int, int, int])
     """Write the activity and profile histories and the label table; return their sizes and paths."""
     from pyspark.sql import functions as F
 
-    from common.features.offline import PARTITION, SCHEMA_VERSION, history_path
+    from common.features.offline import PARTITION, SCHEMA_VERSION
+    from common.lake.paths import history_path
 
     customers, per_customer, labels = sizes
     activity, profile = plan.group("activity"), plan.group("profile")
@@ -158,7 +159,7 @@ def _floor_seconds(spark: Any, plan: Any, work: Any) -> float:
     """The read floor: seconds to read the needed columns of both histories once, with a count."""
     from pyspark.sql import functions as F
 
-    from common.features.offline import history_path
+    from common.lake.paths import history_path
 
     started = time.perf_counter()
     for name in ("activity", "profile"):
@@ -205,7 +206,7 @@ def _export_for_feast(spark: Any, plan: Any, work: Any, label_path: str, folder:
     """Histories and labels as Parquet (what Feast's file offline store reads); returns the spec file."""
     from pyspark.sql import functions as F
 
-    from common.features.offline import history_path
+    from common.lake.paths import history_path
 
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     views = []

@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.errors import ConfigError
-    from common.privacy.audit import audit
-    from common.redis_server import redis_url
+    from common.privacy_lifecycle.audit import audit
+    from common.runtime.redis_server import redis_url
 
     if args.sample < 0:
         raise ConfigError(f"--sample {args.sample} is negative. Fix: pass 0 or more")

@@ -7,8 +7,8 @@ import argparse
 from common.compile import compile_usecase
 from common.errors import ConfigError
 from common.features.backfill import backfill
+from common.runtime.spark import build_session
 from common.settings import paths
-from common.spark import build_session
 from common.spec import load_usecase
 from jobs.runner import add_spark_arguments, add_usecase_argument, iso_date, main_for
 

@@ -7,9 +7,9 @@ import argparse
 from common.compile import compile_usecase
 from common.features.consistency import check_group
 from common.features.online_sink import open_store
-from common.redis_server import redis_url
+from common.runtime.redis_server import redis_url
+from common.runtime.spark import build_session
 from common.settings import paths
-from common.spark import build_session
 from common.spec import load_usecase
 from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
 

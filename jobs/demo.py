@@ -19,13 +19,14 @@ from common.features.online_sink import open_store
 from common.generate import generate_landing
 from common.generate.options import DEMO_CUSTOMERS, DEMO_DAYS, demo_options
 from common.ingest.report import render_reports
+from common.lake.paths import bronze_path
 from common.pipeline import catch_up
-from common.redis_server import connect, describe, redis_url
+from common.runtime.redis_server import connect, describe, redis_url
+from common.runtime.smoke import run_smoke
+from common.runtime.spark import build_session
+from common.runtime.tracking import tracking_uri
 from common.settings import Paths, paths
-from common.smoke import run_smoke
-from common.spark import build_session
 from common.spec import load_usecase
-from common.tracking import tracking_uri
 from jobs.runner import add_metadata_dir_argument, add_spark_arguments, main_for
 
 DESCRIPTION = (
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         first = sorted(
             r[0]
             for r in spark.read.format("delta")
-            .load(work.table(spec.name, "bronze", "customers"))
+            .load(bronze_path(work, spec.name, "customers"))
             .select(plan.group("activity").entity_key)
             .limit(1)
             .collect()
@@ -197,11 +198,12 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from common.features.offline import table_exists
+    from common.lake.delta import table_exists
+    from common.lake.paths import predictions_path
     from common.models import registry
-    from common.models.rest import rest_scores
-    from common.models.scoring import predictions_path, score_batch
+    from common.models.scoring import score_batch
     from common.models.train import train_model
+    from common.serving.local_client import rest_scores
 
     started = step(f"7. train {name}: point-in-time training set -> MLflow run -> registry")
     outcome = train_model(spark, plan, name, work)

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rebuild_missing_profile(spark: SparkSession, plan: Plan, model: str, work: Paths, version: int | None) -> None:
+    from common.models.profile import load_training_profile
     from common.monitoring.drift import resolve_version
-    from common.monitoring.profile import load_training_profile
     from common.monitoring.reference import rebuild_profile
     from common.monitoring.tracking import monitoring_client, version_run_id
 

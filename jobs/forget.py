@@ -12,7 +12,7 @@ DESCRIPTION = "Right to be forgotten: delete one entity from every Delta table a
 
 
 # Delta's default delta.deletedFileRetentionDuration (7 days); the same value as
-# common.privacy.forget.DEFAULT_RETENTION_HOURS, kept here so `loom --help` does not import Spark.
+# common.privacy_lifecycle.forget.DEFAULT_RETENTION_HOURS, kept here so `loom --help` does not import Spark.
 DEFAULT_RETENTION_HOURS = 168.0
 
 
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.privacy.forget import forget
-    from common.redis_server import redis_url
+    from common.privacy_lifecycle.forget import forget
+    from common.runtime.redis_server import redis_url
 
     job = set_up("forget", args)
     url = None if args.no_redis else redis_url(job.work.home)

@@ -16,8 +16,8 @@ from common.ingest import (
     stop_on_signals,
 )
 from common.ingest.stream import raise_failure
+from common.runtime.spark import build_session
 from common.settings import paths
-from common.spark import build_session
 from common.spec import load_usecase
 from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.redis_server import describe, running_local_server, start_persistent, stop_persistent
+from common.runtime.redis_server import describe, running_local_server, start_persistent, stop_persistent
 from common.settings import paths
 from jobs.runner import main_for
 

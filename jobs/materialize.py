@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 from common.compile import compile_usecase
 from common.features.publish import materialize, materialize_groups, render
-from common.redis_server import describe, redis_url
+from common.runtime.redis_server import describe, redis_url
+from common.runtime.spark import build_session
 from common.settings import paths
-from common.spark import build_session
 from common.spec import load_usecase
 from jobs.runner import add_spark_arguments, add_usecase_argument, iso_time, main_for
 

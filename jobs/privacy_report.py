@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.privacy.efficacy import compared_columns, privacy_report
+    from common.privacy_lifecycle.efficacy import compared_columns, privacy_report
 
     job = set_up("privacy-report", args, model=True, mlflow=True)
     compared_columns(job.plan, args.model)  # nothing to compare: a clear error before Spark starts

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from common.errors import ConfigError, LoomError
-from common.log import setup_logging
+from common.runtime.log import setup_logging
+from common.runtime.spark import build_session
 from common.settings import paths
-from common.spark import build_session
 from common.spec import load_usecase
 from common.spec.loader import METADATA_ENV
 
@@ -145,7 +145,7 @@ def set_up(
         plan.model(args.model)
     work = paths()
     if mlflow:
-        from common.tracking import configure
+        from common.runtime.tracking import configure
 
         configure(work)
     return UseCaseJob(name, args, spec, work, with_model=model, _plan=plan)

@@ -78,10 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from common.runtime.tracking import configure
     from common.serving.app import SUPERVISOR_PID_ENV
     from common.serving.auth import ApiKeys
     from common.serving.config import ServingConfig, resolve_redis_url
-    from common.tracking import configure
 
     plan = compile_usecase(load_usecase(args.usecase))
     models = args.model or sorted(plan.models)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             access_log=args.access_log,
-            log_config=None,  # keep Loom's log format (common.log)
+            log_config=None,  # keep Loom's log format (common.runtime.log)
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # the h11 parser's own header limit (httptools has none;
             # common.serving.limits refuses what is over it in every case)
         )
@@ -142,7 +142,7 @@ def warn_on_empty_online_groups(plan: Plan, models: list[str], url: str) -> list
 
     from common.errors import LoomError
     from common.online.redis_store import groups_without_vectors
-    from common.redis_server import describe
+    from common.runtime.redis_server import describe
     from common.serving.config import open_redis
 
     groups = sorted({g for name in models for g in plan.model(name).groups})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from common.redis_server import connect, redis_url
+from common.runtime.redis_server import connect, redis_url
+from common.runtime.smoke import run_smoke
+from common.runtime.spark import build_session
 from common.settings import paths
-from common.smoke import run_smoke
-from common.spark import build_session
 from jobs.runner import add_spark_arguments, main_for
 
 DESCRIPTION = "Round-trip a Delta table (time travel, MERGE), a Redis key and an MLflow model."

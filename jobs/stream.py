@@ -8,9 +8,9 @@ from common.compile import compile_usecase
 from common.ingest.report import render_reports
 from common.ingest.stream import stop_on_signals
 from common.pipeline import PARTS, catch_up, run_continuously
-from common.redis_server import describe, redis_url
+from common.runtime.redis_server import describe, redis_url
+from common.runtime.spark import build_session
 from common.settings import paths
-from common.spark import build_session
 from common.spec import load_usecase
 from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
 

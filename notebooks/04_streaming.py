@@ -44,7 +44,7 @@ print(render_reports(reports))
 
 from pyspark.sql import functions as F
 
-from common.models.scoring import predictions_path
+from common.lake.paths import predictions_path
 
 firings = spark.read.format("delta").load(predictions_path(work, plan.usecase, "stream"))
 firings = firings.where(F.col("model_name") == model.name)
@@ -94,7 +94,7 @@ import pandas as pd
 from common.compile.plan import FEATURE_TS
 from common.errors import DataError
 from common.features.offline import read_history
-from common.models.rest import rest_scores
+from common.serving.local_client import rest_scores
 from common.models.scoring import score_batch
 
 newest = None

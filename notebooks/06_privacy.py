@@ -54,7 +54,7 @@ nb.show(policies, rows=50)
 
 # COMMAND ----------
 
-from common.privacy.audit import audit
+from common.privacy_lifecycle.audit import audit
 
 audit_report = audit(spark, nb.spec, work, redis_url=nb.redis_url, sample=20)
 print(audit_report.render())
@@ -72,7 +72,7 @@ audit_clean = audit_report.ok
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common.privacy.efficacy import privacy_report
+from common.privacy_lifecycle.efficacy import privacy_report
 
 report = privacy_report(spark, plan, nb.model, work)
 print(report.render())

@@ -38,7 +38,7 @@ def work(loom_home):
 @pytest.fixture(scope="session")
 def spark():
     """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI."""
-    from common.spark import build_session
+    from common.runtime.spark import build_session
 
     session = build_session(
         "local",
@@ -58,7 +58,7 @@ def spark():
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A real Redis: $REDIS_URL, or a redis-server started for this run."""
-    from common.redis_server import configured_or_throwaway
+    from common.runtime.redis_server import configured_or_throwaway
 
     with configured_or_throwaway() as url:
         yield url
@@ -67,7 +67,7 @@ def redis_url() -> str:
 @pytest.fixture()
 def redis_client(redis_url):
     """A client on a flushed database, so tests do not see each other's keys."""
-    from common.redis_server import connect
+    from common.runtime.redis_server import connect
 
     client = connect(redis_url)
     client.flushdb()

@@ -75,7 +75,7 @@ def test_schema_check_passes():
 def test_spark_submit_runs_a_job_with_delta_on_the_classpath(tmp_path, redis_url):
     properties = REPO / ".cache" / "loom-spark.conf"
     if not properties.is_file():
-        from common.spark import write_submit_properties
+        from common.runtime.spark import write_submit_properties
 
         write_submit_properties(properties)
     done = run(

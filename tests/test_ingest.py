@@ -16,10 +16,10 @@ from pyspark.sql import functions as F
 from common.errors import DataError, PrivacyError
 from common.generate import GenerateOptions, generate_landing, read_malformed_log
 from common.ingest import IngestReport, ingest_source, start_ingest_stream, stop_gracefully, validate_records
-from common.ingest.paths import IngestLocations
 from common.ingest.redaction import REDACTED, UNPARSABLE_CSV_NOTE
 from common.ingest.validation import SOURCE_FILE, string_schema
 from common.ingest.writer import BatchWriter, ensure_tables
+from common.lake.paths import IngestLocations
 from common.settings import Paths
 from common.spec import load_usecase
 from common.spec.sources import Source

@@ -1,4 +1,4 @@
-"""The quick JVM of short local jobs (common/jvm.py): which jobs get it, and what turns it off."""
+"""The quick JVM of short local jobs (common/runtime/jvm.py): which jobs get it, and what turns it off."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.jvm import QUICK_KEY, archive_path, driver_options, is_quick_job
-from common.spark import read_profile
+from common.runtime.jvm import QUICK_KEY, archive_path, driver_options, is_quick_job
+from common.runtime.spark import read_profile
 
 OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
@@ -17,7 +17,7 @@ def _conf(**extra: str) -> dict[str, str]:
 
 
 def test_the_local_profile_asks_for_it_and_the_submit_properties_leave_it_out(tmp_path):
-    from common.spark import write_submit_properties
+    from common.runtime.spark import write_submit_properties
 
     assert read_profile("local")[QUICK_KEY] == OPTIONS
     written = write_submit_properties(tmp_path / "loom-spark.conf").read_text()

@@ -7,7 +7,7 @@ import numpy as np
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
-from common.tracking import experiment, tracking_uri
+from common.runtime.tracking import experiment, tracking_uri
 
 
 def test_tracking_store_is_sqlite_in_the_work_folder(work):

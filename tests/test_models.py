@@ -31,7 +31,7 @@ WEAK = {"max_iter": 1, "max_depth": 1, "learning_rate": 0.01}
 
 
 def _run(trained):
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     configure(trained.work)
     return mlflow.get_run(trained.outcome.run_id)
@@ -79,7 +79,7 @@ def test_training_set_rebuilt_from_the_logged_versions_is_identical(spark, train
 
 
 def test_pyfunc_predicts_from_a_feature_frame(spark, trained_churn):
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     configure(trained_churn.work)
     loaded = mlflow.pyfunc.load_model("models:/churn@champion")
@@ -97,7 +97,7 @@ def test_pyfunc_predicts_from_a_feature_frame(spark, trained_churn):
 
 def test_pyfunc_predicts_from_entity_keys_through_the_online_store(spark, trained_churn, redis_url, redis_client):
     from common.models.online_features import online_groups, open_model_store
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     configure(trained_churn.work)
     loaded = mlflow.pyfunc.load_model("models:/churn@champion", model_config={"redis_url": redis_url})
@@ -132,7 +132,7 @@ def test_batch_scoring_writes_predictions_with_the_model_version(spark, trained_
     assert {(r["model_name"], r["model_version"]) for r in rows} == {("churn", ref.version)}
     assert all(r["prediction_ts"].replace(tzinfo=UTC) == AT for r in rows)
     # the same scores as the pyfunc on the same point-in-time features
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     configure(trained_churn.work)
     loaded = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model()
@@ -224,7 +224,7 @@ def test_train_score_rollback_jobs_from_the_cli(trained_churn, monkeypatch, caps
 
 def test_artifacts_hold_no_raw_pii(trained_churn):
     """Input example and logged files carry features and pseudonymous keys only."""
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     configure(trained_churn.work)
     folder = Path(mlflow.artifacts.download_artifacts(run_id=trained_churn.outcome.run_id))

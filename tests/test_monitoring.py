@@ -20,9 +20,9 @@ from scipy.stats import ks_2samp
 
 from common.compile import compile_usecase
 from common.models import registry
+from common.models.profile import compare, ks_statistic, proportions, psi, training_profile
 from common.monitoring.drift import compute_drift
 from common.monitoring.evaluate import evaluate_model
-from common.monitoring.profile import compare, ks_statistic, proportions, psi, training_profile
 from common.monitoring.retrain import decide
 from common.monitoring.settings import MonitoringSettings
 from common.settings import Paths
@@ -78,9 +78,8 @@ def _write(spark, rows, schema, path):
 def mini(spark, tmp_path_factory):
     """A tiny hand-made world: outcomes in bronze, batch and stream predictions of model ``churn`` v1/v2
     (no REST table), and a sqlite MLflow store whose registry has v1 and v2 on runs of their own."""
-    from common.features.backfill import bronze_path
-    from common.models.scoring import predictions_path
-    from common.tracking import experiment
+    from common.lake.paths import bronze_path, predictions_path
+    from common.runtime.tracking import experiment
 
     work = Paths(tmp_path_factory.mktemp("monitoring-mini"))
     plan = compile_usecase(load_usecase("churn"))
@@ -144,8 +143,8 @@ AT = _t(3)
 def _drift_world(spark, work, plan, client, run_id):
     """Feature history, and the champion's feature spec and training profile on its run."""
     from common.compile.feature_spec import FeatureSpec, GroupRef
-    from common.features.offline import history_path
-    from common.monitoring.profile import PROFILE_FILE, training_profile
+    from common.lake.paths import history_path
+    from common.models.profile import PROFILE_FILE, training_profile
 
     rows = [(c, t, x, 1.0, t.date()) for c, t, x in HISTORY]
     _write(
@@ -392,7 +391,7 @@ def test_retrain_trains_a_challenger_when_the_champion_drifted(spark, trained_ch
     """The one training of this module: drift on the demo data makes the policy retrain."""
     import mlflow
 
-    from common.monitoring.profile import load_training_profile
+    from common.models.profile import load_training_profile
     from common.monitoring.reference import rebuild_profile
     from common.monitoring.retrain import REASON_TAG, retrain
 

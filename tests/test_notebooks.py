@@ -264,10 +264,10 @@ def notebook_lake(spark, tmp_path_factory):
     from common.generate import generate_landing
     from common.generate.options import demo_options
     from common.pipeline import catch_up
-    from common.redis_server import RedisServer
+    from common.runtime.redis_server import RedisServer
+    from common.runtime.tracking import configure
     from common.settings import paths
     from common.spec import load_usecase
-    from common.tracking import configure
 
     home = tmp_path_factory.mktemp("notebook-home")
     with pytest.MonkeyPatch.context() as patch, RedisServer() as redis:

@@ -27,7 +27,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pyspark.sql import functions as F
 
-from common.models.scoring import predictions_path
+from common.lake.paths import predictions_path
 from common.serving.app import create_app
 from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig

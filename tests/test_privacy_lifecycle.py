@@ -34,10 +34,10 @@ import jobs.privacy_report
 from common.errors import ConfigError
 from common.privacy import DecryptError, apply_policies, decrypt, encrypt, load_keyring, pseudonym
 from common.privacy.aggregate import enforce_k_on_table, k_anonymize, published_counts
-from common.privacy.audit import audit, subject_needles
 from common.privacy.crypto import deterministic_tokens, pseudonyms_under_every_key
-from common.privacy.forget import DEFAULT_RETENTION_HOURS, ForgetReport, forget_tables, subject_values
-from common.privacy.scan import Matcher
+from common.privacy_lifecycle.audit import audit, subject_needles
+from common.privacy_lifecycle.forget import DEFAULT_RETENTION_HOURS, ForgetReport, forget_tables, subject_values
+from common.privacy_lifecycle.scan import Matcher
 from common.settings import Paths
 from common.spec import load_usecase
 from common.spec.privacy import Aggregate
@@ -141,7 +141,7 @@ def _raw_values(spark, lifecycle, subjects: list[str]) -> dict[tuple[str, str], 
 
 
 def test_canary_audit_finds_no_raw_pii_in_any_store(spark, lifecycle):
-    from common.privacy.lake import delta_tables
+    from common.lake.files import delta_tables
 
     report = audit(spark, lifecycle.spec, lifecycle.work, redis_url=lifecycle.url, sample=25, logs=[lifecycle.logs])
     assert report.ok, report.render()
@@ -168,7 +168,7 @@ def test_planted_raw_values_fail_the_audit_and_are_named_by_location(spark, life
     import mlflow
     import redis
 
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     work = lifecycle.work
     subjects = lifecycle.served[-4:]  # the forget test picks someone else: these values stay planted
@@ -530,7 +530,7 @@ def _log_mentions_outside_stats(files: list[Path], text: str) -> list[str]:
 def test_forget_removes_the_subject_from_every_store_and_the_delta_history(spark, lifecycle, monkeypatch, capsys):
     import redis
 
-    from common.privacy.lake import delta_tables
+    from common.lake.files import delta_tables
 
     work = lifecycle.work
     lake = work.lake / "churn"
@@ -589,7 +589,7 @@ def test_forget_removes_the_subject_from_every_store_and_the_delta_history(spark
 def test_protected_model_is_within_001_roc_auc_of_the_raw_sandbox(churn_lake, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     monkeypatch.setenv("LOOM_HOME", str(churn_lake.work.home))
     assert (

@@ -33,8 +33,9 @@ import mlflow
 import pytest
 from pyspark.sql import functions as F
 
+from common.lake.paths import predictions_path
 from common.models import registry
-from common.models.scoring import predictions_path, score_batch
+from common.models.scoring import score_batch
 from common.settings import Paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +113,7 @@ def _actions(spark, work: Paths):
 
 
 def _latest_in_redis(url: str) -> dict[str, dict[bytes, bytes]]:
-    from common.redis_server import connect
+    from common.runtime.redis_server import connect
 
     client = connect(url)
     try:
@@ -200,7 +201,7 @@ def clean_run(spark, stream_lake, trained_churn, redis_url, tmp_path_factory):
     In this process (no JVM start): the same ``catch_up`` as ``loom stream --available-now
     --only triggers`` with the same files per micro-batch; the kill test runs that command.
     """
-    from common.redis_server import connect
+    from common.runtime.redis_server import connect
 
     url = _redis_db(redis_url, 3)
     connect(url).flushdb()
@@ -240,7 +241,7 @@ def test_kill_dash_nine_at_each_unsafe_point_equals_a_clean_run(
     checkpoint commit only by chance; aimed, three kills cover every point, and the
     test checks after each kill that the process died exactly there.
     """
-    from common.redis_server import connect
+    from common.runtime.redis_server import connect
 
     clean_work, clean_url = clean_run
     # batch ids are the same in every run: one bronze file per micro-batch, in the order of the bronze log

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import StoreError
-from common.redis_server import RedisServer, free_port
+from common.runtime.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 # Test key, not a secret: generated for this test only.
@@ -105,7 +105,7 @@ def test_the_redis_server_of_loom_serve_dies_with_it(tmp_path, how):
 def test_a_process_killed_while_holding_a_server_leaves_no_orphan(tmp_path):
     """The library path every job uses (redis_url with a home), in a process killed with SIGKILL."""
     code = (
-        "import sys, time; from pathlib import Path; from common.redis_server import redis_url; "
+        "import sys, time; from pathlib import Path; from common.runtime.redis_server import redis_url; "
         "redis_url(Path(sys.argv[1])); print('up', flush=True); time.sleep(600)"
     )
     job = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from common.redis_server import RedisServer, connect, describe
+from common.runtime.redis_server import RedisServer, connect, describe
 
 
 def test_round_trip(redis_client):

@@ -28,8 +28,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
+from common.lake.paths import predictions_path
 from common.models import registry
-from common.models.scoring import predictions_path
 from common.settings import Paths
 
 START, DAYS, DRIFT_DAY, CUSTOMERS = date(2026, 1, 1), 30, date(2026, 1, 22), 600

@@ -22,7 +22,7 @@ from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS
-from common.features.offline import history_path
+from common.lake.paths import history_path
 from common.models import registry
 from common.online.base import OnlineGroup
 from common.online.redis_store import RedisOnlineStore
@@ -220,7 +220,7 @@ def test_redis_acl_user_password_file_outage_and_recovery(
     No secret appears in any log line or response."""
     import redis
 
-    from common.redis_server import RedisServer
+    from common.runtime.redis_server import RedisServer
 
     password_file = tmp_path / "redis-password"
     password_file.write_text(REDIS_SECRET + "\n")
@@ -239,7 +239,7 @@ def test_redis_acl_user_password_file_outage_and_recovery(
         return server
 
     def _fill_as_user(url: str) -> None:
-        from common.redis_server import connect
+        from common.runtime.redis_server import connect
 
         client = connect(url)  # REDIS_USERNAME + REDIS_PASSWORD_FILE
         groups = [group for group, _ in latest_rows.values()]
@@ -338,7 +338,7 @@ def _log_version(work, name: str, spec, estimator) -> int:
     import joblib
 
     from common.models.pyfunc import ESTIMATOR, FEATURE_SPEC, LoomModel
-    from common.tracking import experiment
+    from common.runtime.tracking import experiment
 
     with tempfile.TemporaryDirectory() as folder:
         joblib.dump(estimator, Path(folder) / "estimator.joblib")
@@ -356,7 +356,7 @@ def _log_version(work, name: str, spec, estimator) -> int:
 def test_server_follows_the_alias_without_restart(trained_churn, online_url, latest_rows):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     work, name = trained_churn.work, "churn_reload"
     configure(work)

@@ -15,8 +15,9 @@ import pytest
 
 from common.compile import compile_usecase
 from common.models import registry
-from common.models.shadow import RESULT_TAG, SHADOW, conclude_shadow, current_shadow, start_shadow
+from common.models.shadow import RESULT_TAG, SHADOW, current_shadow, start_shadow
 from common.monitoring.retrain import decide
+from common.monitoring.shadow import conclude_shadow
 from common.settings import Paths
 from common.spec import load_usecase
 
@@ -46,9 +47,8 @@ def _shadow_rule(min_labels: int):
 def _world(spark, tmp_path, *, champion_scores, shadow_scores, min_labels=8, until=None):
     """Outcomes in bronze, v1's stream predictions and v2's shadow predictions of the same firings,
     and a registry with v1 @champion and v2 @shadow (its period over unless ``until`` says otherwise)."""
-    from common.features.backfill import bronze_path
-    from common.models.scoring import predictions_path
-    from common.tracking import experiment
+    from common.lake.paths import bronze_path, predictions_path
+    from common.runtime.tracking import experiment
     from tests.spec_helpers import mutated_churn
 
     work = Paths(tmp_path / "work")

@@ -154,8 +154,8 @@ def test_a_corrected_label_replaces_the_first_one(spark, telco):
     import pandas as pd
 
     from common.generate.telco import COLUMNS
-    from common.ingest.paths import landing_folder
     from common.ingest.stream import ingest_source
+    from common.lake.paths import landing_folder
     from common.models.training_set import model_training_set
     from common.monitoring.sources import read_outcomes
 

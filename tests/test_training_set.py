@@ -14,7 +14,8 @@ import pytest
 from common.compile import compile_usecase
 from common.compile.plan import FEATURE_TS
 from common.errors import DataError
-from common.features.offline import history_path, with_storage_columns
+from common.features.offline import with_storage_columns
+from common.lake.paths import history_path
 from common.models.training_set import create_training_set
 from common.settings import Paths
 from common.spec import load_usecase

@@ -10,10 +10,11 @@ from pyspark.sql import functions as F
 
 from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import Plan
-from common.features.backfill import join_tables, read_bronze
+from common.features.backfill import join_tables
 from common.features.compute import feature_history
 from common.features.point_in_time import HistoryInput, as_of_join
 from common.features.prepare import prepare
+from common.lake.delta import read_bronze
 from common.settings import Paths
 
 

@@ -15,10 +15,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.compile.plan import GroupPlan, Plan
-from common.errors import DataError
 from common.features.compute import feature_history
-from common.features.offline import PARTITION, history_path, replace_range, table_exists
+from common.features.offline import PARTITION, replace_range
 from common.features.prepare import prepare
+from common.lake.delta import read_bronze, table_exists
+from common.lake.paths import history_path
 from common.settings import Paths
 
 INGESTED_AT = "_ingested_at"
@@ -45,20 +46,6 @@ class BackfillReport:
         if self.first is None or self.last is None:
             return "no rows"
         return f"{self.first.isoformat()} .. {self.last.isoformat()}"
-
-
-def bronze_path(work: Paths, usecase: str, source: str) -> str:
-    return work.table(usecase, "bronze", source)
-
-
-def read_bronze(spark: SparkSession, work: Paths, usecase: str, source: str) -> DataFrame:
-    path = bronze_path(work, usecase, source)
-    if not table_exists(spark, path):
-        raise DataError(
-            f"bronze table for source {source!r} does not exist at {path}. "
-            f"Fix: run `loom ingest --usecase {usecase}` first"
-        )
-    return spark.read.format("delta").load(path)
 
 
 def join_tables(spark: SparkSession, work: Paths, plan: GroupPlan) -> dict[str, DataFrame]:

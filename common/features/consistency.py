@@ -15,9 +15,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan
-from common.features.backfill import join_tables, read_bronze
+from common.features.backfill import join_tables
 from common.features.compute import feature_history
 from common.features.prepare import prepare
+from common.lake.delta import read_bronze
 from common.online.base import OnlineStore
 from common.settings import Paths
 

@@ -8,46 +8,18 @@ point-in-time reads prune by date).
 
 from __future__ import annotations
 
-import os
-import re
 from datetime import date
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan
+from common.lake.delta import table_exists
+from common.lake.paths import history_path
 from common.settings import Paths
 
 PARTITION = "_date"
 SCHEMA_VERSION = "_schema_version"
-
-
-def history_path(work: Paths, plan: GroupPlan) -> str:
-    return work.table(plan.usecase, "features", plan.name)
-
-
-_LOG_FILE = re.compile(r"\d{20}\.(json|checkpoint(\.\d+\.\d+)?\.parquet)|_last_checkpoint")
-
-
-def local_folder(path: str) -> Path | None:
-    """``path`` as a local folder when it names one (no scheme, or ``file:``); else None."""
-    if path.startswith("file:"):
-        return Path(path[len("file:") :].removeprefix("//"))
-    return Path(path) if "://" not in path else None
-
-
-def table_exists(spark: SparkSession, path: str) -> bool:
-    """Whether a Delta table is at ``path``. A local table is one listing of its ``_delta_log`` (a commit or
-    a checkpoint there): ``DeltaTable.isDeltaTable`` runs a Spark job, a second or more per call in a
-    small job. Other file systems ask Delta."""
-    local = local_folder(path)
-    if local is not None:
-        log_dir = local / "_delta_log"
-        return log_dir.is_dir() and any(_LOG_FILE.fullmatch(entry.name) for entry in os.scandir(log_dir))
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
 
 
 def with_storage_columns(plan: GroupPlan, history: DataFrame) -> DataFrame:

@@ -19,8 +19,9 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan, Plan
 from common.errors import ConfigError, DataError
-from common.features.offline import history_path, table_exists
 from common.features.prepare import latest_rows
+from common.lake.delta import table_exists
+from common.lake.paths import history_path
 from common.settings import Paths
 
 

@@ -36,12 +36,14 @@ from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
 from common.compile.plan import EVENT_ID, FEATURE_TS, TS_MICROS, GroupPlan, Plan
 from common.features import offline
-from common.features.backfill import bronze_path, join_tables, read_bronze
+from common.features.backfill import join_tables
 from common.features.prepare import prepare
 from common.features.snapshots import snapshot_latest
 from common.features.tile_state import TileFolder, TileState
 from common.features.windows import value_column, with_row_values
-from common.log import Stopwatch
+from common.lake.delta import read_bronze
+from common.lake.paths import bronze_path, history_path
+from common.runtime.log import Stopwatch
 from common.settings import Paths
 
 log = logging.getLogger("loom.stream")
@@ -171,7 +173,7 @@ def make_batch_handler(
                 return
             written, skipped = write_online(plan, values) if plan.online else (0, 0)
             clock.lap("online")
-            offline.upsert(spark, plan, values, offline.history_path(work, plan))
+            offline.upsert(spark, plan, values, history_path(work, plan))
             clock.lap("history")
         finally:
             values.unpersist()

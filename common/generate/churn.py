@@ -66,7 +66,7 @@ import pandas as pd
 from common.errors import ConfigError
 from common.generate.landing import LandingWriter
 from common.generate.options import GenerateOptions, GenerateSummary
-from common.ingest.paths import is_local, landing_folder
+from common.lake.paths import is_local, landing_folder
 from common.spec.usecase import UseCase
 
 EVENT_TYPES = np.array(

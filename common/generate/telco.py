@@ -24,7 +24,7 @@ import numpy as np
 from common.errors import ConfigError
 from common.generate.landing import LandingWriter
 from common.generate.options import GenerateOptions, GenerateSummary
-from common.ingest.paths import is_local, landing_folder
+from common.lake.paths import is_local, landing_folder
 from common.spec.usecase import UseCase
 
 SOURCE = "customers"

@@ -16,11 +16,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Public name -> module. Loaded on first use, so that importing common.ingest.paths
-# (the generator does) does not pull in Spark and Delta.
+# Public name -> module. Loaded on first use, so that importing one submodule does not
+# pull in Spark and Delta.
 _EXPORTS = {
-    "IngestLocations": "common.ingest.paths",
-    "landing_folder": "common.ingest.paths",
     "IngestReport": "common.ingest.report",
     "render_reports": "common.ingest.report",
     "ingest_source": "common.ingest.stream",

@@ -2,7 +2,7 @@
 
 Batch and stream ingestion use the same file stream source; only the trigger
 differs (``availableNow`` for batch). The privacy audit and report read the
-same files with a batch reader (:mod:`common.privacy.landing`). Every reader
+same files with a batch reader (:mod:`common.privacy_lifecycle.landing`). Every reader
 returns the raw shape that :func:`common.ingest.validation.validate_records`
 expects, plus the file each record came from (``_source_file``) and that
 file's modification time:
@@ -26,8 +26,8 @@ from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamReader
 
-from common.ingest.paths import is_local
 from common.ingest.validation import CORRUPT, FILE_TIME, SOURCE_FILE, string_schema, typed_schema
+from common.lake.paths import is_local
 from common.spec.sources import Source
 
 

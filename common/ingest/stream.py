@@ -24,10 +24,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from common.errors import ConfigError
-from common.ingest.paths import IngestLocations
 from common.ingest.readers import read_landing_stream
 from common.ingest.report import IngestReport
 from common.ingest.writer import BatchWriter, check_dedup_columns, ensure_tables
+from common.lake.paths import IngestLocations
 from common.settings import Paths
 from common.spec.base import duration_seconds
 from common.spec.sources import Source

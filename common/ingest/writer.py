@@ -30,7 +30,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
 from common.errors import DataError, LoomError, PrivacyError
-from common.ingest.paths import IngestLocations
 from common.ingest.report import IngestReport
 from common.ingest.validation import (
     CHECK,
@@ -43,7 +42,8 @@ from common.ingest.validation import (
     split_classified,
     typed_schema,
 )
-from common.log import Stopwatch
+from common.lake.paths import IngestLocations
+from common.runtime.log import Stopwatch
 from common.spec.base import duration_seconds
 from common.spec.sources import Source
 

@@ -81,7 +81,7 @@ def explain_prediction(
 
     from common.models.scoring import PREDICTION_TS, known_entities, model_feature_spec, resolve_model
     from common.models.training_set import create_training_set
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     ref = resolve_model(model, work)
     spec = model_feature_spec(ref, work)

@@ -147,7 +147,7 @@ class LoomModel(PythonModel):
         """model_config's redis_url, else REDIS_URL, else the `loom redis start` server; never a new, empty one."""
         import os
 
-        from common.redis_server import running_local_server
+        from common.runtime.redis_server import running_local_server
         from common.settings import paths
 
         url = self.config.get("redis_url") or os.environ.get("REDIS_URL") or running_local_server(paths().home)

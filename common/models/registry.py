@@ -45,7 +45,7 @@ def client(work: Paths | None = None) -> Any:
     """An MlflowClient on Loom's tracking/registry store (of ``work``, default $LOOM_HOME)."""
     from mlflow import MlflowClient
 
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     uri = configure(work)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

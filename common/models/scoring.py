@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import ConfigError
-from common.features.offline import history_path, table_exists
+from common.lake.delta import table_exists
+from common.lake.paths import history_path, predictions_path
 from common.models import registry
 from common.models.training_set import create_training_set
 from common.settings import Paths
@@ -78,11 +79,6 @@ def model_feature_spec(ref: ModelRef, work: Paths | None = None) -> FeatureSpec:
     return FeatureSpec.from_dict(json.loads(Path(path).read_text()))
 
 
-def predictions_path(work: Paths, usecase: str, kind: str = "batch") -> str:
-    """Delta table of predictions of one path (batch, stream, rest)."""
-    return work.table(usecase, "predictions", kind)
-
-
 def _times_frame(spark: SparkSession, times: Sequence[datetime]) -> DataFrame:
     """The scoring times as a one-column (``prediction_ts``) frame, broadcast to every join."""
     return F.broadcast(spark.createDataFrame([(t,) for t in times], f"{PREDICTION_TS} timestamp"))
@@ -117,7 +113,7 @@ def score_frame(
     """``features`` plus ``score``, from the model version's pyfunc through ``spark_udf``."""
     import mlflow
 
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     configure(work)
     udf = mlflow.pyfunc.spark_udf(spark, ref.uri, result_type="double", env_manager="local")

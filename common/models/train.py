@@ -27,12 +27,13 @@ from common.models.estimators import build_model, run_estimator, step_names
 from common.models.fast_predict import FastPredictor, build_fast_predictor, check_fast_predictor, dumps
 from common.models.lineage import code_version, pip_requirements
 from common.models.metrics import evaluate, improvement
+from common.models.profile import log_training_profile, training_profile
 from common.models.pyfunc import ESTIMATOR, FAST_PREDICTOR, FEATURE_SPEC, LoomModel, model_matrix
 from common.models.shadow import shadow_until, start_shadow
 from common.models.split import Split, split_frame, time_split  # noqa: F401 (time_split: re-exported)
-from common.models.training_set import LABEL, TableVersion, model_training_set
-from common.monitoring.profile import log_training_profile, training_profile
+from common.models.training_set import LABEL, TableVersion, TrainingSet, model_training_set
 from common.settings import Paths
+from common.spec.models import Estimator
 
 log = logging.getLogger(__name__)
 
@@ -176,25 +177,36 @@ def decide(
     return False, f"{verdict}; v{version} stays @challenger, @champion stays on v{champion_version}"
 
 
-def train_model(
+@dataclass
+class FittedModel:
+    """The fit step's result: the estimator, its holdout evidence and the lineage of its training set."""
+
+    model: ModelPlan
+    estimator_spec: Estimator  # the metadata's, with the run's parameter overrides
+    estimator: Any
+    training: TrainingSet  # the point-in-time training set (tables read, their versions)
+    frame: pd.DataFrame
+    split: Split
+    y_train: np.ndarray
+    y_test: np.ndarray
+    scores: np.ndarray  # holdout scores
+    fast: FastPredictor | None
+    fast_gap: float
+    metrics: dict[str, float]
+    importances: dict[str, float]
+    lineage: dict[str, Any]
+
+
+def fit_model(
     spark: SparkSession,
     plan: Plan,
     model_name: str,
     work: Paths,
     *,
     versions: Mapping[str, TableVersion | int] | None = None,
-    register: bool = True,
     estimator_params: Mapping[str, Any] | None = None,
-) -> TrainOutcome:
-    """Train, log, register and (by the promotion rule) promote ``model_name``.
-
-    ``versions`` pins the Delta tables read (as logged by an earlier run);
-    ``estimator_params`` override the metadata's params (experiments, tests).
-    """
-    import mlflow
-
-    from common.tracking import experiment
-
+) -> FittedModel:
+    """Build the training set, split it, fit the estimator and measure it on the holdout (no MLflow)."""
     model = plan.model(model_name)
     spec = model.spec
     training = model_training_set(spark, plan, model, work, versions=versions)
@@ -227,66 +239,107 @@ def train_model(
         "usecase_version": plan.version,
         "model": model_name,
     }
+    return FittedModel(
+        model=model,
+        estimator_spec=estimator_spec,
+        estimator=estimator,
+        training=training,
+        frame=frame,
+        split=split,
+        y_train=y_train,
+        y_test=y_test,
+        scores=scores,
+        fast=fast,
+        fast_gap=fast_gap,
+        metrics=metrics,
+        importances=importances,
+        lineage=lineage,
+    )
 
+
+def _run_params(fitted: FittedModel) -> dict[str, Any]:
+    """The MLflow params of a training run: estimator, split, preprocessing, promotion and table versions."""
+    spec, split, estimator_spec, fast = fitted.model.spec, fitted.split, fitted.estimator_spec, fitted.fast
+    params: dict[str, Any] = {
+        "estimator": estimator_spec.class_,
+        "split.kind": spec.split.kind,
+        "split.holdout": spec.split.holdout if spec.split.kind != "column" else spec.split.column,
+        "split.cutoff": split.cutoff.isoformat() if split.cutoff is not None else "none",
+        "rows.train": len(split.train),
+        "rows.holdout": len(split.holdout),
+        "label.rate.train": round(float(fitted.y_train.mean()), 4),
+        "features": len(fitted.model.inputs),
+        "fast_predictor": fast.kind if fast is not None else "none",
+        "threshold": spec.threshold,
+        "promotion.metric": spec.promotion.metric,
+        "promotion.min_improvement": spec.promotion.min_improvement,
+    }
+    params.update({f"estimator.{k}": v for k, v in estimator_spec.params.items()})
+    if spec.split.kind in ("random", "entity"):
+        params["split.seed"] = spec.split.random_seed
+    if spec.preprocessing:
+        names = step_names(spec.preprocessing)
+        params["preprocessing"] = ",".join(names)
+        for step_name, step in zip(names, spec.preprocessing, strict=True):
+            params[f"preprocessing.{step_name}"] = step.class_
+            params.update({f"preprocessing.{step_name}.{k}": v for k, v in step.params.items()})
+    params.update({f"delta.{name}.version": v.version for name, v in fitted.training.versions.items()})
+    return params
+
+
+def log_run(fitted: FittedModel, plan: Plan, work: Paths) -> tuple[str, str]:
+    """Log the fitted model's MLflow run (tags, params, metrics, lineage, profile, plots, pyfunc).
+
+    Returns the run id and the logged model's URI.
+    """
+    import mlflow
+
+    from common.runtime.tracking import experiment
+
+    model, lineage = fitted.model, fitted.lineage
     experiment_id = experiment(f"loom-{plan.usecase}", work)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{model_name}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{model.name}") as run:
         mlflow.set_tags(
             {
                 "loom.usecase": plan.usecase,
-                "loom.model": model_name,
+                "loom.model": model.name,
                 "loom.metadata_hash": model.metadata_hash,
                 "loom.code_version": lineage["code_version"],
                 "mlflow.source.git.commit": lineage["code_version"].split("+")[0],
             }
         )
-        params: dict[str, Any] = {
-            "estimator": estimator_spec.class_,
-            "split.kind": spec.split.kind,
-            "split.holdout": spec.split.holdout if spec.split.kind != "column" else spec.split.column,
-            "split.cutoff": split.cutoff.isoformat() if split.cutoff is not None else "none",
-            "rows.train": len(split.train),
-            "rows.holdout": len(split.holdout),
-            "label.rate.train": round(float(y_train.mean()), 4),
-            "features": len(model.inputs),
-            "fast_predictor": fast.kind if fast is not None else "none",
-            "threshold": spec.threshold,
-            "promotion.metric": spec.promotion.metric,
-            "promotion.min_improvement": spec.promotion.min_improvement,
-        }
-        params.update({f"estimator.{k}": v for k, v in estimator_spec.params.items()})
-        if spec.split.kind in ("random", "entity"):
-            params["split.seed"] = spec.split.random_seed
-        if spec.preprocessing:
-            names = step_names(spec.preprocessing)
-            params["preprocessing"] = ",".join(names)
-            for step_name, step in zip(names, spec.preprocessing, strict=True):
-                params[f"preprocessing.{step_name}"] = step.class_
-                params.update({f"preprocessing.{step_name}.{k}": v for k, v in step.params.items()})
-        params.update({f"delta.{name}.version": v.version for name, v in training.versions.items()})
-        mlflow.log_params(params)
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items() if v == v})
-        if fast is not None:
-            mlflow.log_metric("fast_predictor_max_abs_diff", fast_gap)
+        mlflow.log_params(_run_params(fitted))
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in fitted.metrics.items() if v == v})
+        if fitted.fast is not None:
+            mlflow.log_metric("fast_predictor_max_abs_diff", fitted.fast_gap)
         mlflow.log_dict(lineage, "lineage.json")
-        mlflow.log_dict(importances, "feature_importance.json")
-        log_training_profile(training_profile(frame, model.feature_spec.lookup_features, scores))
+        mlflow.log_dict(fitted.importances, "feature_importance.json")
+        log_training_profile(training_profile(fitted.frame, model.feature_spec.lookup_features, fitted.scores))
         mlflow.log_text(model.feature_spec.to_json(), "feature_spec.json")
-        _log_plots(y_test, scores, importances)
-        example = split.holdout[[model.entity_key, *model.feature_spec.lookup_features]].head(3)
-        model_uri = _log_model(model, estimator, example, fast)
+        _log_plots(fitted.y_test, fitted.scores, fitted.importances)
+        example = fitted.split.holdout[[model.entity_key, *model.feature_spec.lookup_features]].head(3)
+        model_uri = _log_model(model, fitted.estimator, example, fitted.fast)
+    return run.info.run_id, model_uri
 
-    outcome = TrainOutcome(model_name, run.info.run_id, None, metrics, "not registered", False, lineage)
-    if not register:
-        return outcome
+
+def register_version(fitted: FittedModel, model_uri: str, work: Paths, outcome: TrainOutcome) -> TrainOutcome:
+    """Register the logged model as @challenger, then apply the promotion rule (or start a shadow period).
+
+    Fills ``outcome`` (version, champion metric, decision) and returns it.
+    """
+    import mlflow
+
+    model = fitted.model
+    model_name, spec = model.name, model.spec
     client = registry.client(work)
     registered = mlflow.register_model(model_uri, model_name, tags={"loom.metadata_hash": model.metadata_hash})
     version = int(registered.version)
     outcome.version = version
     registry.set_challenger(model_name, version, client)
     metric = spec.promotion.metric
-    champion = _champion_metric(client, model_name, metric, split, spec.threshold)
+    champion = _champion_metric(client, model_name, metric, fitted.split, spec.threshold)
     outcome.champion_metric = champion[1]
-    promoted, why = decide(model, version, metrics[metric], champion)
+    promoted, why = decide(model, version, fitted.metrics[metric], champion)
     if promoted and champion[0] is not None and spec.promotion.shadow:
         outcome.shadow_until = shadow_until(spec.promotion.shadow)
         start_shadow(model_name, version, outcome.shadow_until, client)
@@ -301,6 +354,29 @@ def train_model(
     outcome.decision, outcome.promoted = why, promoted
     log.info("model %s v%d: %s", model_name, version, why)
     return outcome
+
+
+def train_model(
+    spark: SparkSession,
+    plan: Plan,
+    model_name: str,
+    work: Paths,
+    *,
+    versions: Mapping[str, TableVersion | int] | None = None,
+    register: bool = True,
+    estimator_params: Mapping[str, Any] | None = None,
+) -> TrainOutcome:
+    """Train, log, register and (by the promotion rule) promote ``model_name``.
+
+    ``versions`` pins the Delta tables read (as logged by an earlier run);
+    ``estimator_params`` override the metadata's params (experiments, tests).
+    """
+    fitted = fit_model(spark, plan, model_name, work, versions=versions, estimator_params=estimator_params)
+    run_id, model_uri = log_run(fitted, plan, work)
+    outcome = TrainOutcome(model_name, run_id, None, fitted.metrics, "not registered", False, fitted.lineage)
+    if not register:
+        return outcome
+    return register_version(fitted, model_uri, work, outcome)
 
 
 def lineage_versions(lineage: Mapping[str, Any]) -> dict[str, TableVersion]:

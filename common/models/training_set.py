@@ -26,8 +26,9 @@ from pyspark.sql import functions as F
 from common.compile.models import ModelPlan, resolve_feature_refs
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import DataError
-from common.features.offline import PARTITION, history_path
+from common.features.offline import PARTITION
 from common.features.point_in_time import HistoryInput, as_of_join
+from common.lake.paths import history_path
 from common.settings import Paths
 
 LABEL = "label"
@@ -178,7 +179,7 @@ def model_training_set(
     table, pinned like the feature tables; the latest ingested row per label ``id``:
     common.models.labels) with its features as of each label's time, and the split
     column (``_split``) when the model's split is given by one."""
-    from common.features.backfill import bronze_path
+    from common.lake.paths import bronze_path
     from common.models.labels import label_rows
     from common.models.split import SPLIT_COLUMN
 

@@ -13,7 +13,7 @@ against what the model sees online now.
 * **Score.** The version's scores logged by every prediction path with a
   prediction time in ``(at - window, at]``, against its holdout scores.
 
-Each gets a PSI and (numeric) a KS statistic (``common.monitoring.profile``); it
+Each gets a PSI and (numeric) a KS statistic (``common.models.profile``); it
 has drifted when ``psi >= drift.psi`` or ``ks >= drift.ks``. Results replace
 the rows of the same model, version and ``window_end`` in
 ``lake/<usecase>/monitoring/drift``, and go to the version's MLflow run as
@@ -34,12 +34,14 @@ from pyspark.sql import functions as F
 from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import ConfigError, DataError
-from common.features.offline import PARTITION, history_path, table_exists
+from common.features.offline import PARTITION
+from common.lake.delta import replace_rows, table_exists
+from common.lake.paths import history_path, monitoring_path
 from common.models import registry
-from common.monitoring.profile import compare, load_training_profile
+from common.models.profile import compare, load_training_profile
 from common.monitoring.settings import MonitoringSettings, settings_of
 from common.monitoring.sources import PATHS, PREDICTION_TS, read_predictions
-from common.monitoring.tables import DRIFT, monitoring_path, replace_rows, sql_string
+from common.monitoring.tables import DRIFT, sql_string
 from common.settings import Paths
 
 MAX_ROWS = 100_000

@@ -28,6 +28,8 @@ from pyspark.sql import types as T
 
 from common.compile.plan import Plan
 from common.errors import DataError
+from common.lake.delta import replace_rows
+from common.lake.paths import monitoring_path
 from common.monitoring.matching import MATCHED, STATUS, labels_through, match_outcomes
 from common.monitoring.metrics import (
     COUNT_COLUMNS,
@@ -39,7 +41,7 @@ from common.monitoring.metrics import (
 )
 from common.monitoring.settings import MonitoringSettings, settings_of
 from common.monitoring.sources import LABEL, PATHS, PREDICTION_TS, Predictions, read_outcomes, read_predictions
-from common.monitoring.tables import METRICS, monitoring_path, replace_rows, sql_string
+from common.monitoring.tables import METRICS, sql_string
 from common.settings import Paths
 
 log = logging.getLogger("loom.monitoring")

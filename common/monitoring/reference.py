@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 
 from common.compile.plan import Plan
 from common.errors import ConfigError
-from common.monitoring.profile import PROFILE_FILE, training_profile
+from common.models.profile import PROFILE_FILE, training_profile
 from common.settings import Paths
 
 

@@ -15,7 +15,7 @@ Retraining is due when any of these holds (``models.<name>.retrain``):
 
 While a version is under @shadow (``promotion.shadow``), nothing retrains
 (except ``--force``); once its period is over, ``retrain`` first concludes it
-(``common.models.shadow.conclude_shadow``: promote or not) and leaves the next
+(``common.monitoring.shadow.conclude_shadow``: promote or not) and leaves the next
 retraining decision to the next run.
 
 Drift and metric results count only when computed after the latest version was
@@ -39,9 +39,10 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import Plan
 from common.models import registry
-from common.models.shadow import ShadowVerdict, conclude_shadow, current_shadow
+from common.models.shadow import current_shadow
 from common.monitoring.evaluate import ALL_PATHS
 from common.monitoring.settings import MonitoringSettings, settings_of
+from common.monitoring.shadow import ShadowVerdict, conclude_shadow
 from common.monitoring.tables import DRIFT, METRICS, read_table
 from common.settings import Paths
 

@@ -1,6 +1,6 @@
 """What the evaluation reads: every prediction table of a use case, and the outcomes.
 
-Prediction tables live at ``common.models.scoring.predictions_path(work,
+Prediction tables live at ``common.lake.paths.predictions_path(work,
 usecase, kind)`` for kind batch, stream, rest and shadow; a missing table is skipped.
 Each is normalized to: entity key, ``prediction_ts``, ``score``, ``model_name``,
 ``model_version`` and ``path`` (the kind). The prediction time is the table's
@@ -16,8 +16,8 @@ from pyspark.sql import functions as F
 
 from common.compile.models import ModelPlan
 from common.errors import DataError
-from common.features.offline import table_exists
-from common.models.scoring import predictions_path
+from common.lake.delta import table_exists
+from common.lake.paths import predictions_path
 from common.settings import Paths
 from common.spec.sources import Source
 
@@ -89,7 +89,7 @@ def read_outcomes(
     """The model's labels as they have arrived: entity key, ``label_ts`` and 0/1 ``label``, from the
     label source's bronze table (the same expression and time column as the training set, and, when
     ``source`` (the label source's spec) has an ``id``, the latest ingested row per id)."""
-    from common.features.backfill import bronze_path
+    from common.lake.paths import bronze_path
 
     path = bronze_path(work, usecase, model.label_source)
     if not table_exists(spark, path):

@@ -91,7 +91,7 @@ class Notebook:
     @cached_property
     def work(self) -> Paths:
         """The work area (``$LOOM_HOME``); MLflow points at its store."""
-        from common.tracking import configure
+        from common.runtime.tracking import configure
 
         work = paths()
         configure(work)
@@ -100,7 +100,7 @@ class Notebook:
     @cached_property
     def spark(self) -> SparkSession:
         """The cluster's ``spark`` on Databricks; else Loom's session factory (the active session if any)."""
-        from common.spark import build_session
+        from common.runtime.spark import build_session
 
         if self.on_databricks:
             return self.namespace.get("spark") or build_session("databricks")
@@ -121,7 +121,7 @@ class Notebook:
     @cached_property
     def redis_url(self) -> str:
         """``$REDIS_URL``, the `loom redis start` server, or one started for this process."""
-        from common.redis_server import redis_url
+        from common.runtime.redis_server import redis_url
 
         return redis_url(self.work.home)
 

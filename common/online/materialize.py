@@ -60,15 +60,15 @@ def write_features_to_online_store(
     ``df`` holds one row per entity (and event time) with ``entity_column``,
     ``event_time_column`` (timestamp, or integer epoch microseconds) and the
     ``feature_names`` columns (numeric; null is stored as NaN = missing).
-    ``redis_url`` defaults to :func:`common.redis_server.redis_url`; it is
+    ``redis_url`` defaults to :func:`common.runtime.redis_server.redis_url`; it is
     shipped to the executors with the password from ``REDIS_PASSWORD`` and is never logged.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from common.redis_server import describe
-    from common.redis_server import redis_url as default_url
-    from common.secrets import read_secret
+    from common.runtime.redis_server import describe
+    from common.runtime.redis_server import redis_url as default_url
+    from common.runtime.secrets import read_secret
 
     spec = OnlineGroup(group, tuple(feature_names), ttl_seconds)
     columns = [entity_column, event_time_column, *spec.feature_names]
@@ -200,7 +200,7 @@ def write_batch(store: RedisOnlineStore, group: OnlineGroup, batch: pa.RecordBat
 
 
 def _client(url: str, password: str | None, username: str | None) -> Any:
-    from common.redis_server import connect
+    from common.runtime.redis_server import connect
 
     cache_key = (url, password, username)
     client = _CLIENTS.get(cache_key)

@@ -498,13 +498,13 @@ def _glob_escape(text: str) -> str:
 
 
 def _open(url: str | None, cluster: bool, kwargs: dict[str, Any]) -> Any:
-    from common.redis_server import connect, describe, redis_url
+    from common.runtime.redis_server import connect, describe, redis_url
 
     target = url or redis_url()
     if cluster:
         import redis
 
-        from common.secrets import read_secret
+        from common.runtime.secrets import read_secret
 
         password = read_secret("REDIS_PASSWORD", required=False)
         if password is not None:

@@ -6,9 +6,9 @@
 * :mod:`common.privacy.policies`: :func:`apply_policies` (DataFrame -> DataFrame,
   batch or streaming) and :func:`protected_type` (the bronze type of a column);
 * :mod:`common.privacy.aggregate`: k-anonymous publication (the ``aggregate`` policy);
-* :mod:`common.privacy.forget`, :mod:`common.privacy.audit`,
-  :mod:`common.privacy.efficacy`: ``loom forget``, ``loom audit-pii`` and
-  ``loom privacy-report`` (imported on use: they need Spark, Redis and MLflow).
+
+``loom forget``, ``loom audit-pii`` and ``loom privacy-report`` run over stored data, above
+``models``: :mod:`common.privacy_lifecycle`. This package is below ``ingest``.
 """
 
 from common.privacy.aggregate import KAnonymityReport, k_anonymize, published_counts

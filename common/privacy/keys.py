@@ -1,7 +1,7 @@
 """Keys named in metadata, read from the environment and rotatable.
 
 A key named ``pii_hmac`` comes from ``$LOOM_KEY_PII_HMAC`` or from the file at
-``$LOOM_KEY_PII_HMAC_FILE`` (see :func:`common.secrets.read_secret`). Its value is
+``$LOOM_KEY_PII_HMAC_FILE`` (see :func:`common.runtime.secrets.read_secret`). Its value is
 one of, tried in this order:
 
 1. **one key**: standard base64 (``+/``, padded) of the raw key bytes, e.g. from
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from common.errors import ConfigError
-from common.secrets import read_secret
+from common.runtime.secrets import read_secret
 from common.spec.privacy import Encrypt, Pseudonymize
 from common.spec.sources import Source
 

@@ -136,8 +136,8 @@ SUPERVISOR_PID_ENV = "LOOM_SERVE_SUPERVISOR_PID"
 
 def app_from_env() -> FastAPI:
     """The uvicorn factory: config, keys and Redis from the environment (see :mod:`common.serving.config`)."""
-    from common.log import setup_logging
-    from common.processes import die_with_parent
+    from common.runtime.log import setup_logging
+    from common.runtime.processes import die_with_parent
 
     supervisor = os.environ.get(SUPERVISOR_PID_ENV)
     if supervisor and int(supervisor) != os.getpid():

@@ -1,7 +1,7 @@
 """API keys of the prediction service.
 
 Keys come from ``LOOM_API_KEYS`` or from the file named by ``LOOM_API_KEYS_FILE``
-(:func:`common.secrets.read_secret`), never from code or metadata. One entry per
+(:func:`common.runtime.secrets.read_secret`), never from code or metadata. One entry per
 line (or separated by ``;``); ``#`` starts a comment line::
 
     care-screen:3f9c1e0b8d7a6c5b4e3f2a1b:churn       # this key may call churn only
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from common.errors import ConfigError
-from common.secrets import read_secret
+from common.runtime.secrets import read_secret
 
 ENV = "LOOM_API_KEYS"
 ALL_MODELS = "*"

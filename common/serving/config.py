@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
-from common.secrets import read_secret
+from common.runtime.secrets import read_secret
 
 PREFIX = "LOOM_SERVE_"
 _TLS_FILES = {
@@ -191,13 +191,13 @@ def resolve_redis_url(config: ServingConfig, home: Any = None) -> str:
     url = read_secret("REDIS_URL", required=False)
     if url:
         return url
-    from common.redis_server import redis_url
+    from common.runtime.redis_server import redis_url
 
     return redis_url(home)
 
 
 def open_redis(url: str, timeout_s: float) -> Any:
-    """A redis-py client for the service (password and ACL user: :func:`common.redis_server.connect`)."""
-    from common.redis_server import connect
+    """A redis-py client for the service (password and ACL user: :func:`common.runtime.redis_server.connect`)."""
+    from common.runtime.redis_server import connect
 
     return connect(url, **redis_connect_kwargs(url, timeout_s))

@@ -97,7 +97,7 @@ def prediction_logger(
     if not config.usecase:
         log.warning("predictions are not logged: no use case names the table. Fix: set LOOM_SERVE_USECASE")
         return None
-    from common.models.scoring import predictions_path
+    from common.lake.paths import predictions_path
 
     table = predictions_path(work, config.usecase, "rest")
     log.info("predictions are logged to %s (written every %.1fs at most)", table, config.log_flush_s)
@@ -112,7 +112,7 @@ def prediction_logger(
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the models and start the background work before the first request; stop it after the last."""
-    from common.redis_server import describe
+    from common.runtime.redis_server import describe
 
     context: ServingContext = app.state.serving
     config, holder, prediction_log = context.config, context.holder, context.prediction_log

@@ -90,7 +90,7 @@ class ModelHolder:
     def _load(self, name: str, version: int, alias: str | None) -> LoadedModel:
         import mlflow
 
-        from common.tracking import configure
+        from common.runtime.tracking import configure
 
         configure(self.work)
         started = time.perf_counter()

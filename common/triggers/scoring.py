@@ -31,9 +31,10 @@ from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
 from common.features.at_times import features_at
-from common.features.offline import table_exists
+from common.lake.delta import table_exists
+from common.lake.paths import predictions_path
 from common.models import registry
-from common.models.scoring import ModelRef, model_feature_spec, predictions_path
+from common.models.scoring import ModelRef, model_feature_spec
 from common.models.shadow import SHADOW
 from common.online.predictions import LatestPrediction, write_latest
 from common.settings import Paths
@@ -157,7 +158,7 @@ def make_firing_handler(
     by_name = {t.name: t for t in triggers}
     predictions = predictions_path(work, plan.usecase, "stream")
     shadow_predictions = predictions_path(work, plan.usecase, SHADOW)
-    actions = work.table(plan.usecase, "predictions", "actions")
+    actions = predictions_path(work, plan.usecase, "actions")
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()

@@ -10,8 +10,8 @@ from pyspark.sql.streaming import StreamingQuery
 
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
-from common.features.backfill import bronze_path
-from common.redis_server import connect
+from common.lake.paths import bronze_path
+from common.runtime.redis_server import connect
 from common.settings import Paths
 from common.triggers.operator import firings
 from common.triggers.scoring import ModelResolver, make_firing_handler

@@ -51,11 +51,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from common.errors import ConfigError
+from common.lake.files import DeltaTableFiles, delta_tables
 from common.privacy.aggregate import enforce_k_on_table
 from common.privacy.crypto import deterministic_tokens, pseudonyms_under_every_key
-from common.privacy.lake import DeltaTableFiles, delta_tables
-from common.privacy.landing import entity_key, read_raw, require_entity
-from common.privacy.scan import Matcher, Needle, scan_file
+from common.privacy_lifecycle.landing import entity_key, read_raw, require_entity
+from common.privacy_lifecycle.scan import Matcher, Needle, scan_file
 from common.settings import Paths
 from common.spec.privacy import Aggregate, Encrypt, Pseudonymize
 from common.spec.usecase import UseCase
@@ -341,8 +341,8 @@ def forget_tables(
 def forget_redis(url: str, usecase: str, values: Sequence[str]) -> int:
     """Delete every key of the use case (any version, any group) whose hash tag is one of ``values``."""
     from common.online.redis_store import escape_entity
-    from common.privacy.audit import glob_escape
-    from common.redis_server import connect
+    from common.privacy_lifecycle.audit import glob_escape
+    from common.runtime.redis_server import connect
 
     client = connect(url)
     deleted = 0
@@ -361,7 +361,7 @@ def landing_records(
     spark: SparkSession, spec: UseCase, work: Paths, entity: str, entity_id: str, landing: Path | str | None
 ) -> dict[str, int]:
     """How many landing records of each source of the entity still name the person (reported, not removed)."""
-    from common.ingest.paths import IngestLocations, is_local
+    from common.lake.paths import IngestLocations, is_local
 
     counts: dict[str, int] = {}
     for name, source in spec.sources.items():
@@ -381,7 +381,7 @@ def mlflow_mentions(work: Paths, usecase: str, values: Sequence[str]) -> list[st
 
     import mlflow
 
-    from common.tracking import configure
+    from common.runtime.tracking import configure
 
     configure(work)
     experiment = mlflow.get_experiment_by_name(f"loom-{usecase}")

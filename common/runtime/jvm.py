@@ -8,7 +8,7 @@ warming it up, not working. On a small machine two things dominate that fixed co
   (the profile key ``loom.quickJvmOptions``) keeps the quick C1 compiler and a single-threaded
   collector;
 * loading and verifying some 15,000 classes. An application class-data-sharing (AppCDS) archive,
-  made once by ``python -m common.spark`` (``make setup``) with the same options, maps them from
+  made once by ``python -m common.runtime.spark`` (``make setup``) with the same options, maps them from
   one file instead (``.cache/cds``, next to the jars).
 
 Measured by ``python -m bench --only small_jobs`` (bare Spark start + one action + one Delta write
@@ -95,7 +95,7 @@ def driver_options(conf: dict[str, str], app_name: str, jars: list[Path]) -> str
 
 _ARCHIVE_JOB = """
 import sys
-from common.spark import build_session
+from common.runtime.spark import build_session
 spark = build_session("local", app_name="{app}", overrides={{"spark.driver.extraJavaOptions": sys.argv[1]}})
 from pyspark.sql import functions as F
 rows = spark.range(2000).select((F.col("id") % 7).alias("k"), F.col("id").cast("double").alias("v"))

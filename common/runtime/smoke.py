@@ -61,7 +61,7 @@ def mlflow_round_trip(experiment_name: str) -> str:
     from sklearn.linear_model import LogisticRegression
 
     from common.errors import StoreError
-    from common.tracking import experiment
+    from common.runtime.tracking import experiment
 
     experiment_id = experiment(experiment_name)
     x = np.array([[0.0], [1.0], [2.0], [3.0]])
@@ -79,8 +79,8 @@ def mlflow_round_trip(experiment_name: str) -> str:
 
 def run_smoke(spark, redis_client, redis_url: str, work) -> SmokeReport:
     """Run all three round trips against the work area ``work`` (a Paths)."""
-    from common.redis_server import describe
-    from common.tracking import tracking_uri
+    from common.runtime.redis_server import describe
+    from common.runtime.tracking import tracking_uri
 
     table = work.table("_smoke", "bronze", "roundtrip")
     versions = delta_round_trip(spark, table)

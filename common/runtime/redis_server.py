@@ -39,10 +39,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from common.errors import ConfigError, StoreError
-from common.secrets import read_secret
+from common.runtime.processes import die_with_parent
+from common.runtime.secrets import read_secret
 
 LOCK_FILE = ".lock"
 LOCK_WAIT_S = 5.0
@@ -52,17 +54,12 @@ LOCK_WAIT_S = 5.0
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-server-spawner")
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec (no setpriv)
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
 def spawn_guarded(args: list[str], *, die_with_owner: bool, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     """Start a server process on its own session; with ``die_with_owner`` it gets SIGTERM when this process dies."""
     setpriv = shutil.which("setpriv") if die_with_owner else None
     command = [setpriv, "--pdeathsig", "TERM", *args] if setpriv else args
-    preexec = _set_parent_death_signal if die_with_owner and not setpriv and os.name == "posix" else None
+    # without setpriv the child arms the signal itself, between fork and exec
+    preexec = partial(die_with_parent, os.getpid()) if die_with_owner and not setpriv and os.name == "posix" else None
 
     def start() -> subprocess.Popen:
         return subprocess.Popen(

@@ -2,7 +2,7 @@
 
 1. **What to look for.** A seeded sample of entities (plus any named ones) is
    drawn from the landing files of the sources with PII policies; every raw
-   value of their PII columns becomes a needle (:mod:`common.privacy.scan`),
+   value of their PII columns becomes a needle (:mod:`common.privacy_lifecycle.scan`),
    except values that their own policy publishes unchanged (a date of birth on
    January 1st is its own ``year`` generalization; an ``aggregate`` value may be
    published when k people share it). Landing files are the raw inputs, so
@@ -34,9 +34,9 @@ from pathlib import Path
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from common.privacy.lake import delta_tables
-from common.privacy.landing import entity_key, landing_folder_of, pii_sources, read_raw
-from common.privacy.scan import MIN_LENGTH, Matcher, Needle, scan_file
+from common.lake.files import delta_tables
+from common.privacy_lifecycle.landing import entity_key, landing_folder_of, pii_sources, read_raw
+from common.privacy_lifecycle.scan import MIN_LENGTH, Matcher, Needle, scan_file
 from common.settings import Paths
 from common.spec.privacy import Aggregate, Generalize
 from common.spec.sources import Column
@@ -243,7 +243,7 @@ class _Auditor:
     # -- Redis ------------------------------------------------------------------
 
     def redis(self, url: str, usecase: str) -> None:
-        from common.redis_server import connect
+        from common.runtime.redis_server import connect
 
         client = connect(url)
         try:
@@ -283,7 +283,7 @@ class _Auditor:
         from mlflow.entities import ViewType
         from mlflow.tracking import MlflowClient
 
-        from common.tracking import configure
+        from common.runtime.tracking import configure
 
         uri = configure(work)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)

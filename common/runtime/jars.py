@@ -1,6 +1,6 @@
 """Delta Lake's JVM jars: fetched once from Maven into a git-ignored cache.
 
-``python -m common.jars`` (run by ``make``) copies the jars of the pinned Delta
+``python -m common.runtime.jars`` (run by ``make``) copies the jars of the pinned Delta
 release with ``mvn dependency:copy``. The session factory puts them on the
 classpath. On a cluster that already ships Delta (Databricks) nothing is added.
 """

@@ -15,9 +15,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.errors import ConfigError, DataError
-from common.ingest.paths import IngestLocations, is_local
 from common.ingest.readers import read_landing
 from common.ingest.validation import SOURCE_FILE, string_schema, validate_records
+from common.lake.paths import IngestLocations, is_local
 from common.settings import Paths
 from common.spec.sources import Source
 from common.spec.usecase import UseCase

@@ -1,16 +1,22 @@
-"""Where one source's data lives: landing folder, bronze and quarantine tables, checkpoint.
+"""Where a use case's data lives: landing folders, and the Delta tables of every layer.
 
-Pure path arithmetic (no Spark), shared by the generator and the ingestion job so
-both agree on what ``{landing}`` in a source's ``path`` means.
+``lake/<usecase>/<layer>/<name>``: ``bronze`` and ``quarantine`` (per source), ``features``
+(per group), ``predictions`` (per path: batch, stream, rest, shadow, actions) and
+``monitoring`` (metrics, drift). Pure path arithmetic (no Spark), shared by the generator
+and every job, so all agree on what ``{landing}`` in a source's ``path`` means.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.settings import Paths
 from common.spec.sources import Source
+
+if TYPE_CHECKING:  # a type only: importing the plan here would load the compiler for path arithmetic
+    from common.compile.plan import GroupPlan
 
 LANDING_PLACEHOLDER = "{landing}"
 
@@ -55,3 +61,23 @@ class IngestLocations:
             quarantine=work.table(usecase, "quarantine", source_name),
             checkpoint=work.checkpoint(usecase, f"ingest_{source_name}"),
         )
+
+
+def bronze_path(work: Paths, usecase: str, source: str) -> str:
+    """Delta table of one source's ingested (protected) rows."""
+    return work.table(usecase, "bronze", source)
+
+
+def history_path(work: Paths, plan: GroupPlan) -> str:
+    """Delta table of one feature group's history (the offline store)."""
+    return work.table(plan.usecase, "features", plan.name)
+
+
+def predictions_path(work: Paths, usecase: str, kind: str = "batch") -> str:
+    """Delta table of predictions of one path (batch, stream, rest)."""
+    return work.table(usecase, "predictions", kind)
+
+
+def monitoring_path(work: Paths, usecase: str, name: str) -> str:
+    """Path of a monitoring table (``metrics`` or ``drift``)."""
+    return work.table(usecase, "monitoring", name)

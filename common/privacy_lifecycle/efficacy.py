@@ -38,13 +38,13 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import Plan
 from common.errors import ConfigError
-from common.features.backfill import read_bronze
+from common.lake.delta import read_bronze
 from common.models.estimators import build_model, run_estimator
 from common.models.metrics import METRICS, evaluate, improvement
 from common.models.pyfunc import model_matrix
 from common.models.train import model_split
 from common.models.training_set import LABEL, model_training_set
-from common.privacy.landing import entity_key, landing_folder_of, read_raw_typed
+from common.privacy_lifecycle.landing import entity_key, landing_folder_of, read_raw_typed
 from common.settings import Paths
 from common.spec.privacy import Aggregate, Generalize
 
@@ -236,7 +236,7 @@ def privacy_report(
 def _log(report: PrivacyReport, plan: Plan, work: Paths, cutoff: str) -> str:
     import mlflow
 
-    from common.tracking import experiment
+    from common.runtime.tracking import experiment
 
     experiment_id = experiment(f"loom-{plan.usecase}", work)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"privacy-report-{report.model}") as run:

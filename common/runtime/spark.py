@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from common.errors import ConfigError
-from common.jars import delta_jars, fetch, missing_jars
-from common.jvm import QUICK_KEY, build_archive, driver_options
+from common.runtime.jars import delta_jars, fetch, missing_jars
+from common.runtime.jvm import QUICK_KEY, build_archive, driver_options
 from common.settings import PROJECT_ROOT, RESOURCE_ROOT
 
 PROFILE_DIR = RESOURCE_ROOT / "spark-conf"
@@ -67,7 +67,7 @@ def build_session(
 
     conf = read_profile(profile)
     conf.update(overrides or {})
-    quick = driver_options(conf, app_name, delta_jars())  # short local jobs: common.jvm
+    quick = driver_options(conf, app_name, delta_jars())  # short local jobs: common.runtime.jvm
     if quick:
         conf["spark.driver.extraJavaOptions"] = quick
 
@@ -129,7 +129,7 @@ def write_submit_properties(target: Path, profile: str = "local") -> Path:
 
 
 def main() -> int:
-    """``python -m common.spark``: fetch the jars and write the spark-submit properties."""
+    """``python -m common.runtime.spark``: fetch the jars and write the spark-submit properties."""
     try:
         fetch()
         target = write_submit_properties(PROJECT_ROOT / ".cache" / "loom-spark.conf")
