@@ -5,7 +5,7 @@ Events groups keep each entity's tiles in Spark's state store (RocksDB,
 changelog checkpoints): the query prepares the rows with the plan's own
 functions (joins, transforms, each feature's row value), groups them by entity
 and folds them into the entity's :class:`~common.features.tile_state.TileState`
-with ``applyInPandasWithState``. A micro-batch therefore costs in proportion to
+with ``transformWithState`` (:class:`TileProcessor`). A micro-batch therefore costs in proportion to
 its own events: bronze is never re-read and no tiles table is merged. For each
 entity the batch touched, the operator emits the features at its newest event,
 which ``foreachBatch`` writes to the online store (event-time guarded) and to
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
-from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
+from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle, StreamingQuery
+from pyspark.sql.types import BinaryType, StructField, StructType
 
 from common.compile.plan import EVENT_ID, FEATURE_TS, TS_MICROS, GroupPlan, Plan
 from common.features import offline
@@ -73,13 +73,14 @@ class BatchStats:
 
 ROW = "_row"  # one JSON object per event: the operator reads one column, not one per feature
 OUT = "_values"  # JSON array: newest event µs, then the group's features
+TILES_STATE = StructType([StructField("tiles", BinaryType())])  # the entity's TileState, as orjson
 
 
 def tile_rows(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFrame) -> DataFrame:
     """Bronze rows -> (entity, the event as JSON: µs, id and each feature's row value): the operator's input.
 
-    pandas conversion costs per column and per entity in ``applyInPandasWithState``: one text column keeps
-    that cost flat whatever the number of features.
+    Python rows cost per column: one text column keeps the operator's cost flat whatever the number of
+    features.
     """
     prepared = with_row_values(plan, prepare(plan, stream, join_tables(spark, work, plan)))
     fields = [F.col(TS_MICROS).alias("t"), F.col(EVENT_ID).alias("i")]
@@ -87,31 +88,41 @@ def tile_rows(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFra
     return prepared.select(plan.entity_key, F.to_json(F.struct(*fields)).alias(ROW))
 
 
-def make_tile_function(plan: GroupPlan) -> Callable[..., Iterator[Any]]:
-    """The ``applyInPandasWithState`` function: an entity's new rows -> its features at its newest event."""
-    import pandas as pd
+class TileProcessor(StatefulProcessor):
+    """Per entity, its :class:`TileState` in a value state: a micro-batch's rows are folded into it and, if any
+    counted, the entity's features at its newest event are emitted as :data:`OUT`.
 
-    folder = TileFolder(plan.aggregations, plan.slide_s)
-    index_of = {f"v{index}": index for index in range(len(plan.aggregations))}
-    order = [[agg.name for agg in plan.aggregations].index(name) for name in plan.feature_names]
+    ``transformWithState``'s row API, not ``applyInPandasWithState``: the latter builds pandas frames for
+    every entity, which cost about three times the fold itself (bench/README, "streaming").
+    """
 
-    def event(text: str) -> tuple[int, str, dict[int, Any]]:
+    def __init__(self, plan: GroupPlan) -> None:
+        self.entity_key = plan.entity_key
+        self.folder = TileFolder(plan.aggregations, plan.slide_s)
+        self.index_of = {f"v{index}": index for index in range(len(plan.aggregations))}
+        names = [agg.name for agg in plan.aggregations]
+        self.order = [names.index(name) for name in plan.feature_names]
+
+    def init(self, handle: StatefulProcessorHandle) -> None:
+        self.tiles = handle.getValueState("tiles", TILES_STATE)
+
+    def event(self, text: str) -> tuple[int, str, dict[int, Any]]:
         row = orjson.loads(text)  # to_json leaves out null fields: only the aggregations the row counts for
+        index_of = self.index_of
         return row["t"], row["i"], {index_of[k]: v for k, v in row.items() if k in index_of}
 
-    def run(key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        tiles = TileState.from_json(orjson.loads(state.get[0])) if state.exists else TileState()
-        folded = 0
-        for frame in batches:
-            folded += folder.fold(tiles, [event(text) for text in frame[ROW].tolist()])
-        if not folded:
+    def handleInputRows(self, key: Any, rows: Iterator[Row], timerValues: Any) -> Iterator[Row]:
+        stored = self.tiles.get()
+        tiles = TileState.from_json(orjson.loads(stored[0])) if stored is not None else TileState()
+        if not self.folder.fold(tiles, [self.event(row[ROW]) for row in rows]):
             return
-        state.update((orjson.dumps(tiles.to_json()),))
-        features = folder.values(tiles)
-        out = orjson.dumps([tiles.newest_us, *[features[index] for index in order]]).decode()
-        yield pd.DataFrame({plan.entity_key: [key[0]], OUT: [out]})
+        self.tiles.update((orjson.dumps(tiles.to_json()),))
+        features = self.folder.values(tiles)
+        out = orjson.dumps([tiles.newest_us, *[features[index] for index in self.order]]).decode()
+        yield Row(**{self.entity_key: key[0], OUT: out})
 
-    return run
+    def close(self) -> None:
+        pass
 
 
 def entity_features(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFrame) -> DataFrame:
@@ -119,12 +130,11 @@ def entity_features(spark: SparkSession, work: Paths, plan: GroupPlan, stream: D
     (entity key and :data:`OUT`; :func:`unpack_values` turns them into columns)."""
     rows = tile_rows(spark, work, plan, stream)
     key_type = rows.schema[plan.entity_key].dataType.simpleString()
-    return rows.groupBy(plan.entity_key).applyInPandasWithState(
-        make_tile_function(plan),
+    return rows.groupBy(plan.entity_key).transformWithState(
+        TileProcessor(plan),
         outputStructType=f"{plan.entity_key} {key_type}, {OUT} string",
-        stateStructType="tiles binary",
-        outputMode="update",
-        timeoutConf=GroupStateTimeout.NoTimeout,
+        outputMode="Update",
+        timeMode="None",
     )
 
 
@@ -195,10 +205,11 @@ def make_batch_handler(
 def feature_checkpoint(work: Paths, plan: GroupPlan) -> str:
     """Where a group's query keeps its offsets (and, for events groups, its tiles' state).
 
-    Events groups have a stateful query, whose checkpoint cannot be one of the former stateless query: its own
-    folder name makes a first run rebuild the state from bronze.
+    Events groups have a stateful query, whose checkpoint cannot be one of an earlier operator's (the stateless
+    query's, then ``applyInPandasWithState``'s ``_state``): a folder name of its own makes a first run rebuild
+    the state from bronze.
     """
-    suffix = "" if plan.source_kind == "table" else "_state"
+    suffix = "" if plan.source_kind == "table" else "_tiles"
     return work.checkpoint(plan.usecase, f"features_{plan.name}{suffix}")
 
 
