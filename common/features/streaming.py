@@ -92,8 +92,9 @@ class TileProcessor(StatefulProcessor):
     """Per entity, its :class:`TileState` in a value state: a micro-batch's rows are folded into it and, if any
     counted, the entity's features at its newest event are emitted as :data:`OUT`.
 
-    ``transformWithState``'s row API, not ``applyInPandasWithState``: the latter builds pandas frames for
-    every entity, which cost about three times the fold itself (bench/README, "streaming").
+    ``transformWithState``'s row API, not ``applyInPandasWithState``: the latter builds a pandas frame for every
+    entity and every output, which cost more than the fold itself (the same fold over 200k events and 10k
+    entities ran about three times faster with rows).
     """
 
     def __init__(self, plan: GroupPlan) -> None:
