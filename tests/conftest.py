@@ -23,6 +23,18 @@ os.environ.setdefault(
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark ``spark`` every test that uses the session SparkSession, directly or through another fixture.
+
+    ``item.fixturenames`` is the test's whole fixture closure, so a test that only asks for ``churn_lake``
+    is marked too. Tests that start Spark another way (spark-submit, ``loom`` subprocesses that run Spark
+    jobs, notebooks) carry an explicit ``@pytest.mark.spark``. ``make test-fast`` deselects both tiers.
+    """
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+
+
 @pytest.fixture(scope="session")
 def loom_home() -> Path:
     return _SESSION_HOME
