@@ -527,6 +527,7 @@ def _log_mentions_outside_stats(files: list[Path], text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_forget_removes_the_subject_from_every_store_and_the_delta_history(spark, lifecycle, monkeypatch, capsys):
     import redis
 
