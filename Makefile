@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps jars demo test lint format bench feast-venv schema clean
+.PHONY: setup system-deps jars demo test test-fast lint format bench feast-venv schema clean
 
 setup: $(STAMP) system-deps jars
 
@@ -36,6 +36,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The inner loop: every test without Spark (in-process or spark-submit/`loom` subprocesses) and
+# without the long end-to-end ones; under a minute. `make test` stays the full suite.
+test-fast: $(STAMP) system-deps
+	$(PY) -m pytest -m "not spark and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

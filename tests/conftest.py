@@ -23,6 +23,18 @@ os.environ.setdefault(
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark ``spark`` every test that uses the session SparkSession, directly or through another fixture.
+
+    ``item.fixturenames`` is the test's whole fixture closure, so a test that only asks for ``churn_lake``
+    is marked too. Tests that start Spark another way (spark-submit, ``loom`` subprocesses that run Spark
+    jobs, notebooks) carry an explicit ``@pytest.mark.spark``. ``make test-fast`` deselects both tiers.
+    """
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+
+
 @pytest.fixture(scope="session")
 def loom_home() -> Path:
     return _SESSION_HOME
@@ -35,22 +47,44 @@ def work(loom_home):
     return paths()
 
 
+def quick_jvm_options() -> str | None:
+    """The driver JVM options Loom gives its short batch jobs (common/runtime/jvm.py), or None when turned off.
+
+    The quick C1 compiler, a serial GC and the class-data-sharing archive ``make setup`` builds. The
+    tests' Spark work is many short jobs on small data, like those jobs: C2 and G1's threads would
+    compete with the test for the 2 cores, and the archive saves loading Spark's classes in each JVM.
+    Subprocesses that start Spark get them through ``JDK_JAVA_OPTIONS`` (:func:`quick_jvm_env`).
+    ``LOOM_QUICK_JVM=0`` turns them off here too.
+    """
+    from common.runtime.jars import delta_jars
+    from common.runtime.jvm import driver_options
+    from common.runtime.spark import read_profile
+
+    return driver_options(read_profile("local"), "loom-score", delta_jars())  # what `loom score` gets
+
+
+def quick_jvm_env() -> dict[str, str]:
+    """Environment for a subprocess that starts a Spark JVM (``loom stream``, spark-submit) with the quick options."""
+    options = quick_jvm_options()
+    return {"JDK_JAVA_OPTIONS": options} if options else {}
+
+
 @pytest.fixture(scope="session")
 def spark():
-    """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI."""
+    """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI, the quick JVM."""
     from common.runtime.spark import build_session
 
-    session = build_session(
-        "local",
-        app_name="loom-tests",
-        overrides={
-            "spark.master": "local[2]",
-            "spark.sql.shuffle.partitions": "2",
-            "spark.default.parallelism": "2",
-            "spark.ui.enabled": "false",
-            "spark.driver.memory": "3g",
-        },
-    )
+    overrides = {
+        "spark.master": "local[2]",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.driver.memory": "3g",
+    }
+    options = quick_jvm_options()
+    if options:
+        overrides["spark.driver.extraJavaOptions"] = options
+    session = build_session("local", app_name="loom-tests", overrides=overrides)
     yield session
     session.stop()
 

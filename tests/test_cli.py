@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import JOBS
+from tests.conftest import quick_jvm_env
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -72,6 +73,8 @@ def test_schema_check_passes():
     assert done.returncode == 0, done.stdout
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_spark_submit_runs_a_job_with_delta_on_the_classpath(tmp_path, redis_url):
     properties = REPO / ".cache" / "loom-spark.conf"
     if not properties.is_file():
@@ -85,6 +88,7 @@ def test_spark_submit_runs_a_job_with_delta_on_the_classpath(tmp_path, redis_url
             "REDIS_URL": redis_url,
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
+            **quick_jvm_env(),  # spark-submit's driver JVM starts like a short local job's
         },
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -229,6 +229,7 @@ def test_the_unmutated_use_case_validates():
     assert "use case churn v1: OK" in out and "models: churn" in out
 
 
+@pytest.mark.slow  # 500 validations: ~20 s at low load, a minute under load
 def test_five_hundred_metadata_mutants_exit_0_or_2_with_one_short_message():
     kinds: dict[str, dict[int, int]] = {}
     test_the_unmutated_use_case_validates()  # warm: the first call imports the compiler (seconds, once)

@@ -26,8 +26,6 @@ from common.serving.app import create_app
 from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig
 
-pytestmark = pytest.mark.spark
-
 # Test keys, not secrets: generated for these tests only.
 GOOD_KEY = "fuzz-good-key-4d2c9a7e1b3f5a8c"
 SCOPED_KEY = "fuzz-scoped-key-8b1e3d5f7a9c2e4b"  # may call another model only

@@ -25,8 +25,6 @@ from common.spec import load_usecase
 from common.spec.sources import Source
 from jobs.runner import main_for
 
-pytestmark = pytest.mark.spark
-
 SPEC = load_usecase("churn")
 EVENTS = SPEC.sources["events"]
 CUSTOMERS = SPEC.sources["customers"]

@@ -99,6 +99,7 @@ def installed(tmp_path_factory) -> Path:
     return venv
 
 
+@pytest.mark.spark  # `loom ingest` in a subprocess
 @pytest.mark.slow
 def test_validate_and_ingest_in_the_users_project_folder(installed, tmp_path):
     venv = installed

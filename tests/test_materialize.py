@@ -13,8 +13,6 @@ from common.compile.plan import FEATURE_TS
 from common.features.online_sink import open_store
 from common.features.publish import materialize
 
-pytestmark = pytest.mark.spark
-
 
 @pytest.fixture(scope="module")
 def lake(spark, tmp_path_factory):

@@ -135,6 +135,7 @@ def _land_events(work: Paths, name: str, events: list[dict]) -> None:
     (folder / name).write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_late_events_within_and_beyond_the_state_horizon(spark, redis_url, pipeline):
     """docs/time-semantics.md, "Late and out-of-order data": a late event within the longest window of the entity's newest event updates the
     online vector exactly; an older one changes no online value, lands in bronze, and the backfill (the

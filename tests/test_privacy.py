@@ -23,7 +23,7 @@ from common.privacy import (
     pseudonym,
     require_keys,
 )
-from common.privacy.keys import key_id
+from common.privacy.keys import key_id, key_uses
 from common.spec import load_usecase
 from common.spec.sources import Column, Source
 from tests.key_helpers import b64, set_key
@@ -137,8 +137,40 @@ def test_require_keys_names_key_columns_and_variable(monkeypatch):
     assert "pii_encryption" not in message  # set by conftest, so not a problem
 
 
-def test_require_keys_passes_when_all_keys_are_valid():
-    require_keys(load_usecase("churn").sources)
+def test_require_keys_passes_when_all_keys_are_valid(monkeypatch):
+    sources = load_usecase("churn").sources
+    # The check must cover both purposes the churn policies use, or "passes" would prove nothing.
+    assert {(name, purpose) for name, purpose, _ in key_uses(sources)} == {
+        ("pii_hmac", "hmac"),
+        ("pii_encryption", "encryption"),
+    }
+    set_key(monkeypatch, "pii_hmac", b64(os.urandom(32)))
+    set_key(monkeypatch, "pii_encryption", f"new={b64(os.urandom(32))},old={b64(os.urandom(32))}")
+    assert require_keys(sources) is None  # no ConfigError: every key is set and valid
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("pii_encryption", b64(os.urandom(16)), "16 bytes"),
+        ("pii_encryption", f"new={b64(os.urandom(32))},old=abcde", "not valid base64"),
+        ("pii_hmac", b64(os.urandom(8)), "8 bytes"),
+    ],
+    ids=["short-encryption-key", "bad-keyring-entry", "short-hmac-key"],
+)
+def test_require_keys_fails_on_an_invalid_key(monkeypatch, name, value, reason):
+    """The negative twin: the same sources with one key set but invalid are refused, naming that key only."""
+    set_key(monkeypatch, "pii_hmac", b64(os.urandom(32)))
+    set_key(monkeypatch, "pii_encryption", b64(os.urandom(32)))
+    set_key(monkeypatch, name, value)
+    with pytest.raises(ConfigError) as error:
+        require_keys(load_usecase("churn").sources)
+    message = str(error.value)
+    assert f"key {name!r}" in message
+    assert f"LOOM_KEY_{name.upper()}" in message
+    assert reason in message
+    other = "pii_hmac" if name == "pii_encryption" else "pii_encryption"
+    assert f"key {other!r}" not in message
 
 
 # --- policy types -------------------------------------------------------------------------------

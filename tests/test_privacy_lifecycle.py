@@ -46,8 +46,6 @@ from jobs.runner import main_for
 from tests.key_helpers import b64, set_key
 from tests.spec_helpers import mutated_churn
 
-pytestmark = pytest.mark.spark
-
 DB = 11  # a Redis database of its own: other tests flush db 0 and the serving tests use 7
 START = date(2026, 1, 1)
 DAYS = 6
@@ -527,6 +525,7 @@ def _log_mentions_outside_stats(files: list[Path], text: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_forget_removes_the_subject_from_every_store_and_the_delta_history(spark, lifecycle, monkeypatch, capsys):
     import redis
 

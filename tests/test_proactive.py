@@ -37,6 +37,7 @@ from common.lake.paths import predictions_path
 from common.models import registry
 from common.models.scoring import score_batch
 from common.settings import Paths
+from tests.conftest import quick_jvm_env
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ["customer_id", "trigger", "firing_ts", "event_id", "score", "model_name", "model_version", "action"]
@@ -85,7 +86,8 @@ def _redis_db(url: str, db: int) -> str:
 
 
 def _stream_command(work: Paths, redis: str) -> tuple[list[str], dict[str, str]]:
-    env = dict(os.environ, LOOM_HOME=str(work.home), REDIS_URL=redis, PYSPARK_PYTHON=sys.executable)
+    # the quick JVM of short jobs: each of these processes runs a few micro-batches, and the kill test starts four
+    env = dict(os.environ, LOOM_HOME=str(work.home), REDIS_URL=redis, PYSPARK_PYTHON=sys.executable, **quick_jvm_env())
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [sys.executable, "-m", "jobs.stream", "--usecase", "churn", "--available-now", "--only", "triggers"]
     return command + ["--max-files-per-trigger", str(TRIGGER_FILES_PER_BATCH)], env
@@ -223,6 +225,7 @@ def test_firings_are_scored_with_features_models_and_actions(spark, clean_run, t
     assert len(latest) == len({r["customer_id"] for r in rows})
 
 
+@pytest.mark.slow
 def test_kill_dash_nine_at_each_unsafe_point_equals_a_clean_run(
     spark, clean_run, stream_lake, trained_churn, redis_url, tmp_path
 ):
@@ -291,6 +294,7 @@ def test_stream_scores_equal_batch_scoring_at_the_same_time(spark, clean_run, st
         assert written.first()["score"] == pytest.approx(row["score"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_champion_moves_during_a_run_without_restart(spark, clean_run, stream_lake, trained_churn, redis_url, tmp_path):
     from common.compile import compile_usecase
     from common.spec import load_usecase

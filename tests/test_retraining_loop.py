@@ -130,6 +130,7 @@ def _stream_rows(spark, work: Paths, kind: str = "stream"):
     return spark.read.format("delta").load(predictions_path(work, "churn", kind))
 
 
+@pytest.mark.slow
 def test_drift_drop_retrain_shadow_promote_and_the_stream_switches_without_restart(world):
     from common.models.scoring import score_batch
     from common.monitoring.drift import compute_drift
