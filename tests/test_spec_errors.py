@@ -127,6 +127,18 @@ def test_bad_sql(tmp_path):
     assert "invalid SQL expression" in message
 
 
+def test_bad_sql_in_an_expr_transform(tmp_path):
+    def mutate(docs):
+        transforms = docs["features.yaml"]["feature_groups"]["activity"]["transforms"]
+        expr = next(index for index, transform in enumerate(transforms) if transform["fn"] == "expr")
+        transforms[expr]["sql"] = "dura#tion_s / 60"
+
+    message = load_error(mutated_churn(tmp_path, mutate))
+    assert "feature_groups.activity.transforms" in message
+    assert "invalid SQL expression" in message
+    assert "dura#tion_s" in message
+
+
 def test_unknown_policy_method(tmp_path):
     def mutate(docs):
         docs["sources.yaml"]["sources"]["customers"]["columns"]["email"]["pii"] = {"method": "hash"}

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.spec.base import NAME_PATTERN, Name, Strict
 from common.spec.sources import ColumnType
+from common.spec.sql import check_sql
 
 
 class _Transform(Strict):
@@ -32,6 +33,13 @@ class ExprTransform(_Transform):
 
     fn: Literal["expr"]
     sql: str = Field(min_length=1)
+
+    @field_validator("sql")
+    @classmethod
+    def _valid_sql(cls, value: str) -> str:
+        # checked here, where the error names the field; the compiler's ordering would meet it unnamed
+        check_sql(value)
+        return value
 
     def inputs(self) -> list[str]:
         from common.spec.sql import referenced_columns
