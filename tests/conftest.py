@@ -50,11 +50,9 @@ def work(loom_home):
 def quick_jvm_options() -> str | None:
     """The driver JVM options Loom gives its short batch jobs (common/runtime/jvm.py), or None when turned off.
 
-    The quick C1 compiler, a serial GC and the class-data-sharing archive ``make setup`` builds. The
-    tests' Spark work is many short jobs on small data, like those jobs: C2 and G1's threads would
-    compete with the test for the 2 cores, and the archive saves loading Spark's classes in each JVM.
-    Subprocesses that start Spark get them through ``JDK_JAVA_OPTIONS`` (:func:`quick_jvm_env`).
-    ``LOOM_QUICK_JVM=0`` turns them off here too.
+    The quick C1 compiler, a serial GC and the class-data-sharing archive ``make setup`` builds: for the
+    Spark subprocesses the tests start (``loom stream``, spark-submit), short jobs like those. Given through
+    ``JDK_JAVA_OPTIONS`` (:func:`quick_jvm_env`). ``LOOM_QUICK_JVM=0`` turns them off here too.
     """
     from common.runtime.jars import delta_jars
     from common.runtime.jvm import driver_options
@@ -71,7 +69,12 @@ def quick_jvm_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def spark():
-    """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI, the quick JVM."""
+    """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI.
+
+    The JVM's defaults, not :func:`quick_jvm_options`: the session lives the whole run, and with C1 only its
+    Spark work ran about 1.5 times slower (clean-clone CI at load 2-3: the notebooks, privacy lifecycle and
+    pipeline set-ups).
+    """
     from common.runtime.spark import build_session
 
     overrides = {
@@ -81,9 +84,6 @@ def spark():
         "spark.ui.enabled": "false",
         "spark.driver.memory": "3g",
     }
-    options = quick_jvm_options()
-    if options:
-        overrides["spark.driver.extraJavaOptions"] = options
     session = build_session("local", app_name="loom-tests", overrides=overrides)
     yield session
     session.stop()

@@ -13,8 +13,8 @@ warming it up, not working. On a small machine two things dominate that fixed co
 
 Measured by ``python -m bench --only small_jobs`` (bare Spark start + one action + one Delta write
 and read, and each job). Long-running work (``loom stream``, ``loom serve``, ``loom demo``, the
-throughput benchmarks) keeps the JVM's defaults: C2 pays off there (the tests, many short jobs on small
-data, opt in: ``tests/conftest.py``). The
+throughput benchmarks) keeps the JVM's defaults: C2 pays off there (the short Spark subprocesses the
+tests start opt in: ``tests/conftest.py``). The
 options apply to the jobs in :data:`QUICK_JOBS` only, in local mode, when the profile sets no
 ``spark.driver.extraJavaOptions`` of its own; ``LOOM_QUICK_JVM=0`` turns them off.
 """
