@@ -37,6 +37,7 @@ from common.lake.paths import predictions_path
 from common.models import registry
 from common.models.scoring import score_batch
 from common.settings import Paths
+from common.triggers.operator import STATE_LAYOUT
 from tests.conftest import quick_jvm_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,15 +134,15 @@ class QueryFiles:
     """Where the trigger query of a work folder stands, from its files alone (another process runs it).
 
     Per micro-batch N, Spark and the firing handler write, in this order: ``offsets/N``
-    (the batch is planned), ``state/0/<partition>/<N+1>.delta`` (the trigger operator's
-    state), a predictions Delta commit (then actions and Redis), and last ``commits/N``.
+    (the batch is planned), ``state/0/<partition>/<N+1>.changelog`` (the trigger operator's
+    state in RocksDB; a snapshot ``<N+1>.zip`` may follow later, in the background), a predictions Delta commit (then actions and Redis), and last ``commits/N``.
     Files appear whole (written, then renamed). A predictions commit newer than
     ``offsets/N`` is batch N's, since batch N-1 committed before N was planned; this
     does not rely on the Delta transaction ids whose effect the kill test checks.
     """
 
     def __init__(self, work: Paths) -> None:
-        self.checkpoint = Path(work.checkpoint("churn", "triggers_events"))
+        self.checkpoint = Path(work.checkpoint("churn", f"triggers_events_{STATE_LAYOUT}"))
         self.delta_log = Path(predictions_path(work, "churn", "stream")) / "_delta_log"
 
     def delta_commits(self) -> list[Path]:
@@ -159,7 +160,7 @@ class QueryFiles:
         planned = (self.checkpoint / "offsets" / str(batch)).stat().st_mtime_ns
         if any(commit.stat().st_mtime_ns >= planned for commit in self.delta_commits()):
             return batch, DELTA_COMMITTED
-        if any((p / f"{batch + 1}.delta").exists() for p in (self.checkpoint / "state" / "0").glob("*")):
+        if any((p / f"{batch + 1}.changelog").exists() for p in (self.checkpoint / "state" / "0").glob("*")):
             return batch, STATE_WRITTEN
         return batch, PLANNED
 

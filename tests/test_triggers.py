@@ -83,7 +83,7 @@ def test_state_is_bounded_by_the_watermark():
     assert TriggerState.from_json(state.to_json()) == state
 
 
-# --- the real operator: Delta stream -> applyInPandasWithState -> foreachBatch ---------------
+# --- the real operator: Delta stream -> transformWithState (RocksDB) -> foreachBatch ---------
 
 TRIGGER = TriggerPlan(
     usecase="t",
@@ -113,16 +113,18 @@ def _append(spark, path: str, rows: list[tuple[str, str, str, float]]) -> None:
 
 
 def _drain(spark, path: str, checkpoint: str, sink: list) -> None:
+    from common.runtime.state_store import rocksdb_state_store
     from common.triggers.operator import firings
 
     stream = spark.readStream.format("delta").option("maxFilesPerTrigger", 1).load(path)
-    query = (
+    writer = (
         firings(stream, [TRIGGER])
         .writeStream.option("checkpointLocation", checkpoint)
         .foreachBatch(lambda df, _: sink.extend(tuple(r) for r in df.collect()))
         .trigger(availableNow=True)
-        .start()
     )
+    with rocksdb_state_store(spark):
+        query = writer.start()
     query.awaitTermination()
     assert query.exception() is None
 

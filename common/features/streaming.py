@@ -22,7 +22,6 @@ previous one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,21 +43,12 @@ from common.features.windows import value_column, with_row_values
 from common.lake.delta import read_bronze
 from common.lake.paths import bronze_path, history_path
 from common.runtime.log import Stopwatch
+from common.runtime.state_store import rocksdb_state_store
 from common.settings import Paths
 
 log = logging.getLogger("loom.stream")
 
 OnlineWriter = Callable[[GroupPlan, DataFrame], tuple[int, int]]
-
-# The tiles' state: RocksDB (off the JVM heap, so millions of entities fit), checkpointed as changelogs (a
-# micro-batch uploads the keys it changed, not a snapshot of the whole state). Set for the feature queries
-# only, when they start (Spark keeps the provider in the checkpoint for restarts).
-STATE_STORE_CONF = {
-    "spark.sql.streaming.stateStore.providerClass": (
-        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
-    ),
-    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
-}
 
 
 @dataclass
@@ -214,22 +204,6 @@ def feature_checkpoint(work: Paths, plan: GroupPlan) -> str:
     return work.checkpoint(plan.usecase, f"features_{plan.name}{suffix}")
 
 
-@contextlib.contextmanager
-def _session_conf(spark: SparkSession, conf: dict[str, str]) -> Iterator[None]:
-    """``conf`` set on the session while the block runs (queries started in it keep it), then restored."""
-    previous = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
-
-
 def start_feature_streams(
     spark: SparkSession,
     work: Paths,
@@ -260,6 +234,6 @@ def start_feature_streams(
             .foreachBatch(make_batch_handler(spark, work, group, write_online))
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
-        with _session_conf(spark, STATE_STORE_CONF if stateful else {}):
+        with rocksdb_state_store(spark, enabled=stateful):
             queries.append(writer.start())
     return queries

@@ -2,22 +2,24 @@
 
 Events are reduced in Spark to (entity, time, event id, one boolean per
 trigger condition), watermarked, grouped by entity, and fed to
-``applyInPandasWithState``: per entity it keeps a :class:`TriggerState` per
-trigger (JSON in Spark's state store, so checkpoints restore it exactly) and
-emits one row per firing. An event-time timeout drops an entity's state once
-the watermark has passed everything that could still matter.
+``transformWithState`` (:class:`TriggerProcessor`, row API): per entity it
+keeps a :class:`TriggerState` per trigger (JSON in Spark's state store, so
+checkpoints restore it exactly) and emits one row per firing. An event-time
+timer drops an entity's state once the watermark has passed everything that
+could still matter.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
-from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
+from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
+from pyspark.sql.types import StringType, StructField, StructType
 
 from common.compile.triggers import TriggerPlan
 from common.triggers.matcher import Rule, TriggerState, advance, is_empty
@@ -26,7 +28,11 @@ EVENT_ID = "_event_id"
 TS_US = "_ts_us"
 FIRING_TS = "firing_ts"
 FIRING_SCHEMA = "{key} string, trigger string, firing_ts timestamp, event_id string"
-STATE_SCHEMA = "state string"
+STATE_SCHEMA = StructType([StructField("state", StringType())])  # {trigger: TriggerState JSON}
+# The operator's state layout, in its checkpoint's name. A new layout needs a checkpoint of its own and, with
+# it, a new txnAppId for the predictions: batch ids restart at 0 there, and Delta would skip them as written.
+STATE_LAYOUT = "tws"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _rule(trigger: TriggerPlan) -> Rule:
@@ -63,48 +69,74 @@ def condition_events(events: DataFrame, triggers: list[TriggerPlan]) -> DataFram
     )
 
 
-def make_state_function(triggers: list[TriggerPlan]):
-    """The ``applyInPandasWithState`` function: events of one entity -> its firings."""
-    rules = {t.name: _rule(t) for t in triggers}
-    columns = {t.name: [t.condition_column(i) for i in range(len(t.conditions))] for t in triggers}
-    horizon_us = max(t.state_horizon_s for t in triggers) * 1_000_000
-    key_name = triggers[0].entity_key
+class TriggerProcessor(StatefulProcessor):
+    """Per entity: the triggers' :class:`TriggerState` in a value state, one event-time timer, the firings.
 
-    def run(key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        if state.hasTimedOut:
-            state.remove()
-            return
-        stored = json.loads(state.get[0]) if state.exists else {}
-        per_trigger = {name: TriggerState.from_json(stored.get(name, {})) for name in rules}
-        frame = pd.concat(list(batches), ignore_index=True)
-        watermark_us = max(int(state.getCurrentWatermarkMs()), 0) * 1000
-        out: list[dict[str, Any]] = []
-        for name, rule in rules.items():
+    ``transformWithState``'s row API: no pandas frame per entity (``applyInPandasWithState``'s cost).
+    """
+
+    def __init__(self, triggers: list[TriggerPlan]) -> None:
+        self.rules = {t.name: _rule(t) for t in triggers}
+        self.columns = {t.name: [t.condition_column(i) for i in range(len(t.conditions))] for t in triggers}
+        self.horizon_us = max(t.state_horizon_s for t in triggers) * 1_000_000
+        self.key_name = triggers[0].entity_key
+
+    def init(self, handle: StatefulProcessorHandle) -> None:
+        self.handle = handle
+        self.state = handle.getValueState("triggers", STATE_SCHEMA)
+
+    def handleInputRows(self, key: Any, rows: Iterator[Row], timerValues: Any) -> Iterator[Row]:
+        watermark_us = max(int(timerValues.getCurrentWatermarkInMs()), 0) * 1000
+        stored = self.state.get()
+        saved = json.loads(stored[0]) if stored is not None else {}
+        per_trigger = {name: TriggerState.from_json(saved.get(name, {})) for name in self.rules}
+        events = list(rows)
+        out = []
+        for name, rule in self.rules.items():
             new_events = [
-                (int(ts), str(event_id), condition)
-                for condition, column in enumerate(columns[name])
-                for ts, event_id in frame.loc[frame[column], [TS_US, EVENT_ID]].itertuples(index=False)
+                (int(row[TS_US]), str(row[EVENT_ID]), condition)
+                for condition, column in enumerate(self.columns[name])
+                for row in events
+                if row[column]
             ]
             for firing in advance(rule, per_trigger[name], new_events, watermark_us):
+                firing_ts = _EPOCH + timedelta(microseconds=firing.time_us)  # aware: no local-time conversion
                 out.append(
-                    {
-                        key_name: key[0],
-                        "trigger": name,
-                        FIRING_TS: pd.Timestamp(firing.time_us, unit="us"),
-                        "event_id": firing.event_id,
-                    }
+                    Row(
+                        **{
+                            self.key_name: str(key[0]),
+                            "trigger": name,
+                            FIRING_TS: firing_ts,
+                            "event_id": firing.event_id,
+                        }
+                    )
                 )
+        self._keep(per_trigger, watermark_us)
+        yield from out
+
+    def _keep(self, per_trigger: dict[str, TriggerState], watermark_us: int) -> None:
+        """Store the states, or drop them when empty; one timer, at the time they stop mattering."""
+        wanted = None
         if all(is_empty(s) for s in per_trigger.values()):
-            state.remove()
+            self.state.clear()
         else:
-            state.update((json.dumps({name: s.to_json() for name, s in per_trigger.items()}),))
+            self.state.update((json.dumps({name: s.to_json() for name, s in per_trigger.items()}),))
             newest = max((e[0] for s in per_trigger.values() for e in s.events), default=0)
             newest = max([newest] + [f for s in per_trigger.values() for f in s.fired])
-            state.setTimeoutTimestamp(max(newest + horizon_us, watermark_us + 1000) // 1000 + 1)
-        if out:
-            yield pd.DataFrame(out, columns=[key_name, "trigger", FIRING_TS, "event_id"])
+            wanted = max(newest + self.horizon_us, watermark_us + 1000) // 1000 + 1
+        timers = list(self.handle.listTimers())
+        for expiry_ms in timers:
+            if expiry_ms != wanted:
+                self.handle.deleteTimer(expiry_ms)
+        if wanted is not None and wanted not in timers:
+            self.handle.registerTimer(wanted)
 
-    return run
+    def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[Row]:
+        self.state.clear()  # the watermark passed everything the state could still match
+        yield from ()
+
+    def close(self) -> None:
+        pass
 
 
 def firings(events: DataFrame, triggers: list[TriggerPlan]) -> DataFrame:
@@ -112,10 +144,9 @@ def firings(events: DataFrame, triggers: list[TriggerPlan]) -> DataFrame:
     first = triggers[0]
     watermark = max(t.watermark_s for t in triggers)
     compact = condition_events(events, triggers).withWatermark(first.event_time, f"{watermark} seconds")
-    return compact.groupBy(first.entity_key).applyInPandasWithState(
-        make_state_function(triggers),
+    return compact.groupBy(first.entity_key).transformWithState(
+        TriggerProcessor(triggers),
         outputStructType=FIRING_SCHEMA.format(key=first.entity_key),
-        stateStructType=STATE_SCHEMA,
-        outputMode="append",
-        timeoutConf=GroupStateTimeout.EventTimeTimeout,
+        outputMode="Append",
+        timeMode="EventTime",
     )

@@ -12,8 +12,9 @@ from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
 from common.lake.paths import bronze_path
 from common.runtime.redis_server import connect
+from common.runtime.state_store import rocksdb_state_store
 from common.settings import Paths
-from common.triggers.operator import firings
+from common.triggers.operator import STATE_LAYOUT, firings
 from common.triggers.scoring import ModelResolver, make_firing_handler
 
 
@@ -53,13 +54,15 @@ def start_trigger_streams(
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
         events = reader.load(bronze_path(work, plan.usecase, source))
-        app_id = f"loom-{plan.usecase}-triggers-{source}"
+        name = f"triggers_{source}_{STATE_LAYOUT}"
+        app_id = f"loom-{plan.usecase}-{name}"  # with the checkpoint: see STATE_LAYOUT
         writer = (
             firings(events, triggers)
             .writeStream.queryName(f"loom_{plan.usecase}_triggers_{source}")
-            .option("checkpointLocation", work.checkpoint(plan.usecase, f"triggers_{source}"))
+            .option("checkpointLocation", work.checkpoint(plan.usecase, name))
             .foreachBatch(make_firing_handler(spark, work, plan, triggers, client, resolver, app_id))
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
-        queries.append(writer.start())
+        with rocksdb_state_store(spark):  # transformWithState needs RocksDB
+            queries.append(writer.start())
     return queries

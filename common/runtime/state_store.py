@@ -1,0 +1,39 @@
+"""Spark's state store for Loom's stateful streaming queries (feature tiles, trigger matches).
+
+RocksDB keeps the state off the JVM heap, so millions of entities fit, and ``transformWithState`` needs it.
+Changelog checkpointing makes a micro-batch upload the keys it changed, not a snapshot of the whole state.
+The settings are made on the session only while a stateful query starts (Spark keeps the provider in the
+query's checkpoint for restarts), so Loom's other queries and jobs keep the session's defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from pyspark.sql import SparkSession
+
+STATE_STORE_CONF = {
+    "spark.sql.streaming.stateStore.providerClass": (
+        "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+    ),
+    "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
+}
+
+
+@contextlib.contextmanager
+def rocksdb_state_store(spark: SparkSession, enabled: bool = True) -> Iterator[None]:
+    """While the block runs (start the stateful query in it), the session uses :data:`STATE_STORE_CONF`;
+    the previous settings come back after. ``enabled=False`` changes nothing."""
+    conf = STATE_STORE_CONF if enabled else {}
+    previous = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
