@@ -27,11 +27,11 @@ import pytest
 from fastapi.testclient import TestClient
 from pyspark.sql import functions as F
 
+from common.compile.event_time import to_micros
 from common.lake.paths import predictions_path
 from common.serving.app import create_app
 from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig
-from common.serving.predict import epoch_us
 from common.serving.prediction_log import PredictionLogger
 from common.serving.prediction_rows import LoggedRequest
 from common.serving.prediction_sink import DeltaPredictionSink, PredictionSink
@@ -167,7 +167,7 @@ def test_clean_shutdown_flushes_every_prediction_to_delta(spark, trained_churn, 
         assert r["score"] == expected["score"] and r["known"] is expected["known"]
         assert r["missing"] == expected["missing"]
         assert (r["model_name"], r["model_version"], r["alias"]) == ("churn", body["version"], body["alias"])
-        assert r["ts_us"] == epoch_us(AT)
+        assert r["ts_us"] == to_micros(AT)
     assert sum(r["alias"] is None for r in rows) == len(keys)
     assert not next(r for r in rows if r["customer_id"] == "C99999999")["known"]
     # what the evaluation reads: every scored row of the table, tagged path "rest"
@@ -247,7 +247,17 @@ class HeldDelta(DeltaPredictionSink):
 def _request(i: int, client: str = "unit") -> LoggedRequest:
     keys = [f"C{i:08d}", f"C{i + 1:08d}"]
     return LoggedRequest(
-        f"{client}-{i}", epoch_us(AT), client, "churn", 1, None, "customer_id", keys, np.array([0.1, 0.9]), {}, [[], []]
+        f"{client}-{i}",
+        to_micros(AT),
+        client,
+        "churn",
+        1,
+        None,
+        "customer_id",
+        keys,
+        np.array([0.1, 0.9]),
+        {},
+        [[], []],
     )
 
 
@@ -398,7 +408,7 @@ def test_settings_turn_the_log_off_and_set_its_interval(tmp_path):
 def test_rows_hold_scores_and_names_but_no_feature_values():
     record = LoggedRequest(
         "r1",
-        epoch_us(AT),
+        to_micros(AT),
         "screen",
         "churn",
         3,

@@ -2,8 +2,8 @@
 
 For each online feature group, the newest history row of every entity with ``feature_ts <= at``
 is the vector the online store would hold at ``at`` (docs/time-semantics.md); it goes through
-the same Spark -> Redis writer as the streaming job (:func:`common.online.materialize.
-write_features_to_online_store`), so the event-time guard applies: a vector older than the one
+the same Spark -> Redis writer as the streaming job (:func:`common.features.online_sink.
+spark_online_writer`), so the event-time guard applies: a vector older than the one
 stored (e.g. written by the stream) is skipped, an equal one is rewritten with the same bytes.
 Re-running is harmless.
 """
@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan, Plan
 from common.errors import ConfigError, DataError
+from common.features.online_sink import spark_online_writer
 from common.features.prepare import latest_rows
 from common.lake.delta import table_exists
 from common.lake.paths import history_path
@@ -65,8 +66,6 @@ def materialize_group(
     spark: SparkSession, work: Paths, group: GroupPlan, at: datetime, redis_url: str
 ) -> MaterializeReport:
     """Publish one group's history as of ``at`` into the online store at ``redis_url``."""
-    from common.online.materialize import write_features_to_online_store
-
     path = history_path(work, group)
     if not table_exists(spark, path):
         raise DataError(
@@ -79,20 +78,10 @@ def materialize_group(
     ).cache()
     try:
         entities, newest = vectors.agg(F.count("*"), F.max(FEATURE_TS)).first()
-        result = write_features_to_online_store(
-            vectors,
-            usecase=group.usecase,
-            version=group.usecase_version,
-            group=group.name,
-            feature_names=group.feature_names,
-            entity_column=group.entity_key,
-            event_time_column=FEATURE_TS,
-            redis_url=redis_url,
-            ttl_seconds=group.ttl_s,
-        )
+        written, skipped = spark_online_writer(redis_url)(group, vectors)
     finally:
         vectors.unpersist()
-    return MaterializeReport(group.name, at, int(entities), int(result[0]), int(result[1]), newest, path)
+    return MaterializeReport(group.name, at, int(entities), written, skipped, newest, path)
 
 
 def materialize(

@@ -170,7 +170,9 @@ class BatchWriter:
                     "Fix: this is a bug in validation; report it with the batch's files"
                 )
             accepted, quarantined = split_classified(classified, self.source)
-            self._append(quarantined.withColumn("ingested_at", F.lit(ingested_at)), self.locations.quarantine, batch_id)
+            if counts:  # an empty quarantine append would still cost a Delta commit and its snapshot
+                quarantined = quarantined.withColumn("ingested_at", F.lit(ingested_at))
+                self._append(quarantined, self.locations.quarantine, batch_id)
             clock.lap("quarantine")
             bronze = protect(accepted, self.source, self.source_name).withColumn(INGESTED_AT, F.lit(ingested_at))
             self._append(bronze, self.locations.bronze, batch_id)
@@ -191,7 +193,12 @@ class BatchWriter:
             checked.unpersist()
 
     def _existing_keys(self, spark: SparkSession, since: datetime | None) -> DataFrame | None:
-        """Duplicate-check keys of bronze as of now (a fixed version, so retries see the same).
+        """Duplicate-check keys of bronze as of the batch's start.
+
+        The table is read as it is now, with no version look-up (``history(1)`` is a Spark job per batch): only
+        this query appends to bronze, and its own append comes after the classified batch is cached. A batch
+        retried after its bronze append committed classifies its records as duplicates, but both of its appends
+        are then skipped by their transaction version, so nothing changes in the lake.
 
         Bounded by event time: only bronze rows no older than ``since`` (the batch's oldest candidate) minus
         the source's watermark. A replay carries its original event time, so every replay is still found,
@@ -202,8 +209,7 @@ class BatchWriter:
         keys = dedup_columns(self.source)
         if not keys:
             return None
-        version = DeltaTable.forPath(spark, self.locations.bronze).history(1).select("version").first()[0]
-        bronze = spark.read.format("delta").option("versionAsOf", version).load(self.locations.bronze)
+        bronze = spark.read.format("delta").load(self.locations.bronze)
         if since is not None and self.source.event_time is not None:
             slack = duration_seconds(self.source.watermark) if self.source.watermark else 0
             bronze = bronze.where(F.col(self.source.event_time) >= F.lit(since - timedelta(seconds=slack)))

@@ -11,18 +11,17 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from common.compile.event_time import from_micros
 from common.errors import ConfigError, DataError
 from common.online.encoding import as_matrix, schema_fingerprint
 
 if TYPE_CHECKING:
     from common.spec.features import FeatureGroup
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class FeatureVector:
 
     @property
     def event_time(self) -> datetime:
-        return _EPOCH + timedelta(microseconds=self.event_time_us)
+        return from_micros(self.event_time_us)
 
     def as_dict(self) -> dict[str, float | None]:
         """Feature name -> value, None for missing (NaN)."""

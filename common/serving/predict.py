@@ -16,17 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 
+from common.compile.event_time import from_micros
 from common.models.online_features import lookup_matrix
 from common.models.pyfunc import model_inputs
 from common.serving.holder import LoadedModel
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -39,16 +37,9 @@ class Scored:
     missing: list[list[str]]
 
 
-def epoch_us(moment: datetime) -> int:
-    """``moment`` as integer microseconds since the epoch (naive = UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
 def iso_us(micros: int) -> str:
     """Epoch microseconds as ISO 8601 UTC with a ``Z``."""
-    return (_EPOCH + timedelta(microseconds=int(micros))).isoformat().replace("+00:00", "Z")
+    return from_micros(micros).isoformat().replace("+00:00", "Z")
 
 
 def score_entities(model: LoadedModel, entities: Sequence[dict[str, Any]], at_us: int) -> Scored:

@@ -27,12 +27,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from common.compile.event_time import to_micros
 from common.errors import ConfigError, StoreError
 from common.serving.auth import ApiKeys, Client
 from common.serving.config import ServingConfig
 from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
 from common.serving.metrics import ServingMetrics
-from common.serving.predict import epoch_us, response_body, score_entities
+from common.serving.predict import response_body, score_entities
 from common.serving.prediction_log import PredictionLogger
 from common.serving.prediction_rows import LoggedRequest
 from common.serving.schemas import PredictRequest, entity_errors
@@ -168,7 +169,7 @@ class PredictService:
         problems = entity_errors(entities, loaded.spec.entity_key, loaded.request_fields)
         if problems:
             raise RequestValidationError(problems)
-        at_us = epoch_us(self.clock())
+        at_us = to_micros(self.clock())
         try:
             scored = score_entities(loaded, entities, at_us)
         except StoreError as err:

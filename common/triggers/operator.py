@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import DataFrame, Row
@@ -21,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 from pyspark.sql.types import StringType, StructField, StructType
 
+from common.compile.event_time import from_micros
 from common.compile.triggers import TriggerPlan
 from common.triggers.matcher import Rule, TriggerState, advance, is_empty
 
@@ -32,7 +32,6 @@ STATE_SCHEMA = StructType([StructField("state", StringType())])  # {trigger: Tri
 # The operator's state layout, in its checkpoint's name. A new layout needs a checkpoint of its own and, with
 # it, a new txnAppId for the predictions: batch ids restart at 0 there, and Delta would skip them as written.
 STATE_LAYOUT = "tws"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _rule(trigger: TriggerPlan) -> Rule:
@@ -100,7 +99,7 @@ class TriggerProcessor(StatefulProcessor):
                 if row[column]
             ]
             for firing in advance(rule, per_trigger[name], new_events, watermark_us):
-                firing_ts = _EPOCH + timedelta(microseconds=firing.time_us)  # aware: no local-time conversion
+                firing_ts = from_micros(firing.time_us)  # aware: no local-time conversion
                 out.append(
                     Row(
                         **{
