@@ -38,8 +38,5 @@ def features_at(
                     F.col(group_plan.event_time) >= F.lit(bounds[0]) - F.make_dt_interval(secs=F.lit(lookback))
                 )
         history = feature_history(group_plan, prepare(group_plan, source, join_tables(spark, work, group_plan)))
-        # as_of_join reads a history twice (its times, then the rows it needs): computed once, when
-        # first used, rather than twice from bronze. It holds only the firing rows' entities.
-        history = history.localCheckpoint(eager=False)
         inputs.append(HistoryInput(group_plan, history, tuple(group.selected), f"_{group.name}_ts"))
     return as_of_join(rows, inputs, time_column)

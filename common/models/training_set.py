@@ -3,9 +3,8 @@ existed at each label's time (docs/time-semantics.md: the history row with the
 greatest ``feature_ts <= t``; null when there is none or it is older than the
 group's ``ttl``).
 
-The join is common.features.point_in_time.as_of_join: the as-of times are found
-with one narrow shuffle and sort (keys and times only), then only the history rows
-they name are fetched with their features; no cross join and no per-row Python.
+The join is common.features.point_in_time.as_of_join: one shuffle and one sort
+for all groups; no cross join and no per-row Python.
 
 Every Delta table is read at a pinned version, and the versions are returned, so
 that the same call with ``versions=`` rebuilds an identical training set.
