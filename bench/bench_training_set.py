@@ -350,11 +350,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
         },
         {"metric": "training set wall time", "value": round(seconds, 2), "unit": "s", "target": None, "note": note},
         {
-            "metric": "of which: the call (Delta versions, label min/max, as-of times)",
+            "metric": "of which: the call (Delta versions, label min/max)",
             "value": round(call_s, 2),
             "unit": "s",
             "target": None,
-            "note": "Delta snapshots, one pass over the labels, and the join's first step (keys and times only)",
+            "note": "before the join runs: Delta snapshots and history look-ups, one pass over the labels",
         },
         {
             "metric": "feature history rows read",
