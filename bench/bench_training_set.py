@@ -23,6 +23,7 @@ Full size: 1M labels over 10M ``activity`` rows (100k customers × 100 rows over
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -237,7 +238,8 @@ def _feast_seconds(python: Path, spec_path: Path) -> dict[str, Any]:
     if done.returncode != 0:
         # The last line that names an error (warnings also go to stderr), and the exit code:
         # a negative one is the signal that ended it, e.g. -9 when the kernel ran out of memory.
-        errors = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
+        # A traceback ends with "SomeError: message"; warnings that merely mention errors do not count.
+        errors = [line for line in done.stderr.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
         return {"error": f"exit code {done.returncode}: {(errors or ['no error message'])[-1].strip()[:200]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
