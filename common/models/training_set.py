@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -28,6 +27,7 @@ from common.compile.plan import FEATURE_TS, Plan
 from common.errors import DataError
 from common.features.offline import PARTITION
 from common.features.point_in_time import HistoryInput, as_of_join
+from common.lake.delta import local_folder
 from common.lake.paths import history_path
 from common.settings import Paths
 
@@ -67,7 +67,7 @@ def latest_version(spark: SparkSession, path: str) -> int | None:
     listing, no Spark job (``DeltaTable.isDeltaTable`` and ``history`` each run one per
     table). Other file systems ask Delta.
     """
-    local = _local_path(path)
+    local = local_folder(path)
     if local is not None:
         log_dir = local / "_delta_log"
         if not log_dir.is_dir():
@@ -79,13 +79,6 @@ def latest_version(spark: SparkSession, path: str) -> int | None:
     if not DeltaTable.isDeltaTable(spark, path):
         return None
     return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
-
-
-def _local_path(path: str) -> Path | None:
-    """``path`` as a local folder when it names one (no scheme, or ``file:``); else None."""
-    if path.startswith("file:"):
-        return Path(path[len("file:") :].removeprefix("//"))
-    return Path(path) if "://" not in path else None
 
 
 def read_at(spark: SparkSession, path: str, version: int | None, what: str, fix: str) -> tuple[DataFrame, int]:
