@@ -38,9 +38,10 @@ test: setup
 	$(PY) -m pytest
 
 # The inner loop: every test without Spark (in-process or spark-submit/`loom` subprocesses) and
-# without the long end-to-end ones; under a minute. `make test` stays the full suite.
+# without the long end-to-end ones, on two pytest-xdist workers (each its own LOOM_HOME, redis-server
+# and tmp folders); under a minute. `make test` stays the full suite, in one process (one SparkSession).
 test-fast: $(STAMP) system-deps
-	$(PY) -m pytest -m "not spark and not slow"
+	$(PY) -m pytest -n 2 -m "not spark and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

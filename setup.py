@@ -54,7 +54,14 @@ setup(
         "treelite==4.8.1",  # fast predictor of tree ensembles (common.models.fast_predict)
     ],
     extras_require={
-        "dev": ["pytest==9.2.0", "ruff==0.17.6", "httpx==0.28.1", "hypothesis==6.170.15", "import-linter==2.17"],
+        "dev": [
+            "pytest==9.2.0",
+            "ruff==0.17.6",
+            "httpx==0.28.1",
+            "hypothesis==6.170.15",
+            "import-linter==2.17",
+            "pytest-xdist==3.8.0",
+        ],
         "xgboost": ["xgboost"],
         "lightgbm": ["lightgbm"],
     },
