@@ -34,10 +34,10 @@ jars: $(STAMP) system-deps
 demo: setup
 	$(VENV)/bin/loom demo
 
-# The full suite on two pytest-xdist workers (2 cores), each its own SparkSession: the tests on the churn lake
-# together, every other test with its file, the long groups first (tests/conftest.py).
+# The full suite on two pytest-xdist workers (2 cores): the tests on the churn lake on one, the other tests on
+# the session SparkSession on one, every other test file on whichever is free (groups: tests/conftest.py).
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The inner loop: every test without Spark (in-process or spark-submit/`loom` subprocesses) and
 # without the long end-to-end ones, on two pytest-xdist workers (each its own LOOM_HOME, redis-server

@@ -23,44 +23,28 @@ os.environ.setdefault(
 REPO = Path(__file__).resolve().parent.parent
 
 
-# Under ``make test`` (``pytest -n 2 --dist loadgroup --no-loadscope-reorder``) each xdist worker is a process of
-# its own, with its own session fixtures (SparkSession, redis-server, LOOM_HOME): at most two SparkSessions, one a
-# worker. The xdist groups keep the expensive set-ups to one worker each: the tests on the churn lake form one
-# group (the lake is built and trained once), every other test goes with its module (module fixtures set up once).
-# Without ``--dist loadgroup`` (``make test-fast``, a plain ``pytest``) the marks change nothing.
-LAKE_GROUP = "churn-lake"
+# Under ``make test`` (``pytest -n 2 --dist loadgroup``) each xdist worker is a process of its own, with its own
+# session fixtures (SparkSession, redis-server, LOOM_HOME, churn lake). The groups keep each expensive set-up to
+# one worker: the tests on the churn lake in one group (it is built once), the other tests on the session
+# SparkSession in another (so at most two SparkSessions, one a worker), every other test with its module (module
+# fixtures set up once). Without ``--dist loadgroup`` (``make test-fast``, a plain ``pytest``) they change nothing.
+LAKE_GROUP, SPARK_GROUP = "spark-churn-lake", "spark-session"
 
 
 def xdist_group(item) -> str:
-    """The xdist group of a test: the churn lake's when its fixture closure holds ``churn_lake``, else its module."""
-    if "churn_lake" in getattr(item, "fixturenames", ()):
+    """The xdist group of a test: by the session fixtures in its closure, else its module."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "churn_lake" in fixtures:
         return LAKE_GROUP
+    if "spark" in fixtures:
+        return SPARK_GROUP
     return item.nodeid.split("::")[0]
-
-
-def _longest_first(items) -> None:
-    """Order the groups for xdist, which hands them out in collection order: the churn lake's first, then the
-    modules with a ``slow`` test, then the other Spark modules, then the rest (stable: a module keeps its order).
-    The long groups start first, so neither worker is left with one at the end while the other idles."""
-    rank: dict[str, int] = {}
-    for item in items:
-        group = xdist_group(item)
-        if group == LAKE_GROUP:
-            level = 0
-        elif item.get_closest_marker("slow"):
-            level = 1
-        elif item.get_closest_marker("spark"):
-            level = 2
-        else:
-            level = 3
-        rank[group] = min(rank.get(group, level), level)
-    items.sort(key=lambda item: rank[xdist_group(item)])
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
-    """Mark ``spark`` every test that uses the session SparkSession, directly or through another fixture;
-    give every test its xdist group (:func:`xdist_group`), and on an xdist worker order the groups.
+    """Mark ``spark`` every test that uses the session SparkSession, directly or through another fixture,
+    and give every test its xdist group (:func:`xdist_group`).
 
     ``item.fixturenames`` is the test's whole fixture closure, so a test that only asks for ``churn_lake``
     is marked too. Tests that start Spark another way (spark-submit, ``loom`` subprocesses that run Spark
@@ -70,8 +54,6 @@ def pytest_collection_modifyitems(config, items):
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    if getattr(config.option, "loadgroup", False):  # set on an xdist worker under --dist loadgroup
-        _longest_first(items)
 
 
 @pytest.fixture(scope="session")
