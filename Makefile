@@ -34,13 +34,16 @@ jars: $(STAMP) system-deps
 demo: setup
 	$(VENV)/bin/loom demo
 
+# The full suite on two pytest-xdist workers (2 cores): the tests on the churn lake on one, the other tests on
+# the session SparkSession on one, every other test file on whichever is free (groups: tests/conftest.py).
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The inner loop: every test without Spark (in-process or spark-submit/`loom` subprocesses) and
-# without the long end-to-end ones; under a minute. `make test` stays the full suite.
+# without the long end-to-end ones, on two pytest-xdist workers (each its own LOOM_HOME, redis-server
+# and tmp folders); under a minute. `make test` stays the full suite.
 test-fast: $(STAMP) system-deps
-	$(PY) -m pytest -m "not spark and not slow"
+	$(PY) -m pytest -n 2 -m "not spark and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

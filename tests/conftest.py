@@ -23,8 +23,28 @@ os.environ.setdefault(
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Under ``make test`` (``pytest -n 2 --dist loadgroup``) each xdist worker is a process of its own, with its own
+# session fixtures (SparkSession, redis-server, LOOM_HOME, churn lake). The groups keep each expensive set-up to
+# one worker: the tests on the churn lake in one group (it is built once), the other tests on the session
+# SparkSession in another (so at most two SparkSessions, one a worker), every other test with its module (module
+# fixtures set up once). Without ``--dist loadgroup`` (``make test-fast``, a plain ``pytest``) they change nothing.
+LAKE_GROUP, SPARK_GROUP = "spark-churn-lake", "spark-session"
+
+
+def xdist_group(item) -> str:
+    """The xdist group of a test: by the session fixtures in its closure, else its module."""
+    fixtures = getattr(item, "fixturenames", ())
+    if "churn_lake" in fixtures:
+        return LAKE_GROUP
+    if "spark" in fixtures:
+        return SPARK_GROUP
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
-    """Mark ``spark`` every test that uses the session SparkSession, directly or through another fixture.
+    """Mark ``spark`` every test that uses the session SparkSession, directly or through another fixture,
+    and give every test its xdist group (:func:`xdist_group`).
 
     ``item.fixturenames`` is the test's whole fixture closure, so a test that only asks for ``churn_lake``
     is marked too. Tests that start Spark another way (spark-submit, ``loom`` subprocesses that run Spark
@@ -33,6 +53,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import numpy as np
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from common.models.lineage import pip_requirements
 from common.runtime.tracking import experiment, tracking_uri
 
 
@@ -20,7 +21,11 @@ def test_log_register_alias_and_load(work):
     model = LogisticRegression().fit(x, [0, 0, 1, 1])
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_metric("roc_auc", 1.0)
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name="loom_test_model")
+        # Loom's training pins its requirements the same way (common.models.lineage); MLflow would
+        # otherwise infer them by loading the model again in a subprocess (several seconds).
+        info = mlflow.sklearn.log_model(
+            model, name="model", registered_model_name="loom_test_model", pip_requirements=pip_requirements()
+        )
     client = MlflowClient()
     version = info.registered_model_version
     client.set_registered_model_alias("loom_test_model", "champion", version)

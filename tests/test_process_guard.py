@@ -80,6 +80,8 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return not _alive(pid)
 
 
+# slow: a server end to end (`loom serve` and its redis-server in a subprocess, then the signal); 8-9 s each
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_the_redis_server_of_loom_serve_dies_with_it(tmp_path, how):
     job = _serve(tmp_path)
