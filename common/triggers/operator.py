@@ -21,11 +21,10 @@ from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 from pyspark.sql.types import StringType, StructField, StructType
 
 from common.compile.event_time import from_micros
+from common.compile.plan import EVENT_ID, TS_MICROS
 from common.compile.triggers import TriggerPlan
 from common.triggers.matcher import Rule, TriggerState, advance, is_empty
 
-EVENT_ID = "_event_id"
-TS_US = "_ts_us"
 FIRING_TS = "firing_ts"
 FIRING_SCHEMA = "{key} string, trigger string, firing_ts timestamp, event_id string"
 STATE_SCHEMA = StructType([StructField("state", StringType())])  # {trigger: TriggerState JSON}
@@ -61,7 +60,7 @@ def condition_events(events: DataFrame, triggers: list[TriggerPlan]) -> DataFram
             F.col(key),
             F.col(ts),
             event_id.alias(EVENT_ID),
-            F.unix_micros(F.col(ts)).alias(TS_US),
+            F.unix_micros(F.col(ts)).alias(TS_MICROS),
             *[expr.alias(name) for name, expr in flags.items()],
         )
         .where(any_flag)
@@ -93,7 +92,7 @@ class TriggerProcessor(StatefulProcessor):
         out = []
         for name, rule in self.rules.items():
             new_events = [
-                (int(row[TS_US]), str(row[EVENT_ID]), condition)
+                (int(row[TS_MICROS]), str(row[EVENT_ID]), condition)
                 for condition, column in enumerate(self.columns[name])
                 for row in events
                 if row[column]
