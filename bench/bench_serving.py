@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +249,17 @@ def _start_server(
         "--log-level",
         "warning",
     ]
+    from common.runtime.processes import die_with_parent
+
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+            # the server dies with the bench, even a SIGKILLed one; uvicorn then stops its workers
+            preexec_fn=partial(die_with_parent, os.getpid()),
         )
     import urllib.request
 
