@@ -63,6 +63,7 @@ from bench.catch_up import (
     shown,
     trigger_batches,
 )
+from bench.state_cost import operator_cost_rows
 
 NAME = "proactive"
 INTERVAL = "1 second"  # processing-time trigger of every query in the freshness run
@@ -398,7 +399,7 @@ def _diagnostic_rows(
     spark: Any, plan: Any, work: Any, home: Path, firing_batches: list[tuple[int, int, float]]
 ) -> list[dict[str, Any]]:
     operator_rows, operator_s = _operator_alone(spark, plan, work, home)
-    rows = [
+    rows = operator_cost_rows(spark, plan, work, home, FILES_PER_TRIGGER) + [
         {
             "metric": "diagnostic: trigger operator alone (bronze -> firings, noop sink)",
             "value": round(operator_rows / operator_s, 1),
