@@ -83,6 +83,7 @@ BACKGROUND = (  # event type, share, channels: everyday events that never comple
 def _operator_alone(spark: Any, plan: Any, work: Any, home: Path) -> tuple[int, float]:
     """Bronze events -> the stateful trigger operator -> noop sink: (rows, seconds), no scoring."""
     from common.lake.paths import bronze_path
+    from common.runtime.state_store import rocksdb_state_store
     from common.triggers.operator import firings
     from common.triggers.stream import triggers_by_source
 
@@ -91,13 +92,14 @@ def _operator_alone(spark: Any, plan: Any, work: Any, home: Path) -> tuple[int, 
     rows = spark.read.format("delta").load(path).count()
     started = time.perf_counter()
     events = spark.readStream.format("delta").option("maxFilesPerTrigger", FILES_PER_TRIGGER).load(path)
-    query = (
+    writer = (
         firings(events, triggers)
         .writeStream.format("noop")
         .option("checkpointLocation", str(home / "checkpoints" / "bench_operator_alone"))
         .trigger(availableNow=True)
-        .start()
     )
+    with rocksdb_state_store(spark):  # transformWithState needs RocksDB
+        query = writer.start()
     await_all([query])
     return rows, time.perf_counter() - started
 
