@@ -243,6 +243,10 @@ class Aim:
     query: str
     point: str
     table: str | None = None
+    required: bool = True  # else a miss is a kill at another point, not a reason to try again
+
+    def __str__(self) -> str:
+        return f"{self.query}: {self.point}" + (f" ({self.table})" if self.table else "")
 
     def hit(self, landed: Landed | None) -> bool:
         """A batch of this process at the point: "offset logged" only for a batch it planned, not a replay."""
@@ -261,7 +265,8 @@ KILL_PLAN: list[Aim | None] = [
     None,
     Aim("ingest events", PLANNED),
     Aim("ingest events", DELTA_COMMITTED, "bronze"),
-    Aim("ingest outcomes", DELTA_COMMITTED, "bronze"),  # its one batch quarantines nothing
+    # its one batch quarantines nothing (see BatchWriter); one batch, so one chance to see the short gap
+    Aim("ingest outcomes", DELTA_COMMITTED, "bronze", required=False),
     None,
     Aim("features activity", STATE_WRITTEN),
     None,
@@ -271,6 +276,15 @@ KILL_PLAN: list[Aim | None] = [
     None,
     Aim("triggers events", STATE_WRITTEN),
 ]
+
+
+def _missed(aim: Aim, seen: Landed | None, queries: list[QueryFiles], since_ns: int) -> bool:
+    """An aimed ingestion query is done in this process once a query started after it wrote a file: ingestion
+    runs one source after the other (the feature and trigger queries side by side, until the end)."""
+    if not aim.query.startswith("ingest ") or seen is None or seen.point != COMMITTED:
+        return False
+    later = queries[[query.name for query in queries].index(aim.query) + 1 :]
+    return any((landed := query.newest(since_ns)) is not None and landed.fresh for query in later)
 
 
 def _kill_once(
@@ -302,6 +316,9 @@ def _kill_once(
             if aim is not None:
                 seen = by_name[aim.query].newest(since)
                 if aim.hit(seen):
+                    break
+                if _missed(aim, seen, queries, since):
+                    seen = None
                     break
             elif started_work is None:
                 if any((landed := query.newest(since)) is not None and landed.fresh for query in queries):
@@ -527,9 +544,10 @@ def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
             log = tmp_path / f"stream-{number}-{attempt}.log"
             delay = 0.0 if aim is not None else rng.uniform(0.0, RANDOM_KILL_WINDOW_S)
             seen, after, landed = _kill_once(command, env, queries, log, aim=aim, delay_s=delay)
-            where = "; ".join(map(str, landed)) or "between batches"
-            kills.append(f"{'aimed at ' + str(aim.point) if aim else f'random ({delay:.1f} s)'}: {where}")
-            if aim is None or seen == after:
+            hit = aim is not None and seen is not None and seen == after
+            label = f"random, {delay:.1f} s in" if aim is None else f"aimed at {aim}{'' if hit else ', missed'}"
+            kills.append(f"{label}: {'; '.join(map(str, landed)) or 'between batches'}")
+            if aim is None or hit or not aim.required:
                 break
         else:
             pytest.fail(f"three kills aimed at {aim} all landed later:\n" + "\n".join(kills))
