@@ -1,19 +1,19 @@
 """Proactive scoring end to end: triggers over a bronze event stream, scored with
-the registered churn model, written exactly once; kill -9 and hot redeploy.
+the registered churn model, written exactly once; the whole ``loom stream`` under
+kill -9; hot redeploy.
 
 A small lake (300 customers, 3 days of hourly event files) whose events were
 ingested in batches of 24 landing files, so bronze holds 7 data files and the
 trigger query, reading one file per micro-batch, runs 7 micro-batches, 6 of them
 with firings. The model registry is the one of ``trained_churn`` (linked into
-each work folder).
+each work folder). The kill test starts from landing files instead (one generated
+day, not yet ingested) and runs the whole stream: ingestion, features, triggers.
 
-Time: each micro-batch of the trigger query costs seconds of fixed overhead (state
-store, features as of the firing, model UDF, Delta commits) and each ``loom stream``
-process a JVM start and a model load; the lake is processed three times (clean run,
-kill -9, redeploy). So this file's duration is set by the number of micro-batches
-and of processes, not by the number of rows. 7 micro-batches (19 when events were
-ingested 8 landing files at a time) are still several per run, with firings in
-most: room for three kills at different batches and a redeploy between batches.
+Time: each micro-batch costs seconds of fixed overhead (state store, Delta commits,
+features as of the firing, model UDF) and each ``loom stream`` process a JVM start
+and a model load. So this file's duration is set by the number of micro-batches
+and of processes, not by the number of rows: the kill test's processes (one per
+kill, and the one that finishes) dominate it.
 """
 
 from __future__ import annotations
@@ -415,6 +415,7 @@ def _cut_like_loom_stream(spark):
     conf = {
         "spark.sql.shuffle.partitions": profile["spark.sql.shuffle.partitions"],
         "spark.sql.leafNodeDefaultParallelism": profile["spark.default.parallelism"],
+        "spark.sql.adaptive.coalescePartitions.minPartitionNum": profile["spark.default.parallelism"],
     }
     previous = {key: spark.conf.get(key, None) for key in conf}
     for key, value in conf.items():
