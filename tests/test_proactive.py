@@ -443,7 +443,6 @@ def _cut_like_loom_stream(spark):
     conf = {
         "spark.sql.shuffle.partitions": profile["spark.sql.shuffle.partitions"],
         "spark.sql.leafNodeDefaultParallelism": profile["spark.default.parallelism"],
-        "spark.sql.adaptive.coalescePartitions.minPartitionNum": profile["spark.default.parallelism"],
     }
     previous = {key: spark.conf.get(key, None) for key in conf}
     for key, value in conf.items():
