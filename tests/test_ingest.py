@@ -214,6 +214,22 @@ def test_a_retried_micro_batch_adds_nothing(spark, tmp_path):
     )
 
 
+def test_a_batch_retried_after_its_bronze_commit_adds_nothing_to_quarantine(spark, tmp_path):
+    """A batch with nothing to quarantine, retried after its bronze append committed (a crash before the
+    checkpoint commit): the retry finds its own records in bronze, and must not quarantine them as duplicates."""
+    work = Paths(tmp_path)
+    locations = IngestLocations.of(work, "churn", "events", EVENTS)
+    ensure_tables(spark, EVENTS, "events", locations)
+    writer = BatchWriter(EVENTS, "events", locations, IngestReport("events"))
+    writer.bind("query-under-test")
+    lines = [json.dumps(_event("E1")), json.dumps(_event("E2"))]
+    batch = spark.createDataFrame([(line, "f.json") for line in lines], f"value string, {SOURCE_FILE} string")
+    writer(batch, 0)
+    writer(batch, 0)  # the same batch again, as after a crash between the bronze and the checkpoint commits
+    assert _table(spark, locations.bronze).count() == 2
+    assert _table(spark, locations.quarantine).count() == 0
+
+
 def test_stream_mode_picks_up_new_files_and_survives_bad_records(spark, tmp_path):
     work = Paths(tmp_path)
     folder = work.landing / "churn" / "events"

@@ -170,9 +170,10 @@ class BatchWriter:
                     "Fix: this is a bug in validation; report it with the batch's files"
                 )
             accepted, quarantined = split_classified(classified, self.source)
-            if counts:  # an empty quarantine append would still cost a Delta commit and its snapshot
-                quarantined = quarantined.withColumn("ingested_at", F.lit(ingested_at))
-                self._append(quarantined, self.locations.quarantine, batch_id)
+            # Appended even when empty (a commit with no file): it records the batch's transaction version, so a
+            # retry after the bronze commit, which finds its own records in bronze, is skipped here as well.
+            quarantined = quarantined.withColumn("ingested_at", F.lit(ingested_at))
+            self._append(quarantined, self.locations.quarantine, batch_id)
             clock.lap("quarantine")
             bronze = protect(accepted, self.source, self.source_name).withColumn(INGESTED_AT, F.lit(ingested_at))
             self._append(bronze, self.locations.bronze, batch_id)
@@ -198,7 +199,8 @@ class BatchWriter:
         The table is read as it is now, with no version look-up (``history(1)`` is a Spark job per batch): only
         this query appends to bronze, and its own append comes after the classified batch is cached. A batch
         retried after its bronze append committed classifies its records as duplicates, but both of its appends
-        are then skipped by their transaction version, so nothing changes in the lake.
+        are then skipped by their transaction version (quarantine is appended even when the batch quarantined
+        nothing, for that), so nothing changes in the lake.
 
         Bounded by event time: only bronze rows no older than ``since`` (the batch's oldest candidate) minus
         the source's watermark. A replay carries its original event time, so every replay is still found,
