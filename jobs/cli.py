@@ -20,6 +20,7 @@ JOBS: dict[str, str] = {
     "generate": "jobs.generate",
     "ingest": "jobs.ingest",
     "backfill": "jobs.backfill",
+    "compact": "jobs.compact",
     "materialize": "jobs.materialize",
     "stream": "jobs.stream",
     "consistency": "jobs.consistency",

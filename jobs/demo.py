@@ -14,6 +14,8 @@ import time
 
 from common.compile import compile_usecase
 from common.features.backfill import backfill
+from common.features.compaction import compact
+from common.features.compaction import render as render_compaction
 from common.features.consistency import check_group
 from common.features.online_sink import open_store
 from common.generate import generate_landing
@@ -105,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     events = sum(r.read for r in reports if spec.sources[r.source].kind == "events")
     seconds = time.monotonic() - started
     print(f"   {events:,} events (landing -> Redis + Delta) in {seconds:.1f}s: {events / seconds:,.0f} events/s")
+    done(started)
+
+    started = step("4b. compact: offline history, latest written row per key + OPTIMIZE (`loom compact`, nightly)")
+    print("   " + render_compaction(compact(spark, work, plan)).replace("\n", "\n   "))
     done(started)
 
     started = step("5. backfill: bronze -> offline feature history (Delta)")

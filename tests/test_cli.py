@@ -105,3 +105,18 @@ def test_no_job_module_shadows_a_library():
             continue
         spec = importlib.util.find_spec(path.stem)
         assert spec is None, f"jobs/{path.name} would shadow the installed module {path.stem!r}"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--usecase", "churn", "--group", "nope"], "unknown feature group(s) ['nope'] in use case 'churn'"),
+        (["--usecase", "no_such_case"], "no use case named 'no_such_case'"),
+    ],
+)
+def test_compact_bad_input_is_one_message_and_exit_2(args, says):
+    """`loom compact` refuses an unknown use case or group before Spark starts."""
+    done = run([sys.executable, "-m", "jobs.compact", *args], timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "loom compact: error:" in done.stderr and says in done.stderr

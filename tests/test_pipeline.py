@@ -183,3 +183,77 @@ def pd_timestamp(micros: int):
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(micros / 1_000_000, tz=UTC).replace(microsecond=0)
+
+
+@pytest.mark.slow
+def test_a_late_event_rewrites_a_key_by_append_and_every_reader_takes_it(spark, redis_url, pipeline):
+    """Appends only on the hot path (common/features/offline.py): a late event within the horizon that leaves
+    the entity's newest event time as it was gives its (entity, feature_ts) a second history row with the new
+    values; the history, the point-in-time join and materialize all return those; `compact` leaves one row
+    per key and no answer changes; a replayed micro-batch (same app id, same batch id) appends nothing."""
+    from datetime import timedelta
+
+    from delta.tables import DeltaTable
+
+    from common.features.compaction import compact
+    from common.features.publish import materialize_group
+    from common.features.streaming import feature_checkpoint
+    from common.lake.paths import history_path
+    from common.models.training_set import create_training_set
+
+    work, plan, _, _ = pipeline
+    group = plan.group("activity")
+    path = history_path(work, group)
+    entity = "C00000005"
+    store = open_store([group], redis_url)
+    try:
+        before = store.read([entity], [group.name])[(entity, group.name)]
+        newest = pd_timestamp(before.event_time_us).replace(tzinfo=None)
+        late = newest - timedelta(hours=2)
+        event = {"customer_id": entity, "event_type": "support_call", "amount": None, "duration_s": 30.0}
+        _land_events(work, "late-rewrite.json", [dict(event, event_id="LATE-REWRITE", ts=f"{late:%Y-%m-%dT%H:%M:%SZ}")])
+        catch_up(spark, plan, work, redis_url, parts=["ingest", "features"])
+        after = store.read([entity], [group.name])[(entity, group.name)]
+        assert after.event_time_us == before.event_time_us and list(after.values) != list(before.values)
+        expected = dict(zip(group.feature_names, after.values, strict=True))
+
+        key = (F.col(group.entity_key) == entity) & (F.col("feature_ts") == F.lit(newest))
+        assert offline.load_history(spark, path).where(key).count() == 2, "a second row, appended"
+
+        def answers() -> list[dict]:
+            history = offline.read_history(spark, work, group).where(key).collect()
+            labels = spark.createDataFrame([(entity, newest)], "customer_id string, label_ts timestamp")
+            training = create_training_set(labels, ["activity.*"], plan=plan, work=work, time_column="label_ts")
+            # materialize as of `newest` over a stale vector: it must publish the latest write
+            store.write(group.name, [entity], before.values.reshape(1, -1), [before.event_time_us - 1])
+            materialize_group(spark, work, group, newest, redis_url)
+            published = store.read([entity], [group.name])[(entity, group.name)].as_dict()
+            return [{n: history[0][n] for n in group.feature_names}, training.frame.first().asDict(), published]
+
+        for found in answers():
+            assert _nan(found, expected) == pytest.approx(_nan(expected, expected), nan_ok=True)
+
+        [report] = compact(spark, work, plan, ["activity"])
+        assert report.superseded >= 1 and newest.date() in report.dates
+        raw = offline.load_history(spark, path)
+        assert raw.groupBy(group.entity_key, "feature_ts").count().where("count > 1").count() == 0
+        for found in answers():
+            assert _nan(found, expected) == pytest.approx(_nan(expected, expected), nan_ok=True)
+
+        # replay the stream's last micro-batch: drop its commit, so the restart runs the same batch id again
+        commits = Path(feature_checkpoint(work, group)) / "commits"
+        last = max((p for p in commits.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        version = DeltaTable.forPath(spark, path).history(1).first()["version"]
+        rows = raw.count()
+        last.unlink()
+        (commits / f".{last.name}.crc").unlink(missing_ok=True)  # the local file system's checksum of it
+        catch_up(spark, plan, work, redis_url, parts=["features"])
+        assert (last.exists(), DeltaTable.forPath(spark, path).history(1).first()["version"]) == (True, version)
+        assert offline.load_history(spark, path).count() == rows
+    finally:
+        store.close()
+
+
+def _nan(values: dict, names) -> list[float]:
+    """The values of ``names`` as floats, a missing value (None or NaN) as NaN."""
+    return [float("nan") if values[n] is None else float(values[n]) for n in names]

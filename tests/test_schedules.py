@@ -540,6 +540,8 @@ def test_cli_exports_and_dry_runs_churn(tmp_path):
     assert lines and all(croniter.is_valid(cron) for cron, _ in lines)
     assert any("loom retrain --usecase churn --model churn >>" in command for _, command in lines)
     assert any("loom evaluate --usecase churn --model churn >>" in command for _, command in lines)
+    # the offline history's compaction runs nightly, off the streaming hot path
+    assert ("45 1 * * *", True) in [(cron, "loom compact --usecase churn >>" in command) for cron, command in lines]
 
     done = cli(["export", "--usecase", "churn", "--target", "databricks", "--out", str(bundle)], home)
     assert done.returncode == 0, done.stderr
@@ -551,12 +553,19 @@ def test_cli_exports_and_dry_runs_churn(tmp_path):
         assert python_file.is_file()
         name = next(n for n, m in JOBS.items() if m == f"jobs.{python_file.stem}")
         parse_with_job(name, job["tasks"][0]["spark_python_task"]["parameters"])
+    assert jobs["loom_churn_nightly_compact"]["tasks"][0]["spark_python_task"]["python_file"].endswith(
+        "jobs/compact.py"
+    )
 
     # 03:00 runs the retraining policy for churn (declared in schedules.yaml; it honours models.churn.schedule)
     done = cli(["run", "--usecase", "churn", "--now", "2026-01-18T03:00:30Z", "--dry-run"], home)
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if line.strip().startswith("due ")]
     assert line.endswith("-m jobs.retrain --usecase churn --model churn")
+    done = cli(["run", "--usecase", "churn", "--now", "2026-01-18T01:45:10Z", "--dry-run"], home)
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.strip().startswith("due ")]
+    assert line.endswith("-m jobs.compact --usecase churn")
     assert not home.exists()
 
 

@@ -18,10 +18,10 @@ import mlflow
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS
+from common.features import offline
 from common.lake.paths import history_path
 from common.models import registry
 from common.online.base import OnlineGroup
@@ -56,13 +56,9 @@ def latest_rows(spark, trained_churn):
     for group in spec.groups:
         group_plan = plan.group(group.name)
         key = group_plan.entity_key
-        history = spark.read.format("delta").load(history_path(trained_churn.work, group_plan))
-        latest = (
-            history.where(F.col(FEATURE_TS) <= F.lit(AT))
-            .withColumn("_n", F.row_number().over(Window.partitionBy(key).orderBy(F.col(FEATURE_TS).desc())))
-            .where("_n = 1")
-            .select(key, FEATURE_TS, *group.feature_names)
-        )
+        history = offline.load_history(spark, history_path(trained_churn.work, group_plan))
+        newest = offline.latest_rows(history.where(F.col(FEATURE_TS) <= F.lit(AT)), group_plan, per_entity=True)
+        latest = newest.select(key, FEATURE_TS, *group.feature_names)
         rows[group.name] = (OnlineGroup(group.name, group.feature_names, group.ttl_s), latest.toPandas())
     return rows
 

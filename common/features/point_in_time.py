@@ -7,8 +7,10 @@ A row at time ``t`` gets, per group, the history row with the greatest
 
 One pass for all groups: the rows and the history rows of every group are
 unioned, partitioned by entity, sorted by time (history before rows at the same
-instant), and each row takes, per group, the last history row before it with a
-window function. The rows travel through the sort as a struct, so nothing is
+instant; history rows of one time in write order, so the latest written of a
+key that was written twice comes last and wins: common/features/offline.py),
+and each row takes, per group, the last history row before it with a window
+function. The rows travel through the sort as a struct, so nothing is
 joined back: one shuffle, no cross join, no per-row Python, and no reliance on
 generated row ids (which Spark may recompute differently).
 """
@@ -23,10 +25,12 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan
 from common.errors import CompileError, DataError
+from common.features.offline import WRITE_ORDER, with_write_order
 
 _T = "_pit_t"
 _KIND = "_pit_kind"  # 0 = history row, 1 = query row: history sorts first at equal times
 _ROW = "_pit_row"
+_W = "_pit_w"  # a history row's write order (null for query rows): breaks equal times, latest written last
 
 
 @dataclass(frozen=True)
@@ -61,14 +65,16 @@ def as_of_join(rows: DataFrame, inputs: Sequence[HistoryInput], time_column: str
         F.col(key),
         F.col(time_column).cast("timestamp").alias(_T),
         F.lit(1).alias(_KIND),
+        F.lit(None).cast("long").alias(_W),
         F.struct(*[F.col(c) for c in columns]).alias(_ROW),
     )
     null_row = F.lit(None).cast(queries.schema[_ROW].dataType)
     facts = {
-        f"_g{i}": item.history.select(
+        f"_g{i}": with_write_order(item.history).select(
             F.col(item.plan.entity_key).alias(key),
             F.col(FEATURE_TS).alias(_T),
             F.lit(0).alias(_KIND),
+            F.col(WRITE_ORDER).alias(_W),
             F.struct(F.col(FEATURE_TS), *[F.col(n).cast("double").alias(n) for n in item.features]).alias(f"_g{i}"),
         )
         for i, item in enumerate(inputs)
@@ -77,8 +83,9 @@ def as_of_join(rows: DataFrame, inputs: Sequence[HistoryInput], time_column: str
     both = queries.select("*", *[F.lit(None).cast(types[g]).alias(g) for g in facts])
     for name, df in facts.items():
         others = [F.lit(None).cast(types[g]).alias(g) for g in facts if g != name]
-        both = both.unionByName(df.select(key, _T, _KIND, null_row.alias(_ROW), name, *others))
-    upto = Window.partitionBy(key).orderBy(_T, _KIND).rowsBetween(Window.unboundedPreceding, 0)
+        both = both.unionByName(df.select(key, _T, _KIND, _W, null_row.alias(_ROW), name, *others))
+    order = [F.col(_T), F.col(_KIND), F.col(_W).asc_nulls_first()]
+    upto = Window.partitionBy(key).orderBy(*order).rowsBetween(Window.unboundedPreceding, 0)
     found = both.select(
         F.col(_KIND), F.col(_T), F.col(_ROW), *[F.last(g, ignorenulls=True).over(upto).alias(g) for g in facts]
     ).where(F.col(_KIND) == 1)

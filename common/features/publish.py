@@ -1,7 +1,7 @@
 """``loom materialize``: publish the offline feature history, as of a time, into the online store.
 
 For each online feature group, the newest history row of every entity with ``feature_ts <= at``
-is the vector the online store would hold at ``at`` (docs/time-semantics.md); it goes through
+(latest written wins at equal times: :func:`common.features.offline.latest_rows`) is the vector the online store would hold at ``at`` (docs/time-semantics.md); it goes through
 the same Spark -> Redis writer as the streaming job (:func:`common.features.online_sink.
 spark_online_writer`), so the event-time guard applies: a vector older than the one
 stored (e.g. written by the stream) is skipped, an equal one is rewritten with the same bytes.
@@ -19,8 +19,8 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan, Plan
 from common.errors import ConfigError, DataError
+from common.features.offline import latest_rows, load_history
 from common.features.online_sink import spark_online_writer
-from common.features.prepare import latest_rows
 from common.lake.delta import table_exists
 from common.lake.paths import history_path
 from common.settings import Paths
@@ -72,10 +72,9 @@ def materialize_group(
             f"feature group {group.name!r} has no offline history at {path}. "
             f"Fix: run `loom backfill --usecase {group.usecase}` first"
         )
-    history = spark.read.format("delta").load(path).where(F.col(FEATURE_TS) <= F.lit(at))
-    vectors = latest_rows(
-        history.select(group.entity_key, FEATURE_TS, *group.feature_names), group.entity_key, FEATURE_TS
-    ).cache()
+    history = load_history(spark, path).where(F.col(FEATURE_TS) <= F.lit(at))
+    newest = latest_rows(history, group, per_entity=True)
+    vectors = newest.select(group.entity_key, FEATURE_TS, *group.feature_names).cache()
     try:
         entities, newest = vectors.agg(F.count("*"), F.max(FEATURE_TS)).first()
         written, skipped = spark_online_writer(redis_url)(group, vectors)

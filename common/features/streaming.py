@@ -8,9 +8,11 @@ and folds them into the entity's :class:`~common.features.tile_state.TileState`
 with ``transformWithState`` (:class:`TileProcessor`). A micro-batch therefore costs in proportion to
 its own events: bronze is never re-read and no tiles table is merged. For each
 entity the batch touched, the operator emits the features at its newest event,
-which ``foreachBatch`` writes to the online store (event-time guarded) and to
-the offline history (MERGE by entity and time). A retried batch re-emits the
-same values (the state is versioned with the checkpoint); a late event within
+which ``foreachBatch`` writes to the online store (event-time guarded) and
+appends to the offline history (idempotent by ``txnAppId``/``txnVersion``: no
+MERGE on the hot path; a key written twice is read latest-wins, and ``loom
+compact`` rewrites it off the hot path: common/features/offline.py). A retried
+batch re-emits the same values (the state is versioned with the checkpoint); a late event within
 the longest window of the entity's newest event is folded exactly; an older
 one cannot change the online value and is counted by the backfill (docs/time-semantics.md,
 "Late and out-of-order data").
@@ -153,10 +155,32 @@ def process_table_batch(
     return values
 
 
+def feature_query_name(plan: GroupPlan) -> str:
+    """The streaming query name of a group (unique among a session's active queries)."""
+    return f"loom_{plan.usecase}_features_{plan.name}"
+
+
+def history_app_id(spark: SparkSession, query_name: str) -> str:
+    """The ``txnAppId`` of a group's history appends: from the id of its running query, which the checkpoint
+    keeps across restarts (a restarted query's batch ids continue, a replayed batch is skipped) and which a
+    new checkpoint changes (its batch ids restart at 0 under a new app id, so nothing is skipped wrongly,
+    even when the new checkpoint has the old one's path)."""
+    for query in spark.streams.active:
+        if query.name == query_name:
+            return f"loom-features-{query.id}"
+    raise RuntimeError(f"no active streaming query named {query_name!r}: the history append has no app id")
+
+
 def make_batch_handler(
-    spark: SparkSession, work: Paths, plan: GroupPlan, write_online: OnlineWriter
+    spark: SparkSession, work: Paths, plan: GroupPlan, write_online: OnlineWriter, app_id: str | None = None
 ) -> Callable[[DataFrame, int], None]:
-    """The foreachBatch function of one group's stream: values -> online store + offline history."""
+    """The foreachBatch function of one group's stream: values -> online store + offline history.
+
+    ``app_id`` (the history's ``txnAppId``) defaults to :func:`history_app_id` of the group's query, found
+    on the first batch. ``spark`` must be the session that started the query: the session a batch carries
+    is a clone, with its own (empty) list of active queries.
+    """
+    resolved: list[str] = [app_id] if app_id else []
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         clock = Stopwatch()
@@ -174,7 +198,9 @@ def make_batch_handler(
                 return
             written, skipped = write_online(plan, values) if plan.online else (0, 0)
             clock.lap("online")
-            offline.upsert(spark, plan, values, history_path(work, plan))
+            if not resolved:
+                resolved.append(history_app_id(spark, feature_query_name(plan)))
+            offline.append(spark, plan, values, history_path(work, plan), resolved[0], batch_id)
             clock.lap("history")
         finally:
             values.unpersist()
@@ -228,7 +254,7 @@ def start_feature_streams(
         if stateful:
             stream = entity_features(spark, work, group, stream)
         writer = (
-            stream.writeStream.queryName(f"loom_{plan.usecase}_features_{name}")
+            stream.writeStream.queryName(feature_query_name(group))
             .outputMode("update" if stateful else "append")
             .option("checkpointLocation", feature_checkpoint(work, group))
             .foreachBatch(make_batch_handler(spark, work, group, write_online))

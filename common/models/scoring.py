@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import ConfigError
+from common.features.offline import load_history
 from common.lake.delta import table_exists
 from common.lake.paths import history_path, predictions_path
 from common.models import registry
@@ -93,8 +94,8 @@ def known_entities(
     for group in spec.groups:
         path = history_path(work, plan.group(group.name))
         if table_exists(spark, path):
-            history = spark.read.format("delta").load(path)
-            frames.append(history.select(spec.entity_key, FEATURE_TS))
+            # only each entity's first feature_ts counts: a key written twice (latest wins) cannot change it
+            frames.append(load_history(spark, path).select(spec.entity_key, FEATURE_TS))
     if not frames:
         raise ConfigError(
             f"no feature history for model {spec.model!r}. Fix: run `loom backfill --usecase {plan.usecase}`"

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from common.compile.models import ModelPlan, resolve_feature_refs
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import DataError
-from common.features.offline import PARTITION
+from common.features.offline import PARTITION, WRITE_ORDER, with_write_order
 from common.features.point_in_time import HistoryInput, as_of_join
 from common.lake.delta import local_folder
 from common.lake.paths import history_path
@@ -137,8 +137,13 @@ def create_training_set(
             f"run `loom backfill --usecase {plan.usecase}` first",
         )
         pinned[group_name] = TableVersion(path, read)
-        histories[group_name] = history.select(
-            F.col(group.entity_key).alias(key), F.col(FEATURE_TS), F.col(PARTITION), *[F.col(n) for n in names]
+        # the write order goes to the as-of join, whose window breaks equal feature_ts by it (latest wins)
+        histories[group_name] = with_write_order(history).select(
+            F.col(group.entity_key).alias(key),
+            F.col(FEATURE_TS),
+            F.col(PARTITION),
+            F.col(WRITE_ORDER),
+            *[F.col(n) for n in names],
         )
 
     if time_range is not None:

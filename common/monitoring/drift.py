@@ -34,7 +34,7 @@ from pyspark.sql import functions as F
 from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import FEATURE_TS, Plan
 from common.errors import ConfigError, DataError
-from common.features.offline import PARTITION
+from common.features.offline import PARTITION, latest_rows, load_history
 from common.lake.delta import replace_rows, table_exists
 from common.lake.paths import history_path, monitoring_path
 from common.models import registry
@@ -110,14 +110,13 @@ def recent_features(
                 f"{plan.usecase}` or `loom stream`"
             )
         key, ttl = group_plan.entity_key, group_plan.ttl_s
-        history = (
-            spark.read.format("delta")
-            .load(path)
-            .where((F.col(PARTITION) <= F.lit(end.date())) & (F.col(FEATURE_TS) <= F.lit(end)))
+        history = load_history(spark, path).where(
+            (F.col(PARTITION) <= F.lit(end.date())) & (F.col(FEATURE_TS) <= F.lit(end))
         )
         if ttl is not None:  # older rows expired before the window started
             since = start - timedelta(seconds=ttl)
             history = history.where((F.col(PARTITION) >= F.lit(since.date())) & (F.col(FEATURE_TS) > F.lit(since)))
+        history = latest_rows(history, group_plan)  # a key written twice: the latest write is what was served
         following = F.lead(FEATURE_TS).over(Window.partitionBy(key).orderBy(FEATURE_TS))
         served_until = F.least(F.coalesce(following, F.lit(end)), F.lit(end).cast("timestamp"))
         if ttl is not None:
