@@ -471,10 +471,10 @@ def _outputs(spark, work: Paths, plan) -> dict[str, object]:
 
     Left out, as they differ between any two runs: the wall-clock write times (``_ingested_at`` of bronze,
     ``ingested_at`` of quarantine); absolute source file paths keep only the file name. History tables lose
-    the columns whose names start with ``_written`` (write-order bookkeeping of an append-only history), and
-    are read both raw and through ``read_history``.
+    their write order (``_write_order``: the driver's clock when the append started), and are read both raw
+    and through ``read_history``.
     """
-    from common.features.offline import read_history
+    from common.features.offline import WRITE_ORDER, read_history
 
     tables = {}
     for name in plan.spec.sources:
@@ -487,8 +487,7 @@ def _outputs(spark, work: Paths, plan) -> dict[str, object]:
     for group in plan.groups.values():
         raw = spark.read.format("delta").load(history_path(work, group))
         for how, history in (("raw", raw), ("read_history", read_history(spark, work, group))):
-            written = [c for c in history.columns if c.startswith("_written")]
-            tables[f"history {group.name} ({how})"] = history.drop(*written)
+            tables[f"history {group.name} ({how})"] = history.drop(WRITE_ORDER)
     tables["predictions stream"] = _comparable(_predictions(spark, work))
     tables["predictions actions"] = _comparable(_actions(spark, work))
     return tables
