@@ -18,7 +18,6 @@ kill, and the one that finishes) dominate it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -426,7 +425,6 @@ def _full_stream_command(work: Paths, redis: str) -> tuple[list[str], dict[str, 
     return command, env
 
 
-@contextlib.contextmanager
 def _cut_like_loom_stream(spark):
     """While the block runs, the session cuts work as ``loom stream`` does (spark-conf/local.conf).
 
@@ -435,24 +433,16 @@ def _cut_like_loom_stream(spark):
     bronze files, and the feature and trigger queries (``maxFilesPerTrigger`` bronze files a batch) are cut
     at other places; the stateful operators keep their number of partitions from their first batch.
     """
-    from common.runtime.spark import read_profile
+    from common.runtime.spark import read_profile, session_conf
 
     profile = read_profile("local")
-    conf = {
-        "spark.sql.shuffle.partitions": profile["spark.sql.shuffle.partitions"],
-        "spark.sql.leafNodeDefaultParallelism": profile["spark.default.parallelism"],
-    }
-    previous = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
+    return session_conf(
+        spark,
+        {
+            "spark.sql.shuffle.partitions": profile["spark.sql.shuffle.partitions"],
+            "spark.sql.leafNodeDefaultParallelism": profile["spark.default.parallelism"],
+        },
+    )
 
 
 def _file_name(column: str):

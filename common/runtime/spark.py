@@ -10,9 +10,12 @@ A profile is a spark-defaults style file: ``key  value`` per line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from common.errors import ConfigError
 from common.runtime.jars import delta_jars, fetch, missing_jars
@@ -41,6 +44,23 @@ def read_profile(name: str, folder: Path = PROFILE_DIR) -> dict[str, str]:
             raise ConfigError(f"{path}:{number}: expected 'key value', got {raw!r}")
         conf[parts[0]] = parts[1].strip()
     return conf
+
+
+@contextlib.contextmanager
+def session_conf(spark: Any, conf: Mapping[str, str]) -> Iterator[None]:
+    """While the block runs, the session has the settings ``conf``; after it, each key gets its previous value
+    back (or is unset again). For settings a query takes when it starts, such as its state store."""
+    previous = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def _delta_on_classpath(spark) -> bool:

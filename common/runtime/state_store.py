@@ -8,10 +8,11 @@ query's checkpoint for restarts), so Loom's other queries and jobs keep the sess
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 from pyspark.sql import SparkSession
+
+from common.runtime.spark import session_conf
 
 STATE_STORE_CONF = {
     "spark.sql.streaming.stateStore.providerClass": (
@@ -21,19 +22,7 @@ STATE_STORE_CONF = {
 }
 
 
-@contextlib.contextmanager
-def rocksdb_state_store(spark: SparkSession, enabled: bool = True) -> Iterator[None]:
+def rocksdb_state_store(spark: SparkSession, enabled: bool = True) -> AbstractContextManager[None]:
     """While the block runs (start the stateful query in it), the session uses :data:`STATE_STORE_CONF`;
     the previous settings come back after. ``enabled=False`` changes nothing."""
-    conf = STATE_STORE_CONF if enabled else {}
-    previous = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
+    return session_conf(spark, STATE_STORE_CONF if enabled else {})
