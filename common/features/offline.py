@@ -23,10 +23,11 @@ from __future__ import annotations
 import time
 from datetime import date
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan
+from common.features.prepare import first_per_key
 from common.lake.delta import table_exists
 from common.lake.paths import history_path
 from common.settings import Paths
@@ -123,10 +124,8 @@ def history_order(*, descending: bool = False) -> list[Column]:
 def latest_rows(history: DataFrame, plan: GroupPlan, *, per_entity: bool = False) -> DataFrame:
     """The latest-wins view of ``history``: one row per (entity, ``feature_ts``), the latest written; with
     ``per_entity``, one row per entity, its newest (the latest written at its greatest ``feature_ts``)."""
-    history = with_write_order(history)
     by = [plan.entity_key] if per_entity else [plan.entity_key, FEATURE_TS]
-    rank = F.row_number().over(Window.partitionBy(*by).orderBy(*history_order(descending=True)))
-    return history.withColumn("_latest", rank).where(F.col("_latest") == 1).drop("_latest")
+    return first_per_key(with_write_order(history), by, history_order(descending=True))
 
 
 def load_history(spark: SparkSession, path: str) -> DataFrame:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from common.compile.plan import EVENT_ID, TILE, TS_MICROS, GroupPlan
 from common.compile.transforms import columns_for
 
 
+def first_per_key(df: DataFrame, keys: Sequence[str], order: Sequence[Column]) -> DataFrame:
+    """One row per value of ``keys``: the first in ``order``."""
+    rank = F.row_number().over(Window.partitionBy(*keys).orderBy(*order))
+    return df.withColumn("_rank", rank).where(F.col("_rank") == 1).drop("_rank")
+
+
 def latest_rows(df: DataFrame, key: str, event_time: str | None) -> DataFrame:
     """One row per ``key``: the newest by ``event_time`` (any one if there is none)."""
     if event_time is None:
         return df.dropDuplicates([key])
-    order = Window.partitionBy(key).orderBy(F.col(event_time).desc_nulls_last())
-    return df.withColumn("_rank", F.row_number().over(order)).where("_rank = 1").drop("_rank")
+    return first_per_key(df, [key], [F.col(event_time).desc_nulls_last()])
 
 
 def enrich(plan: GroupPlan, df: DataFrame, tables: dict[str, DataFrame]) -> DataFrame:
