@@ -1,19 +1,16 @@
-"""Proactive scoring end to end: triggers over a bronze event stream, scored with
-the registered churn model, written exactly once; the whole ``loom stream`` under
-kill -9; hot redeploy.
+"""Proactive scoring end to end: the whole ``loom stream`` (ingestion, features, triggers scored with the
+registered churn model, written exactly once), under kill -9 and through a hot redeploy.
 
-A small lake (300 customers, 3 days of hourly event files) whose events were
-ingested in batches of 24 landing files, so bronze holds 7 data files and the
-trigger query, reading one file per micro-batch, runs 7 micro-batches, 6 of them
-with firings. The model registry is the one of ``trained_churn`` (linked into
-each work folder). The kill test starts from landing files instead (one generated
-day, not yet ingested) and runs the whole stream: ingestion, features, triggers.
+One generated day of landing files (300 customers, 24 hourly event files), a few files a micro-batch, so
+ingestion, features and triggers each run several batches. The clean run (``clean_stream``: ``catch_up`` in this
+process, like ``loom stream --available-now``) is the reference for every test here: its firings are checked,
+scored again in batch, compared with a run killed again and again, and replayed by a trigger query whose
+champion moves mid-run. The model registry is the one of ``trained_churn`` (linked into each work folder).
 
-Time: each micro-batch costs seconds of fixed overhead (state store, Delta commits,
-features as of the firing, model UDF) and each ``loom stream`` process a JVM start
-and a model load. So this file's duration is set by the number of micro-batches
-and of processes, not by the number of rows: the kill test's processes (one per
-kill, and the one that finishes) dominate it.
+Time: each micro-batch costs seconds of fixed overhead (state store, Delta commits, features as of the firing,
+model UDF) and each ``loom stream`` process a JVM start and a model load. So this file's duration is set by the
+number of micro-batches and of processes, not by the number of rows: the kill test's processes (one per kill,
+and the one that finishes) dominate it.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date
 from pathlib import Path
@@ -34,7 +32,6 @@ from urllib.parse import urlparse, urlunparse
 import mlflow
 import pytest
 from pyspark.sql import functions as F
-from pyspark.sql.types import MapType
 
 from common.features.streaming import feature_checkpoint
 from common.ingest.validation import SOURCE_FILE
@@ -47,11 +44,9 @@ from common.triggers.operator import STATE_LAYOUT
 from tests.conftest import quick_jvm_env
 
 REPO = Path(__file__).resolve().parent.parent
-INGEST_FILES_PER_BATCH = 24  # 73 hourly landing files -> 4 bronze commits, 7 data files
-TRIGGER_FILES_PER_BATCH = 1  # one bronze file per trigger micro-batch: 7 micro-batches
 
-# The whole-stream kill test: one generated day of landing files (24 hourly event files), a few files a
-# micro-batch, so ingestion, features and triggers each run several batches (see the test).
+# One generated day of landing files (24 hourly event files), a few files a micro-batch, so ingestion, features
+# and triggers each run several batches (see the kill test).
 FULL_DAYS = 1
 FULL_FILES_PER_BATCH = 4
 
@@ -67,24 +62,6 @@ def _link_registry(home: Path, registry_home: Path) -> None:
     (home / "mlflow.db").symlink_to(registry_home / "mlflow.db")
 
 
-@pytest.fixture(scope="module")
-def stream_lake(spark, trained_churn, tmp_path_factory):
-    from common.features.backfill import backfill
-    from common.generate import generate_landing
-    from common.generate.options import demo_options
-    from common.ingest.stream import ingest_source
-
-    home = tmp_path_factory.mktemp("stream-lake")
-    _link_registry(home, trained_churn.work.home)
-    work = Paths(home)
-    spec, plan = trained_churn.spec, trained_churn.plan
-    generate_landing(spec, work, demo_options(date(2026, 1, 15), customers=300, days=3))
-    ingest_source(spark, spec, "customers", work)
-    ingest_source(spark, spec, "events", work, max_files_per_trigger=INGEST_FILES_PER_BATCH)  # several bronze files
-    backfill(spark, work, plan)
-    return work
-
-
 def _copy_lake(source: Paths, home: Path, registry_home: Path) -> Paths:
     _link_registry(home, registry_home)
     shutil.copytree(source.lake / "churn" / "bronze", home / "lake" / "churn" / "bronze")
@@ -97,24 +74,12 @@ def _redis_db(url: str, db: int) -> str:
 
 
 def _stream_command(work: Paths, redis: str) -> tuple[list[str], dict[str, str]]:
-    # the quick JVM of short jobs: each of these processes runs a few micro-batches, and the kill test starts four
+    """``loom stream --available-now`` on ``work``, a few files a micro-batch, as the kill test runs it."""
+    # the quick JVM of short jobs: each of these processes runs a few micro-batches, and the kill test starts 11
     env = dict(os.environ, LOOM_HOME=str(work.home), REDIS_URL=redis, PYSPARK_PYTHON=sys.executable, **quick_jvm_env())
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "jobs.stream", "--usecase", "churn", "--available-now", "--only", "triggers"]
-    return command + ["--max-files-per-trigger", str(TRIGGER_FILES_PER_BATCH)], env
-
-
-def _run_to_end(work: Paths, redis: str) -> None:
-    command, env = _stream_command(work, redis)
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def _catch_up(spark, plan, work: Paths, redis: str) -> None:
-    """What ``_stream_command`` runs, in this process: no JVM start, no second model load."""
-    from common.pipeline import catch_up
-
-    catch_up(spark, plan, work, redis, max_files_per_trigger=TRIGGER_FILES_PER_BATCH, parts=("triggers",))
+    command = [sys.executable, "-m", "jobs.stream", "--usecase", "churn", "--available-now"]
+    return command + ["--max-files-per-trigger", str(FULL_FILES_PER_BATCH)], env
 
 
 def _predictions(spark, work: Paths):
@@ -366,35 +331,6 @@ def _kill_once(
 
 
 @pytest.fixture(scope="module")
-def clean_run(spark, stream_lake, trained_churn, redis_url, tmp_path_factory):
-    """The reference: the trigger query run once, uninterrupted, to the end.
-
-    In this process (no JVM start): the same ``catch_up`` as ``loom stream --available-now
-    --only triggers`` with the same files per micro-batch; the kill test runs that command.
-    """
-    from common.runtime.redis_server import connect
-
-    url = _redis_db(redis_url, 3)
-    connect(url).flushdb()
-    work = _copy_lake(stream_lake, tmp_path_factory.mktemp("clean-run"), trained_churn.work.home)
-    _catch_up(spark, trained_churn.plan, work, url)
-    return work, url
-
-
-def test_firings_are_scored_with_features_models_and_actions(spark, clean_run, trained_churn):
-    work, url = clean_run
-    rows = _predictions(spark, work).collect()
-    assert len(rows) >= 10
-    assert len({r["batch_id"] for r in rows}) >= 5  # firings spread over many micro-batches
-    assert {(r["model_name"], r["model_version"]) for r in rows} == {("churn", trained_churn.outcome.version)}
-    assert all(r["score"] is not None and 0 <= r["score"] <= 1 for r in rows)
-    assert all(r["features"]["support_calls_7d"] >= 1 for r in rows)  # the firing call itself counts
-    assert _actions(spark, work).count() == sum(1 for r in rows if r["score"] >= 0.6)
-    latest = _latest_in_redis(url)
-    assert len(latest) == len({r["customer_id"] for r in rows})
-
-
-@pytest.fixture(scope="module")
 def full_landing(tmp_path_factory) -> Paths:
     """Landing files of one generated day (all sources), not yet ingested: what ``loom stream`` starts from.
 
@@ -417,12 +353,6 @@ def _copy_landing(source: Paths, home: Path, registry_home: Path) -> Paths:
     _link_registry(home, registry_home)
     shutil.copytree(source.landing, home / "landing")  # copy2: the modification times too
     return Paths(home)
-
-
-def _full_stream_command(work: Paths, redis: str) -> tuple[list[str], dict[str, str]]:
-    command, env = _stream_command(work, redis)
-    command = command[: command.index("--only")] + ["--max-files-per-trigger", str(FULL_FILES_PER_BATCH)]
-    return command, env
 
 
 def _cut_like_loom_stream(spark):
@@ -450,12 +380,6 @@ def _file_name(column: str):
     return F.element_at(F.split(F.col(column), "/"), -1)
 
 
-def _comparable(frame):
-    """Map columns as sorted entries: set operations (exceptAll) refuse maps."""
-    maps = [f.name for f in frame.schema.fields if isinstance(f.dataType, MapType)]
-    return frame.withColumns({name: F.array_sort(F.map_entries(name)) for name in maps})
-
-
 def _outputs(spark, work: Paths, plan) -> dict[str, object]:
     """Every table ``loom stream`` writes, as DataFrames comparable between two runs.
 
@@ -478,22 +402,38 @@ def _outputs(spark, work: Paths, plan) -> dict[str, object]:
         raw = spark.read.format("delta").load(history_path(work, group))
         for how, history in (("raw", raw), ("read_history", read_history(spark, work, group))):
             tables[f"history {group.name} ({how})"] = history.drop(WRITE_ORDER)
-    tables["predictions stream"] = _comparable(_predictions(spark, work))
-    tables["predictions actions"] = _comparable(_actions(spark, work))
+    tables["predictions stream"] = _predictions(spark, work)
+    tables["predictions actions"] = _actions(spark, work)
     return tables
 
 
+def _hashable(value):
+    """A collected value as something a Counter can count: rows and lists as tuples, maps as sorted items."""
+    if isinstance(value, list | tuple):  # a Row is a tuple
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, float) and value != value:
+        return "NaN"  # equal to itself, as in Spark's set operations
+    return value
+
+
 def _differences(killed, clean) -> list[str]:
-    """What differs between two runs' tables, as multisets (a duplicated row counts)."""
+    """What differs between two runs' tables, as multisets (a duplicated row counts).
+
+    The tables are small (one generated day), so each side is collected once and counted here: a Spark
+    ``exceptAll`` both ways and four counts per table cost a minute of jobs for the same answer.
+    """
     problems = []
-    for name, clean_rows in clean.items():
-        killed_rows = killed[name]
-        extra, lost = killed_rows.exceptAll(clean_rows), clean_rows.exceptAll(killed_rows)
-        counts = (killed_rows.count(), clean_rows.count(), extra.count(), lost.count())
-        if counts[0] != counts[1] or counts[2] or counts[3]:
+    for name, clean_frame in clean.items():
+        columns = sorted(clean_frame.columns)
+        killed_rows = Counter(_hashable(row) for row in killed[name].select(*columns).collect())
+        clean_rows = Counter(_hashable(row) for row in clean_frame.select(*columns).collect())
+        extra, lost = killed_rows - clean_rows, clean_rows - killed_rows
+        if extra or lost:
             problems.append(
-                f"{name}: {counts[0]} rows vs {counts[1]} in the clean run; {counts[2]} extra or duplicated, "
-                f"e.g. {extra.limit(3).collect()}; {counts[3]} lost, e.g. {lost.limit(3).collect()}"
+                f"{name}: {killed_rows.total()} rows vs {clean_rows.total()} in the clean run; "
+                f"{extra.total()} extra or duplicated, e.g. {list(extra)[:3]}; {lost.total()} lost, e.g. {list(lost)[:3]}"
             )
     return problems
 
@@ -511,9 +451,41 @@ def _redis_contents(url: str) -> dict[bytes, object]:
         client.close()
 
 
+@pytest.fixture(scope="module")
+def clean_stream(spark, full_landing, trained_churn, redis_url, tmp_path_factory):
+    """The reference: the whole ``loom stream --available-now`` run once, uninterrupted, from the landing files.
+
+    In this process (no JVM start): ``catch_up``, the code of that command, with the same files per micro-batch
+    and the partitioning of ``loom stream`` (:func:`_cut_like_loom_stream`). Returns the work folder and the
+    Redis database it wrote.
+    """
+    from common.pipeline import catch_up
+    from common.runtime.redis_server import connect
+
+    url = _redis_db(redis_url, 6)
+    connect(url).flushdb()
+    work = _copy_landing(full_landing, tmp_path_factory.mktemp("clean-stream"), trained_churn.work.home)
+    with _cut_like_loom_stream(spark):
+        catch_up(spark, trained_churn.plan, work, url, max_files_per_trigger=FULL_FILES_PER_BATCH)
+    return work, url
+
+
+def test_firings_are_scored_with_features_models_and_actions(spark, clean_stream, trained_churn):
+    work, url = clean_stream
+    rows = _predictions(spark, work).collect()
+    assert len(rows) >= 10
+    assert len({r["batch_id"] for r in rows}) >= 3  # firings spread over several micro-batches
+    assert {(r["model_name"], r["model_version"]) for r in rows} == {("churn", trained_churn.outcome.version)}
+    assert all(r["score"] is not None and 0 <= r["score"] <= 1 for r in rows)
+    assert all(r["features"]["support_calls_7d"] >= 1 for r in rows)  # the firing call itself counts
+    assert _actions(spark, work).count() == sum(1 for r in rows if r["score"] >= 0.6)
+    latest = _latest_in_redis(url)
+    assert len(latest) == len({r["customer_id"] for r in rows})
+
+
 @pytest.mark.slow
 def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
-    spark, full_landing, trained_churn, redis_url, tmp_path
+    spark, full_landing, clean_stream, trained_churn, redis_url, tmp_path
 ):
     """The whole ``loom stream --available-now`` (ingestion, features, triggers) from landing files, killed
     with SIGKILL (driver and JVM) at least ten times, then restarted to the end: bronze, quarantine, the
@@ -532,26 +504,20 @@ def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
     of an events batch that quarantined nothing (see :func:`_kill_plan`). Each aimed kill is checked
     afterwards to have landed there; every kill prints where the queries stood.
 
-    The clean run is ``catch_up`` in this process (no JVM start) with the partitioning of ``loom stream``
-    (:func:`_cut_like_loom_stream`), the same code and the same number of files per batch.
+    The clean run is ``clean_stream``: the same code in this process, the same files per batch.
     """
-    from common.pipeline import catch_up
     from common.runtime.redis_server import connect
 
     plan = trained_churn.plan
-    registry_home = trained_churn.work.home
-    clean_url, killed_url = _redis_db(redis_url, 6), _redis_db(redis_url, 7)
-    clean_work = _copy_landing(full_landing, tmp_path / "clean", registry_home)
-    connect(clean_url).flushdb()
-    with _cut_like_loom_stream(spark):
-        catch_up(spark, plan, clean_work, clean_url, max_files_per_trigger=FULL_FILES_PER_BATCH)
+    clean_work, clean_url = clean_stream
+    killed_url = _redis_db(redis_url, 7)
     clean_batches = {q.name: q.newest().batch + 1 for q in _stream_files(clean_work, plan)}
     assert clean_batches["ingest events"] >= 4 and clean_batches["features activity"] >= 3, clean_batches
     assert clean_batches["triggers events"] >= 3 and _predictions(spark, clean_work).count() > 0, clean_batches
 
-    work = _copy_landing(full_landing, tmp_path / "killed", registry_home)
+    work = _copy_landing(full_landing, tmp_path / "killed", trained_churn.work.home)
     connect(killed_url).flushdb()
-    command, env = _full_stream_command(work, killed_url)
+    command, env = _stream_command(work, killed_url)
     queries = _stream_files(work, plan)
     rng = random.Random(13)
     kills: list[str] = []
@@ -561,10 +527,12 @@ def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
         for attempt in range(3):  # aimed: again only if the batch moved on between seeing the point and the kill
             log = tmp_path / f"stream-{number}-{attempt}.log"
             delay = 0.0 if aim is not None else rng.uniform(0.0, RANDOM_KILL_WINDOW_S)
+            started = time.monotonic()
             seen, after, landed = _kill_once(command, env, queries, log, aim=aim, delay_s=delay)
             hit = aim is not None and seen is not None and seen == after
             label = f"random, {delay:.1f} s in" if aim is None else f"aimed at {aim}{'' if hit else ', missed'}"
-            kills.append(f"{label}: {'; '.join(map(str, landed)) or 'between batches'}")
+            took = f"killed after {time.monotonic() - started:.0f} s"
+            kills.append(f"{label}, {took}: {'; '.join(map(str, landed)) or 'between batches'}")
             if aim is None or hit or not aim.required:
                 break
         else:
@@ -592,37 +560,46 @@ def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
     assert not problems, "\n".join(problems)
 
 
-def test_stream_scores_equal_batch_scoring_at_the_same_time(spark, clean_run, stream_lake, trained_churn):
-    work, _ = clean_run
-    sample = _predictions(spark, work).orderBy("firing_ts", "customer_id").limit(3).collect()
+def test_stream_scores_equal_batch_scoring_at_the_same_time(spark, clean_stream, trained_churn, tmp_path):
+    """A firing's score equals batch scoring of its customer at its time, over the history ``loom backfill``
+    writes from the clean run's bronze.
+
+    Not over the history the stream itself appended: per micro-batch, that holds each touched customer's value
+    at its newest event time in the batch only (docs/time-semantics.md), so a firing between two of them reads
+    an older row there. The backfill writes the value at every event time, which the firing's features are.
+    """
+    from common.features.backfill import backfill
+
+    clean_work, _ = clean_stream
+    work = _copy_lake(clean_work, tmp_path / "batch", trained_churn.work.home)
+    backfill(spark, work, trained_churn.plan)
+    sample = _predictions(spark, clean_work).orderBy("firing_ts", "customer_id").limit(3).collect()
     for row in sample:
         entity = spark.createDataFrame([(row["customer_id"],)], "customer_id string")
         at = row["firing_ts"].replace(tzinfo=UTC)
         model = f"churn/{row['model_version']}"
-        _, written, _ = score_batch(spark, trained_churn.plan, model, at, stream_lake, entity)
+        _, written, _ = score_batch(spark, trained_churn.plan, model, at, work, entity)
         assert written.first()["score"] == pytest.approx(row["score"], abs=1e-9)
 
 
 @pytest.mark.slow
-def test_champion_moves_during_a_run_without_restart(spark, clean_run, stream_lake, trained_churn, redis_url, tmp_path):
+def test_champion_moves_during_a_run_without_restart(spark, clean_stream, trained_churn, redis_url, tmp_path):
+    """The trigger query over the clean run's bronze, the champion moved after its first predictions: later
+    micro-batches score with the new version, without a restart, and the firings are the clean run's."""
     from common.compile import compile_usecase
     from common.spec import load_usecase
     from common.triggers.stream import start_trigger_streams
 
-    clean_work, _ = clean_run
-    work = _copy_lake(stream_lake, tmp_path / "redeploy", trained_churn.work.home)
+    clean_work, _ = clean_stream
+    work = _copy_lake(clean_work, tmp_path / "redeploy", trained_churn.work.home)
     client = registry.client(trained_churn.work)
     before = registry.version_by_alias("churn", "champion", client)
     new = mlflow.register_model(f"runs:/{trained_churn.outcome.run_id}/model", "churn")
     plan = compile_usecase(load_usecase("churn"))
-    (query,) = start_trigger_streams(
-        spark,
-        work,
-        plan,
-        _redis_db(redis_url, 5),
-        interval="1 second",
-        max_files_per_trigger=TRIGGER_FILES_PER_BATCH,
-    )
+    with _cut_like_loom_stream(spark):  # the clean run's micro-batches: the same bronze files each
+        (query,) = start_trigger_streams(
+            spark, work, plan, _redis_db(redis_url, 5), interval="1 second", max_files_per_trigger=FULL_FILES_PER_BATCH
+        )
     files = _trigger_files(work)
     try:
         deadline = time.monotonic() + 300
