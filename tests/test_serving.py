@@ -135,6 +135,39 @@ def test_rest_scores_equal_batch_scoring_at_the_same_time_and_version(spark, tra
     assert mlflow.get_run(trained_churn.outcome.run_id).data.params["fast_predictor"] == "hist_gradient_boosting"
 
 
+def test_concurrent_requests_share_one_lookup_and_model_call_and_keep_their_scores(api, latest_rows):
+    """Requests in flight together are scored in one batch (common.serving.batcher), each exactly as alone."""
+    import asyncio
+
+    import httpx
+
+    keys = _keys(latest_rows, 9)
+    singles, pair = [[{"customer_id": k}] for k in keys[:6]], [{"customer_id": k} for k in keys[6:]]
+    alone = [_predict(api, entities).json()["predictions"] for entities in [*singles, pair]]
+    batcher = api.app.state.serving.service.batcher
+    before = (batcher.batches, batcher.requests)
+
+    async def together():
+        transport = httpx.ASGITransport(app=api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loom") as client:
+            calls = [
+                client.post("/v1/models/churn/predict", json={"entities": entities}, headers=OPS)
+                for entities in [*singles, pair, [{"no_key": 1}]]  # the last one is refused (422) on its own
+            ]
+            return await asyncio.gather(*calls)
+
+    answers = api.portal.call(together)
+    assert [a.status_code for a in answers] == [200] * 7 + [422], [a.text for a in answers]
+    assert "customer_id" in answers[-1].text
+    assert batcher.requests - before[1] == 7  # the refused request never reached a batch
+    assert batcher.batches - before[0] < 7  # shared batches, not one per request
+    for answer, expected in zip(answers[:7], alone, strict=True):
+        got = answer.json()["predictions"]
+        assert [p["key"] for p in got] == [p["key"] for p in expected]
+        assert [p["score"] for p in got] == [p["score"] for p in expected]  # bit for bit
+        assert [p["feature_times"] for p in got] == [p["feature_times"] for p in expected]
+
+
 def test_response_shows_feature_times_and_missing_features(api, latest_rows):
     key = _keys(latest_rows, 1)[0]
     _, activity = latest_rows["activity"]

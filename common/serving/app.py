@@ -21,13 +21,15 @@ names the field), 503 + ``Retry-After`` (Redis unreachable, or no version
 loaded yet), else 200. The body is read only after the key is checked, so an
 unauthenticated caller cannot make the server parse anything.
 
-Predictions take the fast path (:mod:`common.serving.fast_path`): plain ASGI in
-front of FastAPI, orjson in and out, numpy from the Redis reply to the model
+Predictions take the fast path (:mod:`common.serving.fast_path`): plain ASGI before
+FastAPI's middleware stack (:class:`LoomApp`: only the request limits and the metrics
+run first), orjson in and out, numpy from the Redis reply to the model
 (:mod:`common.serving.predict`), a bounded queue per worker (503 + Retry-After
 beyond ``LOOM_SERVE_MAX_QUEUE``). Its errors are rendered by the FastAPI route
 and the app's exception handlers (:mod:`common.serving.errors`), the one place errors are rendered. The work
-is inline on the event loop: one MGET (sub-millisecond) and a small predict
-cost less than a hop to the thread pool; the Redis timeout
+is inline on the event loop, micro-batched (:mod:`common.serving.batcher`): the
+requests the loop holds at once share one MGET (sub-millisecond) and one model call,
+which cost less than a hop to the thread pool; the Redis timeout
 (``LOOM_SERVE_REDIS_TIMEOUT_S``) bounds how long an outage can hold the loop.
 Scale out with workers (processes, ``loom serve --workers``), not threads.
 
@@ -50,8 +52,8 @@ from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig
 from common.serving.context import Clock, build_context, lifespan
 from common.serving.errors import install_error_handlers
-from common.serving.fast_path import FastPredictPath
-from common.serving.limits import install_limits
+from common.serving.fast_path import FAST_PATH_ERROR, FastPredictPath, predict_model
+from common.serving.limits import RequestLimits, install_limits
 from common.serving.metrics import ServingMetrics
 from common.serving.prediction_sink import PredictionSink
 from common.serving.routes import install_routes
@@ -67,7 +69,7 @@ class _MetricsMiddleware:
         self.served = set(served)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or FAST_PATH_ERROR in scope:  # a fast path error: counted where it began
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -94,6 +96,26 @@ class _MetricsMiddleware:
         return "other", ""
 
 
+class LoomApp(FastAPI):
+    """FastAPI, with prediction requests sent past its middleware stack to the fast path.
+
+    FastAPI's own layers (error, telemetry and body limit middleware, the exception
+    middleware) cost more per request than the work a prediction of one entity
+    leaves after micro-batching; a prediction request runs through the same checks
+    and counters as every other request (:class:`common.serving.limits.RequestLimits`,
+    the metrics) and then the fast path, which hands its errors to the whole stack
+    (:attr:`predict_path` is None: everything goes through FastAPI).
+    """
+
+    predict_path: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.predict_path is not None and scope["type"] == "http" and predict_model(scope) is not None:
+            await self.predict_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     config: ServingConfig,
     *,
@@ -108,7 +130,7 @@ def create_app(
     stays next to that table.
     """
     context = build_context(config, work=work, keys=keys, clock=clock, prediction_sink=prediction_sink)
-    app = FastAPI(
+    app = LoomApp(
         title="Loom prediction service",
         version="1",
         description="Scores entities with the registered model's pyfunc over the online feature store.",
@@ -121,12 +143,19 @@ def create_app(
     app.state.config = config
     app.state.prediction_log = context.prediction_log
     app.state.freeze_gc = False  # app_from_env (a server worker) turns it on; tests build many apps
-    app.add_middleware(FastPredictPath, service=context.service, max_queue=config.max_queue)
     app.add_middleware(_MetricsMiddleware, metrics=context.metrics, served=config.models)  # counts everything
     install_error_handlers(app)  # hostile input: never a 500 from rendering an error
     # outermost: header size/count, URL length and declared body size, refused before anything runs
     install_limits(app, context.service.body_limit)
     install_routes(app)
+
+    async def whole_stack(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    # predictions: the same limits and metrics, then the fast path; its errors go through the whole stack
+    fast = FastPredictPath(whole_stack, service=context.service, max_queue=config.max_queue)
+    counted = _MetricsMiddleware(fast, metrics=context.metrics, served=config.models)
+    app.predict_path = RequestLimits(counted, body_limit=context.service.body_limit)
     return app
 
 

@@ -30,10 +30,11 @@ from pydantic import ValidationError
 from common.compile.event_time import to_micros
 from common.errors import ConfigError, StoreError
 from common.serving.auth import ApiKeys, Client
+from common.serving.batcher import ScoringBatcher
 from common.serving.config import ServingConfig
 from common.serving.holder import LoadedModel, ModelHolder, ModelNotFound, ModelNotReady
 from common.serving.metrics import ServingMetrics
-from common.serving.predict import response_body, score_entities
+from common.serving.predict import response_body
 from common.serving.prediction_log import PredictionLogger
 from common.serving.prediction_rows import LoggedRequest
 from common.serving.schemas import PredictRequest, entity_errors
@@ -119,6 +120,8 @@ class PredictService:
         self.clock = clock
         self.body_limit = BODY_BASE_BYTES + BODY_BYTES_PER_ENTITY * config.max_batch
         self.outage = _Throttled()
+        # the requests this worker's loop holds at once share one Redis round trip and one model call
+        self.batcher = ScoringBatcher(lambda: to_micros(self.clock()))
 
     def authenticate(self, presented: str | None) -> Client:
         """The client of the presented key; 401 otherwise."""
@@ -169,9 +172,8 @@ class PredictService:
         problems = entity_errors(entities, loaded.spec.entity_key, loaded.request_fields)
         if problems:
             raise RequestValidationError(problems)
-        at_us = to_micros(self.clock())
         try:
-            scored = score_entities(loaded, entities, at_us)
+            scored, at_us = await self.batcher.score(loaded, entities)
         except StoreError as err:
             self.outage.failure("online store unavailable (answering 503): %s", err)
             raise self.unavailable("the online feature store is unavailable; retry later") from None
