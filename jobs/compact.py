@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from common.compile import compile_usecase
 from common.features.compaction import compact, compact_groups, render
-from common.runtime.spark import build_session
-from common.settings import paths
-from common.spec import load_usecase
-from jobs.runner import add_spark_arguments, add_usecase_argument, main_for
+from jobs.runner import add_spark_arguments, add_usecase_argument, main_for, set_up
 
 DESCRIPTION = (
     "Compact the offline feature history: keep the latest written row of each (entity, feature_ts), "
@@ -30,10 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = compile_usecase(load_usecase(args.usecase))
-    groups = [g.name for g in compact_groups(plan, args.group)]  # a clear error before Spark starts
-    spark = build_session(args.profile, app_name=f"loom-compact-{plan.usecase}")
-    print(render(compact(spark, paths(), plan, groups)))
+    job = set_up("compact", args, compiled=True)
+    groups = [g.name for g in compact_groups(job.plan, args.group)]  # a clear error before Spark starts
+    print(render(compact(job.spark, job.work, job.plan, groups)))
     return 0
 
 
