@@ -45,10 +45,12 @@ from tests.conftest import quick_jvm_env
 
 REPO = Path(__file__).resolve().parent.parent
 
-# One generated day of landing files (24 hourly event files), a few files a micro-batch, so ingestion, features
-# and triggers each run several batches (see the kill test).
+# One generated day of landing files (26 event files), a few files a micro-batch, so ingestion, features and
+# triggers each run several batches (see the kill test): 6 files make 5 events batches, 3 feature and 3 trigger
+# batches (2 with firings). Each batch costs seconds of fixed overhead in every run of this file, so no more
+# batches than the kill test's aims need (with 4 files, 7 each: a whole `loom stream` took 1.45 times as long).
 FULL_DAYS = 1
-FULL_FILES_PER_BATCH = 4
+FULL_FILES_PER_BATCH = 6
 
 # Where a micro-batch can be when the process dies, read from its query's files (see QueryFiles).
 PLANNED = "offset logged"
@@ -474,7 +476,7 @@ def test_firings_are_scored_with_features_models_and_actions(spark, clean_stream
     work, url = clean_stream
     rows = _predictions(spark, work).collect()
     assert len(rows) >= 10
-    assert len({r["batch_id"] for r in rows}) >= 3  # firings spread over several micro-batches
+    assert len({r["batch_id"] for r in rows}) >= 2  # firings spread over several micro-batches
     assert {(r["model_name"], r["model_version"]) for r in rows} == {("churn", trained_churn.outcome.version)}
     assert all(r["score"] is not None and 0 <= r["score"] <= 1 for r in rows)
     assert all(r["features"]["support_calls_7d"] >= 1 for r in rows)  # the firing call itself counts
