@@ -261,6 +261,39 @@ def _request(i: int, client: str = "unit") -> LoggedRequest:
     )
 
 
+class SlowSink(PredictionSink):
+    """Records every batch; each write takes ``seconds`` (a commit's fixed cost)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches = []
+
+    def write(self, batch, txn) -> None:
+        time.sleep(self.seconds)
+        self.batches.append(batch)
+
+
+def test_a_steady_stream_is_written_once_per_interval_not_without_pause():
+    """Requests that keep coming while a write runs wait for the next interval: the writer must not chase
+    the queue (it did: dozens of small commits a second per worker under load). Nothing is lost."""
+    sink = SlowSink(0.02)
+    interval, feeding = 0.5, 2.0
+    logger = PredictionLogger(sink, flush_interval_s=interval)
+    logger.start()
+    sent, stop = 0, time.monotonic() + feeding
+    while time.monotonic() < stop:
+        logger.log(_request(sent))
+        sent += 1
+        time.sleep(0.002)
+    during = len(sink.batches)
+    logger.close()
+    # about feeding / interval writes while the stream ran (a few more under load), never one per 20 ms write
+    assert 1 <= during <= feeding / interval + 2, [b.num_rows for b in sink.batches]
+    ids = [row["request_id"] for batch in sink.batches for row in batch.to_pylist()]
+    assert len(ids) == 2 * sent and set(ids) == {f"unit-{i}" for i in range(sent)}
+    assert (logger.written_rows, logger.spooled_rows, logger.lost_rows) == (2 * sent, 0, 0)
+
+
 def test_a_hung_write_at_shutdown_is_spooled_and_loaded_exactly_once(spark, tmp_path, caplog):
     """close() gives up on a write that hangs and spools everything, the hung batch included; if that
     write commits after all, loading the spool skips its copy (its Delta txn says it landed)."""

@@ -221,10 +221,12 @@ class PredictionLogger:
         if not self._abandoned:
             self._final_flush()
 
-    def _take(self) -> _Batch | None:
+    def _take(self, limit: int | None = None) -> _Batch | None:
+        """The next batch: whole records from the queue, until ``max_rows`` (or ``limit``) rows."""
         records: list[LoggedRequest] = []
         rows = 0
-        while rows < self.max_rows:
+        most = self.max_rows if limit is None else min(self.max_rows, limit)
+        while rows < most:
             try:
                 record = self._queue.popleft()
             except IndexError:
@@ -237,13 +239,23 @@ class PredictionLogger:
         self._seq += 1
         return _Batch(Txn(self._app_id, self._seq), rows_table(records))
 
-    def _flush(self) -> bool:
-        """Write the held batch, then everything queued; False (and a retry time) on a failure."""
+    def _flush(self, everything: bool = False) -> bool:
+        """Write the held batch, then the rows queued when the flush began (``everything``: until the queue
+        is empty); False (and a retry time) on a failure.
+
+        Rows queued during the flush wait for the next one: draining until the queue was empty wrote
+        without pause under load (a write takes tens of milliseconds, in which more requests arrive),
+        dozens of small commits a second per worker, each paying a commit's fixed cost.
+        """
+        due = self._queued - self._taken
         while not self._abandoned:
             if self._held is None:
-                self._held = self._take()
+                if not everything and due <= 0:
+                    break
+                self._held = self._take(None if everything else due)
                 if self._held is None:
                     break
+                due -= self._held.table.num_rows
             if not self._attempt(self._held):
                 self._retry_at = time.monotonic() + self._backoff_s
                 self._backoff_s = min(self._backoff_s * 2, MAX_BACKOFF_S)
@@ -281,7 +293,7 @@ class PredictionLogger:
 
     def _final_flush(self) -> None:
         for attempt in range(CLOSE_ATTEMPTS):
-            if self._flush():
+            if self._flush(everything=True):
                 return
             if attempt + 1 < CLOSE_ATTEMPTS:
                 time.sleep(FIRST_BACKOFF_S * 2**attempt)

@@ -85,7 +85,7 @@ def rows_table(records: Sequence[LoggedRequest], logged_at_us: int | None = None
     columns = {name: pa.array(values, pa.string()) for name, values in keys.items()}
     columns.update(
         {
-            "prediction_ts": pa.array(at, pa.int64()).cast(UTC_US),
+            "prediction_ts": pa.array(at, UTC_US),  # epoch microseconds: no cast kernel
             "score": pa.array(np.concatenate(scores).astype("float64"), pa.float64(), from_pandas=True),  # NaN: null
             "model_name": pa.array(models, pa.string()),
             "model_version": pa.array(versions, pa.int32()),
@@ -94,7 +94,7 @@ def rows_table(records: Sequence[LoggedRequest], logged_at_us: int | None = None
             "missing": pa.array(missing, pa.list_(pa.string())),
             "request_id": pa.array(request_ids, pa.string()),
             "client": pa.array(clients, pa.string()),
-            "logged_at": pa.array(np.full(len(at), logged, dtype="int64")).cast(UTC_US),
+            "logged_at": pa.array(np.full(len(at), logged, dtype="int64"), UTC_US),
         }
     )
     return pa.table(columns)
