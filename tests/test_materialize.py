@@ -33,7 +33,10 @@ def lake(spark, tmp_path_factory):
     spec = load_usecase("churn")
     plan = compile_usecase(spec)
     generate_landing(spec, work, GenerateOptions(customers=30, days=2, seed=19, malformed_rate=0.0, late_rate=0.0))
-    for source in spec.sources:
+    # the sources the feature groups read (events, customers); the labels (outcomes) feed no feature
+    groups = list(plan.groups.values())
+    read = {g.source for g in groups} | {j.source for g in groups for j in g.joins}
+    for source in sorted(read):
         ingest_source(spark, spec, source, work)
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
