@@ -262,7 +262,8 @@ def _quiet_batches(work: Paths, source: str) -> list[int]:
         actions = [json.loads(line) for line in commit.read_text().splitlines() if line.strip()]
         txn = next((action["txn"] for action in actions if "txn" in action), None)
         info = next((action["commitInfo"] for action in actions if "commitInfo" in action), {})
-        if txn is not None and info.get("operationMetrics", {}).get("numOutputRows") == "0":
+        metrics = info.get("operationMetrics", {})  # Spark's writer, or delta-rs' (common.lake.append)
+        if txn is not None and str(metrics.get("numOutputRows", metrics.get("num_added_rows"))) == "0":
             quiet.append(txn["version"])
     return quiet
 

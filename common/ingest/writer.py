@@ -1,10 +1,10 @@
 """The ``foreachBatch`` step of ingestion: validate, protect PII, write bronze and quarantine once.
 
-Exactly-once: both appends carry Delta's ``txnAppId`` (the streaming query's id,
-which the checkpoint keeps across restarts, so a new checkpoint never collides
-with an old one) and ``txnVersion`` (the batch id). Delta skips a write whose
-version it has already committed for that app id, so a retried micro-batch adds
-nothing. Quarantine is written before bronze, and the duplicate check reads the
+Exactly-once: both appends record a Delta transaction (:func:`common.lake.append.append_once`):
+the app id is the streaming query's id, which the checkpoint keeps across restarts, so a new
+checkpoint never collides with an old one, and the version is the batch id. A write whose
+version the table has already committed for that app id is skipped, so a retried micro-batch
+adds nothing. Quarantine is written before bronze, and the duplicate check reads the
 bronze version of the batch's start: a batch retried after quarantine committed
 but before bronze did classifies every record as before.
 
@@ -42,6 +42,7 @@ from common.ingest.validation import (
     split_classified,
     typed_schema,
 )
+from common.lake.append import append_once
 from common.lake.paths import IngestLocations
 from common.runtime.log import Stopwatch
 from common.spec.base import duration_seconds
@@ -218,10 +219,4 @@ class BatchWriter:
         return bronze.select(*keys)
 
     def _append(self, df: DataFrame, path: str, batch_id: int) -> None:
-        (
-            df.write.format("delta")
-            .mode("append")
-            .option("txnAppId", self._app_id)
-            .option("txnVersion", batch_id)
-            .save(path)
-        )
+        append_once(df, path, self._app_id, batch_id)

@@ -31,6 +31,7 @@ from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
 from common.features.at_times import features_at
+from common.lake.append import append_once
 from common.lake.delta import table_exists
 from common.lake.paths import predictions_path
 from common.models import registry
@@ -140,11 +141,6 @@ def _score_model(
     return scored, _scored(spark, resolver, key, with_features, shadow_ref)
 
 
-def _append_once(frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
-    """Idempotent append: Delta skips a (txnAppId, txnVersion) it has already committed."""
-    (frame.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id).save(path))
-
-
 def make_firing_handler(
     spark: SparkSession,
     work: Paths,
@@ -180,12 +176,12 @@ def make_firing_handler(
 
             shadowed = [s for _, s in parts if s is not None]
             if shadowed:  # logged beside the champion's rows, never acted on
-                _append_once(with_action(shadowed), shadow_predictions, f"{app_id}-shadow", batch_id)
+                append_once(with_action(shadowed), shadow_predictions, f"{app_id}-shadow", batch_id)
             rows = with_action([p for p, _ in parts]).cache()
             try:
-                _append_once(rows, predictions, app_id, batch_id)
+                append_once(rows, predictions, app_id, batch_id)
                 if not table_exists(spark, actions) or rows.where("action").limit(1).count():
-                    _append_once(rows.where("action"), actions, app_id, batch_id)
+                    append_once(rows.where("action"), actions, app_id, batch_id)
                 collected = rows.where(F.col("score").isNotNull()).collect()
             finally:
                 rows.unpersist()
