@@ -88,3 +88,16 @@ def test_merge_schema_lets_a_new_column_in_from_the_driver(spark, tmp_path):
     table = spark.read.format("delta").load(str(path))
     assert table.count() == 5
     assert sorted(r["extra"] for r in table.collect() if r["extra"] is not None) == [7, 7]
+
+
+def test_driver_appends_checkpoint_at_sparks_interval_and_spark_reads_past_it(spark, tmp_path):
+    path = tmp_path / "t"
+    append_once(_rows(spark, 0, 2), str(path), "app", 0)  # version 0, by Spark
+    for version in range(1, 12):  # versions 1-11, by delta-rs: one checkpoint, at 10
+        append_once(_rows(spark, version * 2, 2), str(path), "app", version)
+    checkpoints = sorted(p.name for p in (path / "_delta_log").glob("*.checkpoint.parquet"))
+    assert checkpoints == [f"{10:020d}.checkpoint.parquet"]
+    assert json.loads((path / "_delta_log" / "_last_checkpoint").read_text())["version"] == 10
+    assert len(_sorted(spark, path)) == 24
+    append_once(_rows(spark, 100, 2), str(path), "app", 5)  # replayed after the checkpoint: still skipped
+    assert len(_sorted(spark, path)) == 24

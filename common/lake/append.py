@@ -30,6 +30,12 @@ from common.lake.delta import local_folder, table_exists
 # Above this many rows a batch is written by Spark's executors, not collected to the driver.
 DRIVER_ROWS = 50_000
 
+# Spark's Delta writer checkpoints every 10 commits unless the table says otherwise; delta-rs every 100. The
+# driver path keeps Spark's cadence, so Spark's readers of these tables (the duplicate check reads bronze
+# every batch) replay at most ten JSON commits after the newest checkpoint.
+CHECKPOINT_INTERVAL = "delta.checkpointInterval"
+SPARK_CHECKPOINT_INTERVAL = 10
+
 
 def append_once(
     frame: DataFrame,
@@ -59,7 +65,7 @@ def append_once(
 
 
 def _append_from_driver(rows: Any, path: str, app_id: str, version: int, merge_schema: bool) -> None:
-    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+    from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, write_deltalake
 
     table = DeltaTable(path)
     committed = table.transaction_version(app_id)
@@ -72,7 +78,12 @@ def _append_from_driver(rows: Any, path: str, app_id: str, version: int, merge_s
         schema_mode="merge" if merge_schema else None,
         # an empty batch still commits: the transaction it records makes a replay skip it here too
         commit_properties=CommitProperties(app_transactions=[Transaction(app_id, version)]),
+        post_commithook_properties=PostCommitHookProperties(create_checkpoint=False),
     )
+    table.update_incremental()
+    interval = int(table.metadata().configuration.get(CHECKPOINT_INTERVAL) or SPARK_CHECKPOINT_INTERVAL)
+    if table.version() % interval == 0:
+        table.create_checkpoint()
 
 
 def _nullable(schema: Any) -> Any:
