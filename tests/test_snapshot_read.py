@@ -48,6 +48,13 @@ def test_current_rows_equal_sparks_and_a_time_range_skips_whole_files(spark, tmp
     assert read_current(spark, str(path), time_column="ts", since=datetime(2027, 1, 1, tzinfo=UTC)).count() == 0
 
 
+def test_an_empty_table_reads_as_no_rows_with_its_schema(spark, tmp_path):
+    path = tmp_path / "empty"
+    _rows(spark, 0, 0, 8).write.format("delta").save(str(path))  # a table with no file, as a stream creates bronze
+    empty = read_current(spark, str(path), time_column="ts", since=datetime(2026, 1, 1, tzinfo=UTC))
+    assert empty.count() == 0 and empty.columns == ["k", "ts", "x"]
+
+
 def test_tables_a_file_list_cannot_read_go_through_sparks_reader(spark, tmp_path):
     # deletion vectors: the files still hold the deleted row, only the log hides it
     path = tmp_path / "dv"

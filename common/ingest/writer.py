@@ -208,8 +208,8 @@ class BatchWriter:
         the source's watermark. A replay carries its original event time, so every replay is still found,
         and the files whose event times are all older are skipped by their statistics: the check reads
         the recent end of bronze, not all of it, and without Spark rebuilding the table's state
-        (:func:`common.lake.snapshot_read.read_current`). (An id reused for an event older than that bound is not a replay; it is
-        accepted.)
+        (:func:`common.lake.snapshot_read.read_current`). (An id reused for an event older than that
+        bound is not a replay; it is accepted.)
         """
         keys = dedup_columns(self.source)
         if not keys:

@@ -94,7 +94,7 @@ def _files_in_range(table: Any, time_column: str | None, since: datetime | None,
     import pyarrow.compute as pc
 
     actions = pa.table(table.get_add_actions(flatten=True))
-    keep = pa.array([True] * actions.num_rows)
+    keep = pa.array([True] * actions.num_rows, type=pa.bool_())
     if time_column is not None:
         # a file without statistics for the column is kept: nothing says its rows are out of range
         if since is not None and _is_timestamp(actions, f"max.{time_column}"):
