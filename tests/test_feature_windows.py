@@ -225,3 +225,24 @@ def test_tile_state_keeps_only_the_longest_window_and_skips_older_events(plan, p
     assert folder.fold(state, [(r[1], r[2], dict(enumerate(r[3]))) for r in old]) == 0
     assert folder.values(state) == before
     assert TileState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+def test_tile_state_folds_the_same_events_to_the_same_bits_whatever_their_order(plan):
+    """A replayed micro-batch may deliver its rows in another order (a shuffle), and tiles may be created in
+    another order: the values are the same to the last bit, as the kill test compares them exactly."""
+    from common.features.tile_state import TileFolder, TileState
+
+    folder = TileFolder(plan.aggregations, plan.slide_s)
+    base = int(datetime(2026, 1, 14, 12, tzinfo=UTC).timestamp()) // plan.slide_s * plan.slide_s
+    # one tile of three events, then three tiles of one event each; 0.1 + 0.2 + 0.3 depends on the order
+    in_one_tile = [((base + i) * 1_000_000, f"e{i}", v) for i, v in enumerate((0.1, 0.2, 0.3))]
+    per_tile = [((base + i * plan.slide_s) * 1_000_000, f"t{i}", v) for i, v in enumerate((0.1, 0.2, 0.3))]
+
+    def values(batches):
+        state = TileState()
+        for batch in batches:
+            folder.fold(state, [(ts, eid, dict.fromkeys(range(len(plan.aggregations)), v)) for ts, eid, v in batch])
+        return folder.values(state)
+
+    assert values([in_one_tile]) == values([list(reversed(in_one_tile))])
+    assert values([[event] for event in per_tile]) == values([[event] for event in reversed(per_tile)])

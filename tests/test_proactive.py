@@ -46,11 +46,12 @@ from tests.conftest import quick_jvm_env
 REPO = Path(__file__).resolve().parent.parent
 
 # One generated day of landing files (26 event files), a few files a micro-batch, so ingestion, features and
-# triggers each run several batches (see the kill test): 6 files make 5 events batches, 3 feature and 3 trigger
-# batches (2 with firings). Each batch costs seconds of fixed overhead in every run of this file, so no more
-# batches than the kill test's aims need (with 4 files, 7 each: a whole `loom stream` took 1.45 times as long).
+# triggers each run several batches (see the kill test): 3 files make 9 events batches. An ingestion batch
+# appends one bronze file per date (common.lake.append), and the downstream queries take 3 of those a batch:
+# 3 feature and 4 trigger batches (2 with firings). Each batch costs seconds of fixed overhead in every run of
+# this file, so no more batches than the kill test's aims need.
 FULL_DAYS = 1
-FULL_FILES_PER_BATCH = 6
+FULL_FILES_PER_BATCH = 3
 
 # Where a micro-batch can be when the process dies, read from its query's files (see QueryFiles).
 PLANNED = "offset logged"
@@ -262,7 +263,8 @@ def _quiet_batches(work: Paths, source: str) -> list[int]:
         actions = [json.loads(line) for line in commit.read_text().splitlines() if line.strip()]
         txn = next((action["txn"] for action in actions if "txn" in action), None)
         info = next((action["commitInfo"] for action in actions if "commitInfo" in action), {})
-        if txn is not None and info.get("operationMetrics", {}).get("numOutputRows") == "0":
+        metrics = info.get("operationMetrics", {})  # Spark's writer, or delta-rs' (common.lake.append)
+        if txn is not None and str(metrics.get("numOutputRows", metrics.get("num_added_rows"))) == "0":
             quiet.append(txn["version"])
     return quiet
 

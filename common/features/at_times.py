@@ -5,6 +5,8 @@ feature stream to write it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -14,7 +16,7 @@ from common.features.backfill import join_tables
 from common.features.compute import feature_history
 from common.features.point_in_time import HistoryInput, as_of_join
 from common.features.prepare import prepare
-from common.lake.delta import read_bronze
+from common.lake.snapshot_read import read_bronze_between
 from common.settings import Paths
 
 
@@ -29,14 +31,17 @@ def features_at(
     inputs = []
     for group in spec.groups:
         group_plan = plan.group(group.name)
-        source = read_bronze(spark, work, plan.usecase, group_plan.source).join(F.broadcast(keys), key, "left_semi")
+        since = until = None
         if group_plan.event_time and bounds[1] is not None:
-            source = source.where(F.col(group_plan.event_time) <= F.lit(bounds[1]))
+            until = bounds[1]
             if group_plan.source_kind == "events":
-                lookback = group_plan.max_window_s + group_plan.slide_s
-                source = source.where(
-                    F.col(group_plan.event_time) >= F.lit(bounds[0]) - F.make_dt_interval(secs=F.lit(lookback))
-                )
+                since = bounds[0] - timedelta(seconds=group_plan.max_window_s + group_plan.slide_s)
+        source = read_bronze_between(spark, work, plan.usecase, group_plan.source, group_plan.event_time, since, until)
+        source = source.join(F.broadcast(keys), key, "left_semi")
+        if until is not None:
+            source = source.where(F.col(group_plan.event_time) <= F.lit(until))
+        if since is not None:
+            source = source.where(F.col(group_plan.event_time) >= F.lit(since))
         history = feature_history(group_plan, prepare(group_plan, source, join_tables(spark, work, group_plan)))
         inputs.append(HistoryInput(group_plan, history, tuple(group.selected), f"_{group.name}_ts"))
     return as_of_join(rows, inputs, time_column)

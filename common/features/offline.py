@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan
 from common.features.prepare import first_per_key
+from common.lake.append import append_once
 from common.lake.delta import table_exists
 from common.lake.paths import history_path
 from common.settings import Paths
@@ -92,19 +93,10 @@ def replace_range(
 
 
 def append(spark: SparkSession, plan: GroupPlan, rows: DataFrame, path: str, app_id: str, batch_id: int) -> None:
-    """Append one micro-batch's rows, exactly once: Delta skips the write when ``app_id`` has already
-    committed ``batch_id`` (a retried or replayed batch adds nothing). No read of the table, no rewrite."""
-    writer = (
-        with_storage_columns(plan, rows)
-        .write.format("delta")
-        .mode("append")
-        .option("txnAppId", app_id)
-        .option("txnVersion", batch_id)
-        .option("mergeSchema", "true")  # a history written before `_write_order` existed gains the column
-    )
-    if not table_exists(spark, path):
-        writer = writer.partitionBy(PARTITION)
-    writer.save(path)
+    """Append one micro-batch's rows, exactly once: nothing when ``app_id`` has already committed
+    ``batch_id`` (a retried or replayed batch adds nothing). No read of the table, no rewrite."""
+    # mergeSchema: a history written before `_write_order` existed gains the column
+    append_once(with_storage_columns(plan, rows), path, app_id, batch_id, partition_by=[PARTITION], merge_schema=True)
 
 
 def with_write_order(history: DataFrame) -> DataFrame:

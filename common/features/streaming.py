@@ -42,8 +42,8 @@ from common.features.prepare import prepare
 from common.features.snapshots import snapshot_latest
 from common.features.tile_state import TileFolder, TileState
 from common.features.windows import value_column, with_row_values
-from common.lake.delta import read_bronze
 from common.lake.paths import bronze_path, history_path
+from common.lake.snapshot_read import read_bronze_between
 from common.runtime.log import Stopwatch
 from common.runtime.state_store import rocksdb_state_store
 from common.settings import Paths
@@ -149,7 +149,8 @@ def process_table_batch(
     entities = batch.select(key).where(F.col(key).isNotNull()).distinct()
     if entities.isEmpty():
         return None
-    rows = read_bronze(spark, work, plan.usecase, plan.source).join(F.broadcast(entities), on=key, how="left_semi")
+    bronze = read_bronze_between(spark, work, plan.usecase, plan.source, time_column=None)
+    rows = bronze.join(F.broadcast(entities), on=key, how="left_semi")
     values = snapshot_latest(plan, prepare(plan, rows, join_tables(spark, work, plan)))
     clock.lap("read")
     return values

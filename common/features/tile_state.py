@@ -172,8 +172,11 @@ class TileFolder:
         """Fold events into ``state``: (time µs, event id, {aggregation index: row value}); an aggregation
         the row does not count for is absent or null. Returns the events folded.
 
-        Events older than the state's horizon are skipped (they cannot change the online value).
+        Events older than the state's horizon are skipped (they cannot change the online value). They are
+        folded in (time, id) order, not in the order given: a shuffle delivers a micro-batch's rows in any
+        order, and a float sum depends on it in its last bit, so a replayed batch must fold the same way.
         """
+        events = sorted(events, key=lambda event: (event[0], event[1]))
         if events:
             state.newest_us = max(state.newest_us, max(event[0] for event in events))
         oldest = self.oldest_kept(state)
@@ -200,6 +203,7 @@ class TileFolder:
         out = []
         for index, agg in enumerate(self.aggregations):
             start = newest_tile + self.slide_s - agg.window_s
-            inside = (tile for tile_start, tile in state.tiles.items() if start <= tile_start <= newest_tile)
+            # tiles in time order whatever order they were created in: float sums then do not depend on it
+            inside = (state.tiles[at] for at in sorted(state.tiles) if start <= at <= newest_tile)
             out.append(_finish(agg, _merge_window(agg, index, inside)))
         return out

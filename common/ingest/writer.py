@@ -1,10 +1,10 @@
 """The ``foreachBatch`` step of ingestion: validate, protect PII, write bronze and quarantine once.
 
-Exactly-once: both appends carry Delta's ``txnAppId`` (the streaming query's id,
-which the checkpoint keeps across restarts, so a new checkpoint never collides
-with an old one) and ``txnVersion`` (the batch id). Delta skips a write whose
-version it has already committed for that app id, so a retried micro-batch adds
-nothing. Quarantine is written before bronze, and the duplicate check reads the
+Exactly-once: both appends record a Delta transaction (:func:`common.lake.append.append_once`):
+the app id is the streaming query's id, which the checkpoint keeps across restarts, so a new
+checkpoint never collides with an old one, and the version is the batch id. A write whose
+version the table has already committed for that app id is skipped, so a retried micro-batch
+adds nothing. Quarantine is written before bronze, and the duplicate check reads the
 bronze version of the batch's start: a batch retried after quarantine committed
 but before bronze did classifies every record as before.
 
@@ -42,7 +42,9 @@ from common.ingest.validation import (
     split_classified,
     typed_schema,
 )
+from common.lake.append import append_once
 from common.lake.paths import IngestLocations
+from common.lake.snapshot_read import read_current
 from common.runtime.log import Stopwatch
 from common.spec.base import duration_seconds
 from common.spec.sources import Source
@@ -204,24 +206,21 @@ class BatchWriter:
 
         Bounded by event time: only bronze rows no older than ``since`` (the batch's oldest candidate) minus
         the source's watermark. A replay carries its original event time, so every replay is still found,
-        and Delta skips the files whose event times are all older: the check reads the recent end of
-        bronze, not all of it. (An id reused for an event older than that bound is not a replay; it is
-        accepted.)
+        and the files whose event times are all older are skipped by their statistics: the check reads
+        the recent end of bronze, not all of it, and without Spark rebuilding the table's state
+        (:func:`common.lake.snapshot_read.read_current`). (An id reused for an event older than that
+        bound is not a replay; it is accepted.)
         """
         keys = dedup_columns(self.source)
         if not keys:
             return None
-        bronze = spark.read.format("delta").load(self.locations.bronze)
-        if since is not None and self.source.event_time is not None:
-            slack = duration_seconds(self.source.watermark) if self.source.watermark else 0
-            bronze = bronze.where(F.col(self.source.event_time) >= F.lit(since - timedelta(seconds=slack)))
-        return bronze.select(*keys)
+        time_column = self.source.event_time
+        if since is None or time_column is None:
+            return read_current(spark, self.locations.bronze).select(*keys)
+        slack = duration_seconds(self.source.watermark) if self.source.watermark else 0
+        bound = since - timedelta(seconds=slack)
+        bronze = read_current(spark, self.locations.bronze, time_column=time_column, since=bound)
+        return bronze.where(F.col(time_column) >= F.lit(bound)).select(*keys)
 
     def _append(self, df: DataFrame, path: str, batch_id: int) -> None:
-        (
-            df.write.format("delta")
-            .mode("append")
-            .option("txnAppId", self._app_id)
-            .option("txnVersion", batch_id)
-            .save(path)
-        )
+        append_once(df, path, self._app_id, batch_id)

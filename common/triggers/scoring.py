@@ -31,12 +31,14 @@ from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
 from common.features.at_times import features_at
+from common.lake.append import append_once
 from common.lake.delta import table_exists
 from common.lake.paths import predictions_path
 from common.models import registry
 from common.models.scoring import ModelRef, model_feature_spec
 from common.models.shadow import SHADOW
 from common.online.predictions import LatestPrediction, write_latest
+from common.runtime.log import Stopwatch
 from common.settings import Paths
 from common.triggers.operator import FIRING_TS
 
@@ -140,11 +142,6 @@ def _score_model(
     return scored, _scored(spark, resolver, key, with_features, shadow_ref)
 
 
-def _append_once(frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
-    """Idempotent append: Delta skips a (txnAppId, txnVersion) it has already committed."""
-    (frame.write.format("delta").mode("append").option("txnAppId", app_id).option("txnVersion", batch_id).save(path))
-
-
 def make_firing_handler(
     spark: SparkSession,
     work: Paths,
@@ -162,9 +159,11 @@ def make_firing_handler(
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        clock = Stopwatch()
         batch = batch.cache()
         try:
             counts = {r["trigger"]: r["count"] for r in batch.groupBy("trigger").count().collect()}
+            clock.lap("firings")
             if not counts:
                 return
             parts = [
@@ -180,12 +179,15 @@ def make_firing_handler(
 
             shadowed = [s for _, s in parts if s is not None]
             if shadowed:  # logged beside the champion's rows, never acted on
-                _append_once(with_action(shadowed), shadow_predictions, f"{app_id}-shadow", batch_id)
+                append_once(with_action(shadowed), shadow_predictions, f"{app_id}-shadow", batch_id)
             rows = with_action([p for p, _ in parts]).cache()
             try:
-                _append_once(rows, predictions, app_id, batch_id)
+                rows.count()  # features as of each firing and the scores, computed once for what follows
+                clock.lap("features+score")
+                append_once(rows, predictions, app_id, batch_id)
                 if not table_exists(spark, actions) or rows.where("action").limit(1).count():
-                    _append_once(rows.where("action"), actions, app_id, batch_id)
+                    append_once(rows.where("action"), actions, app_id, batch_id)
+                clock.lap("appends")
                 collected = rows.where(F.col("score").isNotNull()).collect()
             finally:
                 rows.unpersist()
@@ -206,11 +208,12 @@ def make_firing_handler(
                     for r in collected
                 ),
             )
+            clock.lap("redis")
             newest = max((r[FIRING_TS] for r in collected), default=None)
             seconds = time.monotonic() - started
             lag = (datetime.now(UTC) - newest.replace(tzinfo=UTC)).total_seconds() if newest else float("nan")
             log.info(
-                "triggers batch %d: %d firings %s, %d scored, %d actions, redis %d, %.1fs (%.0f firings/s), "
+                "triggers batch %d: %d firings %s, %d scored, %d actions, redis %d, %.1fs (%.0f firings/s; %s), "
                 "lag %.1fs, versions %s",
                 batch_id,
                 sum(counts.values()),
@@ -220,6 +223,7 @@ def make_firing_handler(
                 written,
                 seconds,
                 sum(counts.values()) / seconds if seconds else 0.0,
+                clock,
                 lag,
                 sorted({(r["model_name"], r["model_version"]) for r in collected}),
             )
