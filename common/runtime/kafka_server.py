@@ -1,0 +1,335 @@
+"""Apache Kafka for Loom: the broker named by ``LOOM_KAFKA_BOOTSTRAP``, or one we start ourselves.
+
+* ``LOOM_KAFKA_BOOTSTRAP`` set (``host:port[,host:port]``): every Loom client uses that cluster;
+* otherwise the persistent local broker of ``loom kafka start`` (``$LOOM_HOME/kafka``) if it is running;
+* otherwise a broker of this process on a free port, stopped when the process exits, with its data in
+  ``$LOOM_HOME/kafka`` (so the next job finds the topics as this one left them), or without a work
+  folder in a temporary folder.
+
+The broker is Apache Kafka in KRaft mode, one JVM that is both broker and controller, run from the jars
+``make setup`` fetched from Maven Central (:func:`common.runtime.jars.fetch_kafka`). Its folder holds
+``server.properties`` and ``log4j2.properties`` (written at each start), ``data/`` (the topics and the
+metadata log, formatted once with a new cluster id, like ``kafka-storage format``), ``server.log`` and
+``output.log`` (the JVM's own output: a failed start is explained there).
+
+It listens on 127.0.0.1 only (PLAINTEXT: nothing leaves the machine), on two free ports: clients and
+the controller. The guards are the Redis helper's (:mod:`common.runtime.redis_server`): the parent-death
+signal makes the broker of a process die with it even under SIGKILL, and an ``flock`` held by the broker
+itself keeps a second broker off its folder. The JVM is kept small for a 2-core machine: a 128-512 MB
+heap, the serial collector and the quick C1 compiler (``LOOM_KAFKA_JVM_OPTIONS`` replaces these flags).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import ConfigError, StoreError
+from common.runtime.jars import fetch_kafka, kafka_broker_libs, kafka_broker_ready
+from common.runtime.redis_server import free_port, lock_folder, spawn_guarded
+
+BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"
+JVM_OPTIONS_ENV = "LOOM_KAFKA_JVM_OPTIONS"
+JVM_OPTIONS = "-Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError"
+START_TIMEOUT_S = 90.0  # a cold JVM on a loaded 2-core machine takes 5-15 s; a broken one fails long before
+STOP_TIMEOUT_S = 30.0  # a controlled shutdown flushes the logs and closes the quorum
+_LOCK_FIX = (
+    "wait for that job to end, or run `loom kafka start` once so that every job shares one broker, "
+    f"or set {BOOTSTRAP_ENV}"
+)
+
+# Small thread pools and one partition by default: a single-node broker on a small machine. The internal
+# topics need a replication factor of 1 on one node.
+_SETTINGS = {
+    "process.roles": "broker,controller",
+    "node.id": "1",
+    "controller.listener.names": "CONTROLLER",
+    "inter.broker.listener.name": "PLAINTEXT",
+    "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+    "num.partitions": "1",
+    "auto.create.topics.enable": "true",
+    "offsets.topic.replication.factor": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "num.network.threads": "2",
+    "num.io.threads": "2",
+    "background.threads": "2",
+    "num.recovery.threads.per.data.dir": "1",
+    "log.cleaner.threads": "1",
+}
+
+_LOG4J = """status = error
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {folder}/server.log
+appender.file.filePattern = {folder}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 10MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = INFO
+"""
+
+
+def java_binary() -> str:
+    """``$JAVA_HOME/bin/java`` or ``java`` on the PATH (Kafka 4 needs Java 17 or newer)."""
+    home = os.environ.get("JAVA_HOME")
+    if home and Path(home, "bin", "java").is_file():
+        return str(Path(home, "bin", "java"))
+    found = shutil.which("java")
+    if found is None:
+        raise ConfigError(
+            f"java is not installed, so the local Kafka broker cannot start. "
+            f"Fix: apt-get install -y openjdk-17-jre-headless, or export {BOOTSTRAP_ENV}=host:port"
+        )
+    return found
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: a random UUID in URL-safe base64 without padding (what ``kafka-storage random-uuid``
+    prints)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class KafkaServer:
+    """A single-node KRaft Kafka broker, child process of this one, on 127.0.0.1."""
+
+    directory: Path | None = None
+    stop_at_exit: bool = True  # False for `loom kafka start`: it outlives the command
+    port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _classpath(self) -> str:
+        if not kafka_broker_ready():
+            fetch_kafka()
+        return f"{kafka_broker_libs()}/*"
+
+    def _write_config(self, folder: Path) -> Path:
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        settings = dict(_SETTINGS)
+        settings["listeners"] = f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        settings["advertised.listeners"] = f"PLAINTEXT://127.0.0.1:{self.port}"
+        settings["controller.quorum.voters"] = f"1@127.0.0.1:{self.controller_port}"
+        settings["log.dirs"] = str(folder / "data")
+        properties = folder / "server.properties"
+        properties.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        (folder / "log4j2.properties").write_text(_LOG4J.format(folder=folder))
+        return properties
+
+    def _java(self, folder: Path, main: str, *args: str) -> list[str]:
+        options = os.environ.get(JVM_OPTIONS_ENV, JVM_OPTIONS).split()
+        log4j = f"-Dlog4j2.configurationFile={folder / 'log4j2.properties'}"
+        return [java_binary(), *options, log4j, "-cp", self._classpath(), main, *args]
+
+    def _format(self, folder: Path, properties: Path) -> None:
+        """Format the data folder once (a new cluster id); a formatted folder keeps its id and its topics."""
+        if (folder / "data" / "meta.properties").is_file():
+            return
+        command = self._java(folder, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(properties))
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise StoreError(
+                f"could not format the Kafka folder {folder / 'data'}: {(done.stdout + done.stderr).strip()[-1500:]}"
+            )
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> KafkaServer:
+        """Start the broker and return once it answers metadata requests."""
+        if self.directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="loom-kafka-")
+            self.directory = Path(self._tmp.name)
+        folder = self.directory.resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(folder, server="Kafka broker", fix=_LOCK_FIX)
+        try:
+            properties = self._write_config(folder)
+            self._format(folder, properties)
+            command = self._java(folder, "kafka.Kafka", str(properties))
+            # The broker inherits the lock's descriptor: the folder stays locked as long as it lives.
+            self.process = spawn_guarded(
+                command, die_with_owner=self.stop_at_exit, pass_fds=(lock,), output=folder / "output.log"
+            )
+        finally:
+            os.close(lock)
+        (folder / "owner").write_text(
+            f"pid {self.process.pid}, port {self.port}, started by pid {os.getpid()}", encoding="utf-8"
+        )
+        if self.stop_at_exit:
+            atexit.register(self.stop)
+        self._wait_ready(folder, timeout)
+        return self
+
+    def _wait_ready(self, folder: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not (port_open(self.port) and broker_answers(self.bootstrap)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tails = []
+                for name in ("output.log", "server.log"):
+                    log = folder / name
+                    if log.is_file():
+                        tails.append(f"{name}: {log.read_text(errors='replace')[-800:]}")
+                raise StoreError(
+                    f"the Kafka broker did not start on 127.0.0.1:{self.port} within {timeout:.0f} s. "
+                    f"{' '.join(tails) or 'It wrote no log.'}"
+                )
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the broker (a controlled shutdown; SIGKILL after :data:`STOP_TIMEOUT_S`)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> KafkaServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """Whether a Kafka cluster at ``bootstrap`` answers a metadata request with at least one broker."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000})
+    try:
+        return bool(admin.list_topics(timeout=timeout).brokers)
+    except KafkaException:
+        return False
+
+
+def running_local_broker(home: Path) -> str | None:
+    """Bootstrap address of the broker started by ``loom kafka start`` under ``home``, if it is alive."""
+    address = home / "kafka" / "bootstrap"
+    if not address.is_file():
+        return None
+    bootstrap = address.read_text().strip()
+    port = int(bootstrap.rsplit(":", 1)[1])
+    return bootstrap if port_open(port) and broker_answers(bootstrap) else None
+
+
+_EPHEMERAL: KafkaServer | None = None
+
+
+def kafka_bootstrap(home: Path | None = None) -> str:
+    """The bootstrap servers Loom should use, starting a broker of this process if there is none."""
+    global _EPHEMERAL
+    configured = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if configured:
+        return configured
+    if home is not None:
+        local = running_local_broker(home)
+        if local:
+            return local
+    if _EPHEMERAL is None:
+        _EPHEMERAL = KafkaServer(directory=home / "kafka" if home is not None else None).start()
+    return _EPHEMERAL.bootstrap
+
+
+@contextlib.contextmanager
+def configured_or_throwaway() -> Iterator[str]:
+    """``$LOOM_KAFKA_BOOTSTRAP`` if set, else a throwaway broker stopped when the block ends (tests, benchmarks)."""
+    configured = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if configured:
+        yield configured
+        return
+    with KafkaServer() as server:
+        yield server.bootstrap
+
+
+def start_persistent(home: Path) -> str:
+    """Start (or find) the long-lived local broker of ``loom kafka start``; returns its bootstrap address."""
+    existing = running_local_broker(home)
+    if existing:
+        return existing
+    folder = home / "kafka"
+    server = KafkaServer(directory=folder, stop_at_exit=False).start()
+    (folder / "bootstrap").write_text(server.bootstrap)
+    (folder / "pid").write_text(str(server.process.pid))
+    return server.bootstrap
+
+
+def stop_persistent(home: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop the broker of :func:`start_persistent` and wait until it is gone. True if one was running."""
+    folder = home / "kafka"
+    pid_file = folder / "pid"
+    if not pid_file.is_file():
+        return False
+    pid = int(pid_file.read_text())
+    stopped = _is_broker_of(pid, folder)  # a stale pid file may name a process that is not ours
+    if stopped:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while stopped and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if stopped and _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    (folder / "bootstrap").unlink(missing_ok=True)
+    return stopped
+
+
+def _is_broker_of(pid: int, folder: Path) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in command and any(str(folder.resolve()).encode() in part for part in command)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (our own child that exited) counts as gone
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
