@@ -38,7 +38,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.runtime.jars import fetch_kafka, kafka_broker_libs, kafka_broker_ready
-from common.runtime.redis_server import free_port, lock_folder, spawn_guarded
+from common.runtime.redis_server import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded
 
 BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"
 JVM_OPTIONS_ENV = "LOOM_KAFKA_JVM_OPTIONS"
@@ -128,6 +128,7 @@ class KafkaServer:
     stop_at_exit: bool = True  # False for `loom kafka start`: it outlives the command
     port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
+    lock_wait_s: float = LOCK_WAIT_S  # how long to wait for a folder whose broker is still stopping
     process: subprocess.Popen | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -176,7 +177,7 @@ class KafkaServer:
             self.directory = Path(self._tmp.name)
         folder = self.directory.resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        lock = lock_folder(folder, server="Kafka broker", fix=_LOCK_FIX)
+        lock = lock_folder(folder, self.lock_wait_s, server="Kafka broker", fix=_LOCK_FIX)
         try:
             properties = self._write_config(folder)
             self._format(folder, properties)
