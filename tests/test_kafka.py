@@ -27,7 +27,7 @@ import pytest
 
 from common.errors import StoreError
 from common.generate import GenerateOptions, generate_landing, read_malformed_log
-from common.generate.to_kafka import landing_records, publish, record_key, topic_name
+from common.generate.to_kafka import end_offsets, landing_records, publish, record_key, topic_name
 from common.runtime.jars import artifact_of
 from common.runtime.kafka_server import (
     BOOTSTRAP_ENV,
@@ -68,20 +68,6 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 def bootstrap() -> str:
     with configured_or_throwaway() as address:
         yield address
-
-
-def _end_offsets(address: str, topic: str) -> dict[int, int]:
-    """Partition -> next offset of ``topic`` now (empty when the topic does not exist yet)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": address, "group.id": "loom-test-offsets", "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return {}
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions}
-    finally:
-        consumer.close()
 
 
 def _consume(address: str, topic: str, start: dict[int, int], expected: int, timeout: float = 30.0) -> list:
@@ -186,7 +172,7 @@ def test_loom_kafka_start_status_stop(tmp_path):
 
 
 def test_loom_generate_to_kafka_sends_every_event_keyed_in_order_at_the_rate(tmp_path, bootstrap):
-    before = _end_offsets(bootstrap, TOPIC)
+    before = end_offsets(bootstrap, TOPIC)
     landing = tmp_path / "landing"
     rate = 300.0
     args = ["--usecase", "churn", "--customers", "20", "--days", "1", "--out", str(landing)]
@@ -226,12 +212,12 @@ def test_spark_kafka_source_reads_back_what_the_producer_wrote(spark, tmp_path, 
     spec = load_usecase("churn")
     out = tmp_path / "landing"
     generate_landing(spec, Paths(tmp_path), GenerateOptions(customers=15, days=1, seed=11), out=out)
-    before = _end_offsets(bootstrap, TOPIC)
+    before = end_offsets(bootstrap, TOPIC)
     summary = publish(spec, out, bootstrap)
     lines = list(landing_records(out / "events"))
     assert summary.messages == {TOPIC: len(lines)}
 
-    partitions = _end_offsets(bootstrap, TOPIC)
+    partitions = end_offsets(bootstrap, TOPIC)
     starting = json.dumps({TOPIC: {str(p): before.get(p, 0) for p in partitions}})
     frame = (
         spark.read.format("kafka")

@@ -104,6 +104,22 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int, timeout: f
                 raise StoreError(f"could not create Kafka topic {topic!r} at {bootstrap}: {err.args[0].str()}") from err
 
 
+def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """Partition -> the offset the next message of ``topic`` will get (empty when the topic does not exist)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "loom-offsets", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in metadata.partitions
+        }
+    finally:
+        consumer.close()
+
+
 class _Pacer:
     """Holds message ``i`` until ``start + i / rate`` (no wait without a rate)."""
 
