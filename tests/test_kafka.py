@@ -146,8 +146,11 @@ def test_the_broker_of_a_process_dies_with_it_and_guards_its_folder(tmp_path):
 
 def test_loom_kafka_start_status_stop(tmp_path):
     def loom(*args: str) -> subprocess.CompletedProcess:
+        # `loom kafka start|stop` through the console script's parser; `status` through the job's module
+        # (the same code, without importing every job: 0.7 s instead of 2 s)
+        command = ["jobs.cli", "kafka"] if args[0] != "status" else ["jobs.local_kafka"]
         return subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "kafka", *args],
+            [sys.executable, "-m", *command, *args],
             cwd=ROOT,
             env=_env(tmp_path),
             capture_output=True,

@@ -170,6 +170,11 @@ def main() -> int:
         print(f"jar: {jar}")
     print(f"kafka broker: {kafka_broker_libs()}")
     print(f"spark-submit properties: {target}")
+    if os.environ.get("LOOM_QUICK_JVM", "1") != "0":
+        from common.runtime.kafka_server import build_archive as build_kafka_archive
+
+        kafka_archive = build_kafka_archive()
+        print(f"class-data-sharing archive for the Kafka broker: {kafka_archive or 'not made (it starts without one)'}")
     options = read_profile("local").get(QUICK_KEY)
     if options and os.environ.get("LOOM_QUICK_JVM", "1") != "0":
         archive = build_archive(options, delta_jars())
