@@ -102,6 +102,28 @@ def test_helpers_name_topics_keys_and_jars():
     assert artifact_of("kafka-clients-3.9.2.jar") == "kafka-clients"
     assert artifact_of("scala-parallel-collections_2.13-1.2.0.jar") == "scala-parallel-collections_2.13"
     assert artifact_of("zstd-jni-1.5.7-17.jar") == "zstd-jni"
+    assert artifact_of("spark-sql-kafka-0-10_2.13-4.2.0.jar") == "spark-sql-kafka-0-10_2.13"
+    assert artifact_of("netty-transport-native-epoll-4.1.118.Final-linux-x86_64.jar") == "netty-transport-native-epoll"
+
+
+def test_set_up_fetched_the_connector_without_duplicating_pyspark_jars(tmp_path, monkeypatch):
+    import pyspark
+
+    from common.runtime.jars import KAFKA_VERSION, kafka_broker_libs, kafka_connector_jars
+    from common.runtime.spark import session_jars, write_submit_properties
+
+    names = {artifact_of(jar.name): jar.name for jar in kafka_connector_jars()}
+    assert names["spark-sql-kafka-0-10_2.13"] == f"spark-sql-kafka-0-10_2.13-{pyspark.__version__}.jar"
+    assert {"kafka-clients", "commons-pool2", "spark-token-provider-kafka-0-10_2.13"} <= set(names)
+    shipped = {artifact_of(jar.name) for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    assert not shipped & set(names)  # one version of each library on Spark's classpath
+    assert (kafka_broker_libs() / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+    assert set(kafka_connector_jars()) <= set(session_jars())
+    assert all(
+        str(jar) in write_submit_properties(tmp_path / "spark.conf").read_text() for jar in kafka_connector_jars()
+    )
+    monkeypatch.setenv("LOOM_SPARK_KAFKA", "0")
+    assert not set(kafka_connector_jars()) & set(session_jars())
 
 
 def test_the_broker_of_a_process_dies_with_it_and_guards_its_folder(tmp_path):

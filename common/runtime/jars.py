@@ -134,7 +134,8 @@ def kafka_broker_ready(cache: Path | None = None) -> bool:
 
 def artifact_of(jar: str) -> str:
     """``kafka-clients-3.9.2.jar`` -> ``kafka-clients`` (the name without its version)."""
-    match = re.match(r"(.+?)-\d", jar)
+    # the version starts at the first "-<digits>." (not "-0-10_2.13" inside spark-sql-kafka-0-10_2.13)
+    match = re.match(r"(.+?)-\d+\.[^-]*(?:-.*)?\.jar$", jar)
     return match.group(1) if match else jar.removesuffix(".jar")
 
 
