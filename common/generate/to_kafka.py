@@ -81,13 +81,19 @@ class PublishSummary:
         return "\n".join(lines)
 
 
-def ensure_topics(bootstrap: str, topics: list[str], partitions: int, timeout: float = 30.0) -> None:
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int, timeout: float = 15.0) -> None:
     """Create the topics that do not exist yet (existing ones keep their partitions)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    metadata = admin.list_topics(timeout=timeout)
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as err:
+        raise StoreError(
+            f"cannot reach Kafka at {bootstrap} ({err.args[0].str()}). Fix: start a broker (`loom kafka start`) "
+            "or correct LOOM_KAFKA_BOOTSTRAP"
+        ) from None
     missing = [t for t in topics if t not in metadata.topics]
     if not missing:
         return
