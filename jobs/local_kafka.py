@@ -7,6 +7,7 @@ that outlives each of them. With ``LOOM_KAFKA_BOOTSTRAP`` set this command is no
 from __future__ import annotations
 
 import argparse
+import os
 
 from common.runtime.kafka_server import BOOTSTRAP_ENV, running_local_broker, start_persistent, stop_persistent
 from common.settings import paths
@@ -25,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
         bootstrap = start_persistent(home)
         print(f"kafka: running at {bootstrap} (data in {home / 'kafka'})")
         print(f"{BOOTSTRAP_ENV}={bootstrap}")
+        configured = os.environ.get(BOOTSTRAP_ENV)
+        if configured and configured != bootstrap:
+            print(f"note: {BOOTSTRAP_ENV} is set to {configured} here: jobs use that cluster, not this broker")
     elif args.action == "stop":
         print("kafka: stopped" if stop_persistent(home) else "kafka: was not running")
     else:
