@@ -257,3 +257,38 @@ def test_spark_kafka_source_reads_back_what_the_producer_wrote(spark, tmp_path, 
     assert {r.topic for r in rows} == {TOPIC}
     for row in rows:
         assert (row.key.encode() if row.key is not None else None) == record_key(row.value, "customer_id")
+
+
+def test_clients_take_sasl_settings_from_the_environment_and_never_show_the_password(spark, tmp_path, monkeypatch):
+    """A SASL/PLAIN broker: the producer and Spark's Kafka source log in with the user and the password file
+    of the environment; a wrong password is one clear error that does not show it."""
+    from common.errors import ConfigError
+    from common.runtime.kafka_server import client_settings, spark_options
+
+    password = "s3cret-for-this-test-only"
+    secret_file = tmp_path / "kafka-password"
+    secret_file.write_text(password + "\n")
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    monkeypatch.setenv("LOOM_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("LOOM_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("LOOM_KAFKA_SASL_USERNAME", "loom")
+    with pytest.raises(ConfigError, match="LOOM_KAFKA_SASL_PASSWORD"):
+        client_settings("127.0.0.1:9092")
+    monkeypatch.setenv("LOOM_KAFKA_SASL_PASSWORD_FILE", str(secret_file))
+
+    spec = load_usecase("churn")
+    out = tmp_path / "landing"
+    generate_landing(spec, Paths(tmp_path), GenerateOptions(customers=10, days=1, seed=5), out=out)
+    lines = list(landing_records(out / "events"))
+    with KafkaServer(sasl_users={"loom": password}) as server:
+        assert not broker_answers(server.bootstrap, settings={"bootstrap.servers": server.bootstrap}, timeout=1.0)
+        summary = publish(spec, out, server.bootstrap)
+        assert summary.messages == {TOPIC: len(lines)} and password not in summary.render()
+        options = spark_options(server.bootstrap)
+        frame = spark.read.format("kafka").options(**options).option("subscribe", TOPIC).load()
+        assert sorted(r.value for r in frame.selectExpr("CAST(value AS STRING) AS value").collect()) == sorted(lines)
+
+        secret_file.write_text("wrong-password\n")
+        with pytest.raises(StoreError, match="cannot reach Kafka") as refused:
+            publish(spec, out, server.bootstrap, connect_timeout=3.0)
+        assert "wrong-password" not in str(refused.value) and password not in str(refused.value)

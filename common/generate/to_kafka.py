@@ -27,6 +27,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.lake.paths import landing_folder
+from common.runtime.kafka_server import client_settings
 from common.spec.usecase import UseCase
 
 FLUSH_TIMEOUT_S = 60.0
@@ -86,7 +87,7 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int, timeout: f
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_settings(bootstrap))
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as err:
@@ -114,7 +115,7 @@ def end_offsets(bootstrap: str, topic: str, timeout: float = 10.0) -> dict[int, 
     """Partition -> the offset the next message of ``topic`` will get (empty when the topic does not exist)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "loom-offsets", "enable.auto.commit": False})
+    consumer = Consumer({**client_settings(bootstrap), "group.id": "loom-offsets", "enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if metadata is None or metadata.error is not None:
@@ -148,8 +149,11 @@ def publish(
     rate: float | None = None,
     partitions: int = 2,
     sources: list[str] | None = None,
+    connect_timeout: float = 15.0,
 ) -> PublishSummary:
-    """Send the landing records of ``spec``'s JSON events sources under ``out`` to their topics."""
+    """Send the landing records of ``spec``'s JSON events sources under ``out`` to their topics.
+
+    ``connect_timeout``: how long the first request (the topics' metadata) may wait for the cluster."""
     from confluent_kafka import Producer
 
     if rate is not None and rate <= 0:
@@ -163,7 +167,7 @@ def publish(
             "Fix: publish a use case with JSON events sources, or use --to files"
         )
     topics = {name: topic_name(spec.name, name) for name in names}
-    ensure_topics(bootstrap, list(topics.values()), partitions)
+    ensure_topics(bootstrap, list(topics.values()), partitions, timeout=connect_timeout)
     failures: list[str] = []
 
     def delivered(err, _message) -> None:
@@ -172,7 +176,7 @@ def publish(
 
     producer = Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **client_settings(bootstrap),
             "enable.idempotence": True,  # acks=all, no duplicates from the producer's own retries
             "linger.ms": 0 if rate else 20,  # paced: each message leaves at its time; else batch for throughput
             "compression.type": "lz4",

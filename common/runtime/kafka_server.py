@@ -43,6 +43,7 @@ from pathlib import Path
 from common.errors import ConfigError, StoreError
 from common.runtime.jars import fetch_kafka, kafka_broker_libs, kafka_broker_ready, kafka_cache
 from common.runtime.redis_server import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded
+from common.runtime.secrets import read_secret
 
 BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"
 JVM_OPTIONS_ENV = "LOOM_KAFKA_JVM_OPTIONS"
@@ -134,12 +135,22 @@ class KafkaServer:
     controller_port: int = field(default_factory=free_port)
     lock_wait_s: float = LOCK_WAIT_S  # how long to wait for a folder whose broker is still stopping
     extra_jvm_options: tuple[str, ...] = ()
+    sasl_users: dict[str, str] | None = None  # SASL/PLAIN on the client listener with these users (tests)
     process: subprocess.Popen | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def client_settings(self) -> dict[str, str]:
+        """librdkafka settings for this broker (as its first SASL user when it has users)."""
+        settings = {"bootstrap.servers": self.bootstrap}
+        if self.sasl_users:
+            user, password = next(iter(self.sasl_users.items()))
+            settings.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.username": user})
+            settings["sasl.password"] = password
+        return settings
 
     def _classpath(self) -> str:
         if not kafka_broker_ready():
@@ -154,7 +165,20 @@ class KafkaServer:
         settings["advertised.listeners"] = f"PLAINTEXT://127.0.0.1:{self.port}"
         settings["controller.quorum.voters"] = f"1@127.0.0.1:{self.controller_port}"
         settings["log.dirs"] = str(folder / "data")
+        if self.sasl_users:
+            users = " ".join(f'user_{name}="{password}"' for name, password in self.sasl_users.items())
+            broker, secret = next(iter(self.sasl_users.items()))
+            settings["listener.security.protocol.map"] = "CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+            settings["listeners"] = settings["listeners"].replace("PLAINTEXT://", "SASL_PLAINTEXT://", 1)
+            settings["advertised.listeners"] = f"SASL_PLAINTEXT://127.0.0.1:{self.port}"
+            settings["inter.broker.listener.name"] = "SASL_PLAINTEXT"
+            settings["sasl.enabled.mechanisms"] = "PLAIN"
+            settings["sasl.mechanism.inter.broker.protocol"] = "PLAIN"
+            settings["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+                f'{_LOGIN_MODULES["PLAIN"]} required username="{broker}" password="{secret}" {users};'
+            )
         properties = folder / "server.properties"
+        properties.touch(mode=0o600)  # it may hold the SASL users' passwords
         properties.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         (folder / "log4j2.properties").write_text(_LOG4J.format(folder=folder))
         return properties
@@ -207,7 +231,7 @@ class KafkaServer:
 
     def _wait_ready(self, folder: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not (port_open(self.port) and broker_answers(self.bootstrap)):
+        while not (port_open(self.port) and broker_answers(self.bootstrap, settings=self.client_settings())):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 tails = []
@@ -296,12 +320,76 @@ def _exercise(bootstrap: str) -> None:
     consumer.close()
 
 
-def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
-    """Whether a Kafka cluster at ``bootstrap`` answers a metadata request with at least one broker."""
+# Connection settings of Loom's Kafka clients, from the environment (secrets also from files, never from metadata).
+SECURITY_ENV = {
+    "LOOM_KAFKA_SECURITY_PROTOCOL": "security.protocol",  # PLAINTEXT (default), SSL, SASL_PLAINTEXT, SASL_SSL
+    "LOOM_KAFKA_SASL_MECHANISM": "sasl.mechanism",  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    "LOOM_KAFKA_SASL_USERNAME": "sasl.username",
+    "LOOM_KAFKA_SSL_CA_FILE": "ssl.ca.location",  # PEM file of the CA that signed the brokers' certificates
+}
+PASSWORD_SECRET = "LOOM_KAFKA_SASL_PASSWORD"  # or LOOM_KAFKA_SASL_PASSWORD_FILE
+_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def client_settings(bootstrap: str) -> dict[str, str]:
+    """librdkafka settings (confluent-kafka) for ``bootstrap`` with the security settings of the environment."""
+    settings = {"bootstrap.servers": bootstrap}
+    for variable, key in SECURITY_ENV.items():
+        value = os.environ.get(variable, "").strip()
+        if value:
+            settings[key] = value
+    password = read_secret(PASSWORD_SECRET, required=False)
+    if password is not None:
+        settings["sasl.password"] = password
+    if settings.get("security.protocol", "PLAINTEXT").upper().startswith("SASL"):
+        missing = [v for v, k in SECURITY_ENV.items() if k in ("sasl.mechanism", "sasl.username") and k not in settings]
+        if missing or password is None:
+            missing += [] if password is not None else [f"{PASSWORD_SECRET} (or {PASSWORD_SECRET}_FILE)"]
+            raise ConfigError(
+                f"LOOM_KAFKA_SECURITY_PROTOCOL is {settings['security.protocol']} but {', '.join(missing)} "
+                "is not set. Fix: export them (the password from a file: LOOM_KAFKA_SASL_PASSWORD_FILE=/path)"
+            )
+    return settings
+
+
+def spark_options(bootstrap: str) -> dict[str, str]:
+    """The same settings as options of Spark's Kafka source (``kafka.``-prefixed Java client settings).
+
+    The password goes into ``kafka.sasl.jaas.config``; Spark redacts option values that match its
+    ``spark.redaction.regex`` (``password`` does) in its UI and logs."""
+    settings = client_settings(bootstrap)
+    options = {"kafka.bootstrap.servers": bootstrap}
+    if "security.protocol" in settings:
+        options["kafka.security.protocol"] = settings["security.protocol"]
+    mechanism = settings.get("sasl.mechanism")
+    if mechanism:
+        module = _LOGIN_MODULES.get(mechanism.upper())
+        if module is None:
+            raise ConfigError(
+                f"LOOM_KAFKA_SASL_MECHANISM {mechanism!r} is not supported. Fix: use one of {sorted(_LOGIN_MODULES)}"
+            )
+        options["kafka.sasl.mechanism"] = mechanism.upper()
+        user, password = (settings["sasl.username"], settings["sasl.password"])
+        quoted = [value.replace("\\", "\\\\").replace('"', '\\"') for value in (user, password)]
+        options["kafka.sasl.jaas.config"] = f'{module} required username="{quoted[0]}" password="{quoted[1]}";'
+    if "ssl.ca.location" in settings:
+        options["kafka.ssl.truststore.type"] = "PEM"
+        options["kafka.ssl.truststore.location"] = settings["ssl.ca.location"]
+    return options
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0, settings: dict[str, str] | None = None) -> bool:
+    """Whether a Kafka cluster at ``bootstrap`` answers a metadata request with at least one broker
+    (``settings``: the client's, default :func:`client_settings`)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000})
+    config = settings if settings is not None else client_settings(bootstrap)
+    admin = AdminClient({**config, "socket.connection.setup.timeout.ms": 1000})
     try:
         return bool(admin.list_topics(timeout=timeout).brokers)
     except KafkaException:
