@@ -1,5 +1,5 @@
 # The two README commands: `make demo` and `make test`. Both set up
-# everything they need first (venv, packages, Delta jars, redis-server).
+# everything they need first (venv, packages, Delta and Kafka jars, redis-server).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -17,7 +17,7 @@ $(STAMP): setup.py
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-# Debian packages: redis-server for the online store, maven to fetch Delta's jars.
+# Debian packages: redis-server for the online store, maven to fetch the Delta and Kafka jars.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
@@ -27,7 +27,8 @@ system-deps:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-# Delta jars into .cache/jars (once) and .cache/loom-spark.conf for spark-submit.
+# Delta jars into .cache/jars, Kafka's broker and Spark's Kafka source into .cache/kafka (once, from Maven
+# Central: common/runtime/jars.py), and .cache/loom-spark.conf for spark-submit.
 jars: $(STAMP) system-deps
 	@$(PY) -m common.runtime.spark
 

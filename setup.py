@@ -52,6 +52,7 @@ setup(
         "deltalake==1.6.6",  # REST prediction log: Delta appends without a JVM
         "orjson==3.13.0",  # REST fast path: JSON in and out
         "treelite==4.8.1",  # fast predictor of tree ensembles (common.models.fast_predict)
+        "confluent-kafka==2.16.2",  # the Kafka producer of `loom generate --to kafka` (librdkafka wheel)
     ],
     extras_require={
         "dev": [

@@ -17,6 +17,7 @@ JOBS: dict[str, str] = {
     "validate": "jobs.validate",
     "schema": "jobs.schema",
     "redis": "jobs.local_redis",
+    "kafka": "jobs.local_kafka",
     "generate": "jobs.generate",
     "ingest": "jobs.ingest",
     "backfill": "jobs.backfill",

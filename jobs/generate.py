@@ -1,13 +1,22 @@
-"""``loom generate --usecase churn``: write synthetic landing files (numpy/pandas, no Spark)."""
+"""``loom generate --usecase churn``: write synthetic landing files (numpy/pandas, no Spark).
+
+``--to kafka`` also publishes the events sources to Kafka (``common.generate.to_kafka``): to
+``$LOOM_KAFKA_BOOTSTRAP``, else the broker of ``loom kafka start``, else a broker of this command
+(data in ``$LOOM_HOME/kafka``, stopped at its end). ``--rate N`` replays them at N events per second.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from common.errors import ConfigError
 from common.generate import GenerateOptions, generate_landing
+from common.generate.to_kafka import publish
+from common.runtime.kafka_server import BOOTSTRAP_ENV, kafka_bootstrap, running_local_broker
 from common.settings import paths
+from common.spec import load_usecase
 from jobs.runner import add_usecase_argument, iso_date, main_for
 
 DESCRIPTION = "Generate seeded synthetic landing files (customers, events, outcomes) with late and malformed records."
@@ -29,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="landing root (default $LOOM_HOME/landing/<usecase>)")
     parser.add_argument("--overwrite", action="store_true", help="delete files already in the source folders")
+    parser.add_argument(
+        "--to",
+        choices=["files", "kafka"],
+        default="files",
+        help="files: landing files only (default); kafka: also publish the events sources to loom.<usecase>.<source>",
+    )
+    parser.add_argument("--rate", type=float, default=None, help="with --to kafka: events per second (default: max)")
+    parser.add_argument("--partitions", type=int, default=2, help="with --to kafka: partitions of a new topic")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +62,23 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file. Fix: pass a folder")
-    summary = generate_landing(args.usecase, paths(), options, out=args.out, overwrite=args.overwrite)
+    if args.to != "kafka" and (args.rate is not None or args.partitions != 2):
+        raise ConfigError("--rate and --partitions apply to Kafka only. Fix: add --to kafka, or drop them")
+    if args.rate is not None and not args.rate > 0:
+        raise ConfigError(f"--rate {args.rate!r} is not a positive number of events per second. Fix: e.g. --rate 1000")
+    if args.partitions < 1:
+        raise ConfigError(f"--partitions {args.partitions!r} must be at least 1. Fix: e.g. --partitions 2")
+    work = paths()
+    spec = load_usecase(args.usecase)
+    summary = generate_landing(spec, work, options, out=args.out, overwrite=args.overwrite)
     print(summary.render())
+    if args.to == "kafka":
+        own = not os.environ.get(BOOTSTRAP_ENV) and running_local_broker(work.home) is None
+        bootstrap = kafka_bootstrap(work.home)
+        if own:
+            print(f"kafka: started a broker for this command at {bootstrap}; `loom kafka start` keeps one running")
+        out = args.out if args.out is not None else work.landing / spec.name
+        print(publish(spec, out, bootstrap, rate=args.rate, partitions=args.partitions).render())
     return 0
 
 

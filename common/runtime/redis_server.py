@@ -54,28 +54,39 @@ LOCK_WAIT_S = 5.0
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-server-spawner")
 
 
-def spawn_guarded(args: list[str], *, die_with_owner: bool, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
-    """Start a server process on its own session; with ``die_with_owner`` it gets SIGTERM when this process dies."""
+def spawn_guarded(
+    args: list[str], *, die_with_owner: bool, pass_fds: tuple[int, ...] = (), output: Path | None = None
+) -> subprocess.Popen:
+    """Start a server process on its own session; with ``die_with_owner`` it gets SIGTERM when this process dies.
+
+    ``output``: a file for the server's stdout and stderr (default: discarded)."""
     setpriv = shutil.which("setpriv") if die_with_owner else None
     command = [setpriv, "--pdeathsig", "TERM", *args] if setpriv else args
     # without setpriv the child arms the signal itself, between fork and exec
     preexec = partial(die_with_parent, os.getpid()) if die_with_owner and not setpriv and os.name == "posix" else None
 
     def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C in the terminal reaches the owner, which stops the server in order
-            pass_fds=pass_fds,
-            preexec_fn=preexec,
-        )
+        sink = output.open("ab") if output is not None else subprocess.DEVNULL
+        try:
+            return subprocess.Popen(
+                command,
+                stdout=sink,
+                stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal reaches the owner, which stops the server in order
+                pass_fds=pass_fds,
+                preexec_fn=preexec,
+            )
+        finally:
+            if output is not None:
+                sink.close()
 
     return _SPAWNER.submit(start).result()
 
 
-def lock_folder(directory: Path, wait_s: float = LOCK_WAIT_S) -> int:
-    """An open descriptor holding an exclusive ``flock`` on ``directory``; StoreError when a live server holds it."""
+def lock_folder(directory: Path, wait_s: float = LOCK_WAIT_S, *, server: str = "redis-server", fix: str = "") -> int:
+    """An open descriptor holding an exclusive ``flock`` on ``directory``; StoreError when a live server holds it.
+
+    ``server`` and ``fix`` word the error for a server other than Redis."""
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     deadline = time.monotonic() + wait_s
     while True:
@@ -86,10 +97,14 @@ def lock_folder(directory: Path, wait_s: float = LOCK_WAIT_S) -> int:
             if time.monotonic() > deadline:
                 os.close(fd)
                 holder = (directory / "owner").read_text().strip() if (directory / "owner").is_file() else "unknown"
+                fix = fix or (
+                    "wait for that job to end, or run `loom redis start` once so that every job shares one server, "
+                    "or set REDIS_URL"
+                )
+                kind = "Redis" if server == "redis-server" else server
                 raise StoreError(
-                    f"the Redis folder {directory} is in use by another redis-server ({holder}); two servers must "
-                    "never share one folder. Fix: wait for that job to end, or run `loom redis start` once so that "
-                    "every job shares one server, or set REDIS_URL"
+                    f"the {kind} folder {directory} is in use by another {server} ({holder}); two servers must "
+                    f"never share one folder. Fix: {fix}"
                 ) from None
             time.sleep(0.1)
 

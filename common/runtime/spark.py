@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from common.runtime.jars import delta_jars, fetch, missing_jars
+from common.runtime.jars import delta_jars, fetch, fetch_kafka, kafka_broker_libs, kafka_connector_jars, missing_jars
 from common.runtime.jvm import QUICK_KEY, build_archive, driver_options
 from common.settings import PROJECT_ROOT, RESOURCE_ROOT
 
@@ -127,7 +127,7 @@ def build_session(
 
     if missing_jars():
         fetch()
-    jars = ",".join(str(p) for p in delta_jars())
+    jars = ",".join(str(p) for p in session_jars())
     existing = conf.get("spark.jars")
     conf["spark.jars"] = f"{existing},{jars}" if existing else jars
 
@@ -139,10 +139,19 @@ def build_session(
     return spark
 
 
+def session_jars() -> list[Path]:
+    """The jars a local session adds: Delta's, then Spark's Kafka source when it was fetched (``make setup``)
+    and ``LOOM_SPARK_KAFKA`` is not ``0``. The connector's classes load only when a query reads Kafka."""
+    jars = delta_jars()
+    if os.environ.get("LOOM_SPARK_KAFKA", "1") != "0":
+        jars += kafka_connector_jars()
+    return jars
+
+
 def write_submit_properties(target: Path, profile: str = "local") -> Path:
     """Write a ``--properties-file`` for spark-submit: the profile plus the jars."""
     conf = {k: v for k, v in read_profile(profile).items() if not k.startswith("loom.")}  # Loom's keys, not Spark's
-    conf["spark.jars"] = ",".join(str(p) for p in delta_jars())
+    conf["spark.jars"] = ",".join(str(p) for p in session_jars())
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
     return target
@@ -152,13 +161,20 @@ def main() -> int:
     """``python -m common.runtime.spark``: fetch the jars and write the spark-submit properties."""
     try:
         fetch()
+        fetch_kafka()
         target = write_submit_properties(PROJECT_ROOT / ".cache" / "loom-spark.conf")
     except ConfigError as err:
         print(f"loom: {err}", file=sys.stderr)
         return 2
-    for jar in delta_jars():
+    for jar in session_jars():
         print(f"jar: {jar}")
+    print(f"kafka broker: {kafka_broker_libs()}")
     print(f"spark-submit properties: {target}")
+    if os.environ.get("LOOM_QUICK_JVM", "1") != "0":
+        from common.runtime.kafka_server import build_archive as build_kafka_archive
+
+        kafka_archive = build_kafka_archive()
+        print(f"class-data-sharing archive for the Kafka broker: {kafka_archive or 'not made (it starts without one)'}")
     options = read_profile("local").get(QUICK_KEY)
     if options and os.environ.get("LOOM_QUICK_JVM", "1") != "0":
         archive = build_archive(options, delta_jars())

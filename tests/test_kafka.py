@@ -1,0 +1,294 @@
+"""The local Kafka broker and the producer (issue 16), against a real KRaft broker started by the tests.
+
+* the broker of a process dies with it under SIGKILL, and while it lives a second broker on its folder
+  is refused with the fix;
+* a broker restarted on a folder finds its topics as they were left;
+* ``loom kafka start|stop|status``: a broker that outlives the command, stopped by ``stop``;
+* ``loom generate --to kafka`` writes every generated event record (the malformed ones too) to
+  ``loom.churn.events``, keyed by customer id, in each key's file order, at the ``--rate`` asked;
+* Spark's own Kafka source (the connector fetched by ``make setup``) reads the same records back.
+
+The tests read from the offsets a topic had before they wrote, so they also pass against a shared
+cluster named by ``LOOM_KAFKA_BOOTSTRAP``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.errors import StoreError
+from common.generate import GenerateOptions, generate_landing, read_malformed_log
+from common.generate.to_kafka import end_offsets, landing_records, publish, record_key, topic_name
+from common.runtime.jars import artifact_of
+from common.runtime.kafka_server import (
+    BOOTSTRAP_ENV,
+    KafkaServer,
+    broker_answers,
+    configured_or_throwaway,
+    port_open,
+)
+from common.settings import Paths
+from common.spec import load_usecase
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPIC = topic_name("churn", "events")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "LOOM_"))}
+    env.update(LOOM_HOME=str(home), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> str:
+    with configured_or_throwaway() as address:
+        yield address
+
+
+def _consume(address: str, topic: str, start: dict[int, int], expected: int, timeout: float = 30.0) -> list:
+    """Every message of ``topic`` from the offsets ``start`` on (new partitions from 0), up to ``timeout``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": address, "group.id": "loom-test-read", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in partitions])
+        messages = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(messages) < expected:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                messages.append(message)
+        # a moment more: nothing beyond the expected messages may arrive
+        extra = consumer.poll(1.0)
+        if extra is not None and extra.error() is None:
+            messages.append(extra)
+        return messages
+    finally:
+        consumer.close()
+
+
+def test_helpers_name_topics_keys_and_jars():
+    assert topic_name("churn", "events") == "loom.churn.events"
+    assert record_key('{"customer_id": "C00000042", "amount": 1}', "customer_id") == b"C00000042"
+    assert record_key("{not json", "customer_id") is None
+    assert record_key('{"amount": 1}', "customer_id") is None
+    assert record_key("[1, 2]", "customer_id") is None
+    assert artifact_of("kafka-clients-3.9.2.jar") == "kafka-clients"
+    assert artifact_of("scala-parallel-collections_2.13-1.2.0.jar") == "scala-parallel-collections_2.13"
+    assert artifact_of("zstd-jni-1.5.7-17.jar") == "zstd-jni"
+    assert artifact_of("spark-sql-kafka-0-10_2.13-4.2.0.jar") == "spark-sql-kafka-0-10_2.13"
+    assert artifact_of("netty-transport-native-epoll-4.1.118.Final-linux-x86_64.jar") == "netty-transport-native-epoll"
+
+
+def test_set_up_fetched_the_connector_without_duplicating_pyspark_jars(tmp_path, monkeypatch):
+    import pyspark
+
+    from common.runtime.jars import KAFKA_VERSION, kafka_broker_libs, kafka_connector_jars
+    from common.runtime.spark import session_jars, write_submit_properties
+
+    names = {artifact_of(jar.name): jar.name for jar in kafka_connector_jars()}
+    assert names["spark-sql-kafka-0-10_2.13"] == f"spark-sql-kafka-0-10_2.13-{pyspark.__version__}.jar"
+    assert {"kafka-clients", "commons-pool2", "spark-token-provider-kafka-0-10_2.13"} <= set(names)
+    shipped = {artifact_of(jar.name) for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    assert not shipped & set(names)  # one version of each library on Spark's classpath
+    assert (kafka_broker_libs() / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file()
+    assert set(kafka_connector_jars()) <= set(session_jars())
+    assert all(
+        str(jar) in write_submit_properties(tmp_path / "spark.conf").read_text() for jar in kafka_connector_jars()
+    )
+    monkeypatch.setenv("LOOM_SPARK_KAFKA", "0")
+    assert not set(kafka_connector_jars()) & set(session_jars())
+
+
+def test_the_broker_of_a_process_dies_with_it_and_guards_its_folder(tmp_path):
+    from confluent_kafka import Producer
+
+    folder = tmp_path / "kafka"
+    code = (
+        "import sys, time; from pathlib import Path; from common.runtime.kafka_server import KafkaServer; "
+        "s = KafkaServer(directory=Path(sys.argv[1])).start(); print(s.process.pid, s.port, flush=True); "
+        "time.sleep(600)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != BOOTSTRAP_ENV}
+    owner = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    try:
+        line = owner.stdout.readline().decode().split()
+        assert len(line) == 2, f"the owner did not start a broker (exit {owner.poll()})"
+        broker_pid, port = int(line[0]), int(line[1])
+        assert broker_answers(f"127.0.0.1:{port}")
+        # only on the loopback interface
+        listening = Path("/proc/net/tcp").read_text().lower()
+        assert f"0100007f:{port:04x}" in listening and f"00000000:{port:04x}" not in listening
+        # a second broker on the folder is refused, with the fix, and leaves the first one alone
+        with pytest.raises(StoreError, match=r"in use by another Kafka broker .*loom kafka start"):
+            KafkaServer(directory=folder, lock_wait_s=0.5).start()
+        assert broker_answers(f"127.0.0.1:{port}")
+        producer = Producer({"bootstrap.servers": f"127.0.0.1:{port}"})
+        producer.produce("loom.test.kept", value=b"kept")
+        assert producer.flush(30) == 0
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=10)
+        assert _gone_within(broker_pid, 30), f"broker {broker_pid} outlived its owner killed by SIGKILL"
+        assert not port_open(port)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+    # the lock went with the broker: the next broker starts on the folder and finds the topic as it was left
+    with KafkaServer(directory=folder, lock_wait_s=1.0) as again:
+        kept = _consume(again.bootstrap, "loom.test.kept", {}, expected=1)
+    assert [m.value() for m in kept] == [b"kept"]
+
+
+def test_loom_kafka_start_status_stop(tmp_path):
+    def loom(*args: str) -> subprocess.CompletedProcess:
+        # `loom kafka start|stop` through the console script's parser; `status` through the job's module
+        # (the same code, without importing every job: 0.7 s instead of 2 s)
+        command = ["jobs.cli", "kafka"] if args[0] != "status" else ["jobs.local_kafka"]
+        return subprocess.run(
+            [sys.executable, "-m", *command, *args],
+            cwd=ROOT,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        assert loom("status").returncode == 1
+        started = loom("start")
+        assert started.returncode == 0, started.stderr
+        address = re.search(rf"^{BOOTSTRAP_ENV}=(127\.0\.0\.1:\d+)$", started.stdout, re.M).group(1)
+        assert broker_answers(address)  # it outlived `loom kafka start`
+        status = loom("status")
+        assert status.returncode == 0 and f"{BOOTSTRAP_ENV}={address}" in status.stdout
+        pid = int((tmp_path / "kafka" / "pid").read_text())
+        stopped = loom("stop")
+        assert stopped.returncode == 0 and "kafka: stopped" in stopped.stdout
+        assert _gone_within(pid, 5) and not broker_answers(address, timeout=0.5)
+    finally:
+        loom("stop")
+
+
+def test_loom_generate_to_kafka_sends_every_event_keyed_in_order_at_the_rate(tmp_path, bootstrap):
+    before = end_offsets(bootstrap, TOPIC)
+    landing = tmp_path / "landing"
+    rate = 300.0
+    args = ["--usecase", "churn", "--customers", "20", "--days", "1", "--out", str(landing)]
+    args += ["--malformed-rate", "0.1", "--to", "kafka", "--rate", str(rate)]
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "generate", *args],
+        cwd=ROOT,
+        env=_env(tmp_path, **{BOOTSTRAP_ENV: bootstrap}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = list(landing_records(landing / "events"))
+    assert len(lines) > 20
+    assert any(entry["source"] == "events" for entry in read_malformed_log(landing))  # bad records are sent too
+    sent = re.search(r"^(\d+) messages in ([\d.]+) s", done.stdout, re.M)
+    assert int(sent.group(1)) == len(lines)
+    assert float(sent.group(2)) >= (len(lines) - 1) / rate  # paced: message i leaves no earlier than i / rate
+
+    messages = _consume(bootstrap, TOPIC, before, expected=len(lines))
+    values = [m.value().decode() for m in messages]
+    assert sorted(values) == sorted(lines)  # every record once, malformed ones included, nothing more
+    for message in messages:
+        assert message.key() == record_key(message.value().decode(), "customer_id")
+    # one customer's events keep their order: one key, one partition
+    by_key: dict[bytes, list[str]] = {}
+    for message in sorted(messages, key=lambda m: (m.partition(), m.offset())):
+        if message.key() is not None:
+            by_key.setdefault(message.key(), []).append(message.value().decode())
+    for key, sent_values in by_key.items():
+        assert sent_values == [line for line in lines if record_key(line, "customer_id") == key]
+    assert len({m.partition() for m in messages if m.key() == messages[0].key()}) == 1
+
+
+def test_spark_kafka_source_reads_back_what_the_producer_wrote(spark, tmp_path, bootstrap):
+    spec = load_usecase("churn")
+    out = tmp_path / "landing"
+    generate_landing(spec, Paths(tmp_path), GenerateOptions(customers=15, days=1, seed=11), out=out)
+    before = end_offsets(bootstrap, TOPIC)
+    summary = publish(spec, out, bootstrap)
+    lines = list(landing_records(out / "events"))
+    assert summary.messages == {TOPIC: len(lines)}
+
+    partitions = end_offsets(bootstrap, TOPIC)
+    starting = json.dumps({TOPIC: {str(p): before.get(p, 0) for p in partitions}})
+    frame = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap)
+        .option("subscribe", TOPIC)
+        .option("startingOffsets", starting)
+        .option("endingOffsets", "latest")
+        .load()
+    )
+    rows = frame.selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "topic").collect()
+    assert sorted(r.value for r in rows) == sorted(lines)
+    assert {r.topic for r in rows} == {TOPIC}
+    for row in rows:
+        assert (row.key.encode() if row.key is not None else None) == record_key(row.value, "customer_id")
+
+
+def test_clients_take_sasl_settings_from_the_environment_and_never_show_the_password(spark, tmp_path, monkeypatch):
+    """A SASL/PLAIN broker: the producer and Spark's Kafka source log in with the user and the password file
+    of the environment; a wrong password is one clear error that does not show it."""
+    from common.errors import ConfigError
+    from common.runtime.kafka_server import client_settings, spark_options
+
+    password = "s3cret-for-this-test-only"
+    secret_file = tmp_path / "kafka-password"
+    secret_file.write_text(password + "\n")
+    monkeypatch.delenv(BOOTSTRAP_ENV, raising=False)
+    monkeypatch.setenv("LOOM_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("LOOM_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("LOOM_KAFKA_SASL_USERNAME", "loom")
+    with pytest.raises(ConfigError, match="LOOM_KAFKA_SASL_PASSWORD"):
+        client_settings("127.0.0.1:9092")
+    monkeypatch.setenv("LOOM_KAFKA_SASL_PASSWORD_FILE", str(secret_file))
+
+    spec = load_usecase("churn")
+    out = tmp_path / "landing"
+    generate_landing(spec, Paths(tmp_path), GenerateOptions(customers=10, days=1, seed=5), out=out)
+    lines = list(landing_records(out / "events"))
+    with KafkaServer(sasl_users={"loom": password}) as server:
+        assert not broker_answers(server.bootstrap, settings={"bootstrap.servers": server.bootstrap}, timeout=1.0)
+        summary = publish(spec, out, server.bootstrap)
+        assert summary.messages == {TOPIC: len(lines)} and password not in summary.render()
+        options = spark_options(server.bootstrap)
+        frame = spark.read.format("kafka").options(**options).option("subscribe", TOPIC).load()
+        assert sorted(r.value for r in frame.selectExpr("CAST(value AS STRING) AS value").collect()) == sorted(lines)
+
+        secret_file.write_text("wrong-password\n")
+        with pytest.raises(StoreError, match="cannot reach Kafka") as refused:
+            publish(spec, out, server.bootstrap, connect_timeout=3.0)
+        assert "wrong-password" not in str(refused.value) and password not in str(refused.value)
