@@ -23,6 +23,7 @@ from common.ingest.report import IngestReport
 from common.ingest.stream import ingest_source, run_until_stopped, start_ingest_stream
 from common.privacy import require_keys
 from common.settings import Paths
+from common.triggers.scoring import ModelResolver
 from common.triggers.stream import start_trigger_streams
 
 log = logging.getLogger("loom.pipeline")
@@ -36,6 +37,20 @@ def _check_parts(parts: Iterable[str]) -> frozenset[str]:
     if unknown or not chosen:
         raise ConfigError(f"unknown stream part(s) {unknown or '(none given)'}. Fix: use some of {list(PARTS)}")
     return chosen
+
+
+def _warm_models(
+    spark: SparkSession, plan: Plan, work: Paths, parts: frozenset[str], refresh_s: float
+) -> tuple[ModelResolver, threading.Thread]:
+    """The trigger queries' model resolver, warmed in a thread while ingestion and features start (a thread
+    that does nothing when the triggers do not run or the plan has none)."""
+    resolver = ModelResolver(work, refresh_s)
+    triggers = list(plan.triggers.values()) if "triggers" in parts else []
+    if not triggers:
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        return resolver, thread
+    return resolver, resolver.warm_in_background(spark, triggers)
 
 
 def catch_up(
@@ -54,6 +69,7 @@ def catch_up(
     """
     parts = _check_parts(parts)
     require_keys(plan.spec.sources)
+    resolver, warming = _warm_models(spark, plan, work, parts, model_refresh_s)
     reports = [
         ingest_source(spark, plan.spec, name, work, "batch", max_files_per_trigger=max_files_per_trigger)
         for name in plan.spec.sources
@@ -70,6 +86,7 @@ def catch_up(
             max_files_per_trigger=max_files_per_trigger,
         )
     if "triggers" in parts:
+        warming.join()
         queries += start_trigger_streams(
             spark,
             work,
@@ -78,6 +95,7 @@ def catch_up(
             available_now=True,
             max_files_per_trigger=max_files_per_trigger,
             model_refresh_s=model_refresh_s,
+            resolver=resolver,
         )
     for query in queries:
         query.awaitTermination()
@@ -101,6 +119,7 @@ def run_continuously(
     """Ingest, feature and trigger queries that run until ``stop`` is set (or one fails)."""
     parts = _check_parts(parts)
     require_keys(plan.spec.sources)
+    resolver, warming = _warm_models(spark, plan, work, parts, model_refresh_s)
     reports = {name: IngestReport(name) for name in plan.spec.sources if "ingest" in parts}
     queries: list[StreamingQuery] = [
         start_ingest_stream(
@@ -118,8 +137,9 @@ def run_continuously(
     if "features" in parts:
         queries += start_feature_streams(spark, work, plan, spark_online_writer(redis_url), interval=interval)
     if "triggers" in parts:
+        warming.join()
         queries += start_trigger_streams(
-            spark, work, plan, redis_url, interval=interval, model_refresh_s=model_refresh_s
+            spark, work, plan, redis_url, interval=interval, model_refresh_s=model_refresh_s, resolver=resolver
         )
     log.info("streaming %d queries every %s; stop with Ctrl-C or SIGTERM", len(queries), interval)
     run_until_stopped(queries, stop)

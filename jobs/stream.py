@@ -8,6 +8,7 @@ from common.compile import compile_usecase
 from common.ingest.report import render_reports
 from common.ingest.stream import stop_on_signals
 from common.pipeline import PARTS, catch_up, run_continuously
+from common.runtime.python_daemon import set_preload
 from common.runtime.redis_server import describe, redis_url
 from common.runtime.spark import build_session
 from common.settings import paths
@@ -18,6 +19,17 @@ DESCRIPTION = (
     "Run the streaming pipeline: ingest, compute features (Redis + Delta history), evaluate triggers and score "
     "them with the model's @champion (predictions Delta + Redis)."
 )
+
+
+# What the stream's Python workers import: the online writer and the tiles' fold; MLflow, the pyfunc and
+# scikit-learn (the estimators' library) for scoring
+WORKER_MODULES = ("common.online.materialize", "common.features.tile_state")
+SCORING_MODULES = ("mlflow.pyfunc", "common.models.pyfunc", "joblib", "sklearn.pipeline")
+
+
+def preloaded_modules(plan, parts) -> tuple[str, ...]:
+    """The modules Spark's Python daemons import once for all their workers."""
+    return WORKER_MODULES + (SCORING_MODULES if plan.triggers and "triggers" in parts else ())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     plan = compile_usecase(load_usecase(args.usecase))
     work = paths()
+    # before the JVM starts: its Python daemons inherit the environment (common.runtime.python_daemon)
+    set_preload(list(preloaded_modules(plan, args.only or PARTS)))
     spark = build_session(args.profile, app_name=f"loom-stream-{plan.usecase}")
     url = redis_url(work.home)
     print(f"online store: {describe(url)}")

@@ -23,6 +23,7 @@ from common.runtime.jvm import QUICK_KEY, build_archive, driver_options
 from common.settings import PROJECT_ROOT, RESOURCE_ROOT
 
 PROFILE_DIR = RESOURCE_ROOT / "spark-conf"
+PYTHON_DAEMON = "common.runtime.python_daemon"
 
 
 def read_profile(name: str, folder: Path = PROFILE_DIR) -> dict[str, str]:
@@ -124,6 +125,8 @@ def build_session(
     if conf.get("spark.master", "").startswith("local"):
         os.environ["PYSPARK_PYTHON"] = sys.executable
         os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+        # workers forked with numpy, pandas, pyarrow... already imported: common.runtime.python_daemon
+        conf.setdefault("spark.python.daemon.module", PYTHON_DAEMON)
 
     if missing_jars():
         fetch()

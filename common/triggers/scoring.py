@@ -17,6 +17,8 @@ score with ``mlflow.pyfunc.spark_udf`` and write
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,10 @@ from common.triggers.operator import FIRING_TS
 
 log = logging.getLogger("loom.triggers")
 
+# Firings scored per Spark task: every task of the scoring stage loads the model (``spark_udf`` loads it per
+# partition), so a micro-batch's few firings go to one task, not to one per shuffle partition.
+SCORE_ROWS_PER_TASK = 10_000
+
 
 @dataclass
 class ModelResolver:
@@ -54,12 +60,15 @@ class ModelResolver:
     _seen: dict[tuple[str, str], tuple[float, int | None]] = field(default_factory=dict)
     _specs: dict[tuple[str, int], FeatureSpec] = field(default_factory=dict)
     _udfs: dict[tuple[str, int], Any] = field(default_factory=dict)
+    _client: Any = None
 
     def version(self, name: str, alias: str) -> int | None:
         now = time.monotonic()
         cached = self._seen.get((name, alias))
         if cached is None or now - cached[0] >= self.refresh_s:
-            version = registry.version_by_alias(name, alias, registry.client(self.work))
+            if self._client is None:
+                self._client = registry.client(self.work)
+            version = registry.version_by_alias(name, alias, self._client)
             if cached is not None and cached[1] != version:
                 log.info("model %s@%s moved: v%s -> v%s", name, alias, cached[1], version)
             self._seen[(name, alias)] = (now, version)
@@ -68,17 +77,44 @@ class ModelResolver:
 
     def spec(self, ref: ModelRef) -> FeatureSpec:
         if (ref.name, ref.version) not in self._specs:
+            started = time.monotonic()
             self._specs[(ref.name, ref.version)] = model_feature_spec(ref, self.work)
+            log.info("feature spec of %s read in %.1fs", ref, time.monotonic() - started)
         return self._specs[(ref.name, ref.version)]
 
     def udf(self, spark: SparkSession, ref: ModelRef) -> Any:
         import mlflow
 
         if (ref.name, ref.version) not in self._udfs:
+            started = time.monotonic()
             self._udfs[(ref.name, ref.version)] = mlflow.pyfunc.spark_udf(
                 spark, ref.uri, result_type="double", env_manager="local"
             )
+            log.info("spark_udf of %s made in %.1fs", ref, time.monotonic() - started)
         return self._udfs[(ref.name, ref.version)]
+
+    def warm(self, spark: SparkSession, triggers: list[TriggerPlan]) -> None:
+        """Resolve each trigger's model and make its feature spec and ``spark_udf`` now, not in the first
+        micro-batch (MLflow's import, the registry's store, the model's download): run in a thread while
+        ingestion works, the first batch finds them ready. A failure is left to the batch, which reports it."""
+        started = time.monotonic()
+        try:
+            for trigger in triggers:
+                version = self.version(trigger.model, trigger.alias)
+                if version is not None:
+                    ref = ModelRef(trigger.model, version, trigger.alias)
+                    self.spec(ref)
+                    self.udf(spark, ref)
+        except Exception as err:  # the first batch resolves again and raises it where it belongs
+            log.warning("models not warmed (%s): the first trigger batch loads them", err)
+            return
+        log.info("models of %d trigger(s) ready in %.1fs", len(triggers), time.monotonic() - started)
+
+    def warm_in_background(self, spark: SparkSession, triggers: list[TriggerPlan]) -> threading.Thread:
+        """:meth:`warm` in a daemon thread; join it before the trigger queries start."""
+        thread = threading.Thread(target=self.warm, args=(spark, triggers), name="loom-warm-models", daemon=True)
+        thread.start()
+        return thread
 
 
 def _unscored(trigger: TriggerPlan, base: DataFrame) -> DataFrame:
@@ -112,10 +148,17 @@ def _scored(spark: SparkSession, resolver: ModelResolver, key: str, with_feature
 
 
 def _score_model(
-    spark: SparkSession, work: Paths, plan: Plan, resolver: ModelResolver, trigger: TriggerPlan, firings: DataFrame
+    spark: SparkSession,
+    work: Paths,
+    plan: Plan,
+    resolver: ModelResolver,
+    trigger: TriggerPlan,
+    firings: DataFrame,
+    count: int,
 ) -> tuple[DataFrame, DataFrame | None]:
-    """Firings of one trigger scored by the trigger's alias (features, score, model name and version),
-    and by the model's @shadow when one runs beside it (else None)."""
+    """Firings of one trigger (``count`` rows) scored by the trigger's alias (features, score, model name and
+    version), and by the model's @shadow when one runs beside it (else None)."""
+    tasks = max(1, math.ceil(count / SCORE_ROWS_PER_TASK))
     key = trigger.entity_key
     version = resolver.version(trigger.model, trigger.alias)
     base = firings.select(key, "trigger", FIRING_TS, "event_id")
@@ -129,7 +172,7 @@ def _score_model(
         return _unscored(trigger, base), None
     ref = ModelRef(trigger.model, version, trigger.alias)
     spec = resolver.spec(ref)
-    with_features = features_at(spark, work, plan, spec, base, FIRING_TS)
+    with_features = features_at(spark, work, plan, spec, base, FIRING_TS).coalesce(tasks)
     scored = _scored(spark, resolver, key, with_features, ref)
     model = plan.models.get(trigger.model)
     shadow = resolver.version(trigger.model, SHADOW) if model and model.spec.promotion.shadow else None
@@ -138,7 +181,7 @@ def _score_model(
     shadow_ref = ModelRef(trigger.model, shadow, SHADOW)
     shadow_spec = resolver.spec(shadow_ref)
     if shadow_spec.groups != spec.groups:  # it reads other features: compute them
-        with_features = features_at(spark, work, plan, shadow_spec, base, FIRING_TS)
+        with_features = features_at(spark, work, plan, shadow_spec, base, FIRING_TS).coalesce(tasks)
     return scored, _scored(spark, resolver, key, with_features, shadow_ref)
 
 
@@ -167,9 +210,12 @@ def make_firing_handler(
             if not counts:
                 return
             parts = [
-                _score_model(spark, work, plan, resolver, by_name[name], batch.where(F.col("trigger") == name))
+                _score_model(
+                    spark, work, plan, resolver, by_name[name], batch.where(F.col("trigger") == name), counts[name]
+                )
                 for name in sorted(counts)
             ]
+            clock.lap("plan")
             thresholds = F.create_map(*[x for t in triggers for x in (F.lit(t.name), F.lit(t.threshold))])
 
             def with_action(frames: list[DataFrame]) -> DataFrame:

@@ -36,15 +36,17 @@ def start_trigger_streams(
     max_files_per_trigger: int | None = None,
     model_refresh_s: float = 0.0,
     starting: Literal["earliest", "latest"] = "earliest",
+    resolver: ModelResolver | None = None,
 ) -> list[StreamingQuery]:
     """Start the trigger queries of ``plan`` (none when it declares no triggers).
 
     ``starting="latest"`` makes a *first* start (no checkpoint yet) skip the events already in
     bronze: deploying triggers on an existing lake then scores and acts on new events only, not
     on weeks of history. Once a checkpoint exists it decides where the query resumes.
+    ``resolver`` (default a new one, refreshed every ``model_refresh_s``) may come warmed (:meth:`ModelResolver.warm`).
     """
     queries = []
-    resolver = ModelResolver(work, model_refresh_s)
+    resolver = resolver or ModelResolver(work, model_refresh_s)
     client = connect(redis_url)
     for source, triggers in triggers_by_source(plan).items():
         # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them

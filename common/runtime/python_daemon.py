@@ -1,0 +1,60 @@
+"""Spark's Python daemon with the libraries its workers need imported once, before it forks them.
+
+Spark starts one ``pyspark.daemon`` per kind of Python runner and forks a worker from it for each
+concurrent task; an idle worker is killed after a minute (a fixed timeout in Spark), so a stream with
+pauses between its batches forks new ones. Each fork imported numpy, pandas, pyarrow, redis and, for
+scoring, MLflow and the model's code again: at load 8 on 2 cores about 10 s for ``mlflow.pyfunc``
+alone, paid by every worker of a process's first scoring batches. Imported here, in the daemon,
+they are shared by every fork (copy-on-write) and a new worker starts with them loaded.
+
+``spark.python.daemon.module`` names this module (:func:`common.runtime.spark.build_session`, local
+mode). ``LOOM_PYTHON_PRELOAD`` (comma-separated module names) replaces :data:`DEFAULT_PRELOAD`;
+``loom stream`` sets it (:func:`set_preload`) to add its workers' own modules, and MLflow, the pyfunc and
+scikit-learn when it scores. A module that fails to import is skipped:
+the worker imports it itself, as without this module. Only modules that start no Python thread when
+imported belong here (the daemon forks; see pyspark.daemon).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+
+PRELOAD_ENV = "LOOM_PYTHON_PRELOAD"
+DEFAULT_PRELOAD = ("numpy", "pandas", "pyarrow", "orjson", "redis")
+
+
+def preload_modules(environ: dict[str, str] | os._Environ = os.environ) -> list[str]:
+    """The modules the daemon imports before forking workers."""
+    listed = environ.get(PRELOAD_ENV)
+    if listed is None:
+        return list(DEFAULT_PRELOAD)
+    return [name.strip() for name in listed.split(",") if name.strip()]
+
+
+def set_preload(modules: list[str], environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Have the daemons of a session started after this call (its JVM inherits the environment) preload
+    :data:`DEFAULT_PRELOAD` and ``modules``; an explicit ``LOOM_PYTHON_PRELOAD`` is left as it is."""
+    environ.setdefault(PRELOAD_ENV, ",".join(dict.fromkeys((*DEFAULT_PRELOAD, *modules))))
+
+
+def preload(names: list[str]) -> list[str]:
+    """Import ``names``; returns those that imported."""
+    loaded = []
+    with contextlib.redirect_stdout(sys.stderr):  # the daemon's stdout carries its port to the JVM
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the worker imports it itself (and reports a real error there)
+                continue
+            loaded.append(name)
+    return loaded
+
+
+if __name__ == "__main__":
+    preload(preload_modules())
+    from pyspark.daemon import manager
+
+    manager()

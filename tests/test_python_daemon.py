@@ -1,0 +1,44 @@
+"""Spark's Python daemon with preloaded modules (common.runtime.python_daemon)."""
+
+from __future__ import annotations
+
+import sys
+
+from common.runtime.python_daemon import DEFAULT_PRELOAD, PRELOAD_ENV, preload, preload_modules, set_preload
+from common.runtime.spark import PYTHON_DAEMON
+
+
+def test_preload_list_defaults_and_env():
+    assert preload_modules({}) == list(DEFAULT_PRELOAD)
+    assert preload_modules({PRELOAD_ENV: " numpy, ,json "}) == ["numpy", "json"]
+    assert preload_modules({PRELOAD_ENV: ""}) == []
+
+
+def test_set_preload_adds_to_the_defaults_once_and_keeps_an_explicit_list():
+    environ: dict[str, str] = {}
+    set_preload(["numpy", "mlflow.pyfunc"], environ)
+    assert environ[PRELOAD_ENV].split(",") == [*DEFAULT_PRELOAD, "mlflow.pyfunc"]
+    environ = {PRELOAD_ENV: "json"}
+    set_preload(["mlflow.pyfunc"], environ)
+    assert environ[PRELOAD_ENV] == "json"
+
+
+def test_a_module_that_fails_to_import_is_skipped():
+    sys.modules.pop("colorsys", None)
+    assert preload(["no_such_module_loom", "colorsys"]) == ["colorsys"]
+    assert "colorsys" in sys.modules
+
+
+def test_local_workers_are_forked_by_the_preloading_daemon(spark):
+    assert spark.conf.get("spark.python.daemon.module") == PYTHON_DAEMON
+
+    def worker(_):
+        import sys
+
+        with open("/proc/self/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+        return argv, sorted(m for m in ("numpy", "pyarrow") if m in sys.modules)
+
+    argv, modules = spark.sparkContext.parallelize([0], 1).map(worker).collect()[0]
+    assert PYTHON_DAEMON.encode() in argv  # forked by our daemon, not pyspark.daemon
+    assert modules == ["numpy", "pyarrow"]  # a plain RDD worker imports neither itself
