@@ -54,7 +54,8 @@ from typing import Any
 import numpy as np
 
 from bench import machine_load_row
-from common.runtime.redis_server import configured_or_throwaway, free_port
+from common.runtime.processes import free_port
+from common.runtime.redis_server import configured_or_throwaway
 
 NAME = "serving"
 FEATURES = 50

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from common.runtime.redis_server import free_port
+from common.runtime.processes import free_port
 from common.serving.app import create_app
 from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig

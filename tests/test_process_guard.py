@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import StoreError
-from common.runtime.redis_server import RedisServer, free_port
+from common.runtime.processes import free_port
+from common.runtime.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 # Test key, not a secret: generated for this test only.

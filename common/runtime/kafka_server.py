@@ -42,7 +42,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.runtime.jars import fetch_kafka, kafka_broker_libs, kafka_broker_ready, kafka_cache
-from common.runtime.redis_server import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded
+from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded
 from common.runtime.secrets import read_secret
 
 BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"
@@ -210,7 +210,7 @@ class KafkaServer:
             self.directory = Path(self._tmp.name)
         folder = self.directory.resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        lock = lock_folder(folder, self.lock_wait_s, server="Kafka broker", fix=_LOCK_FIX)
+        lock = lock_folder(folder, self.lock_wait_s, kind="Kafka broker", server="Kafka broker", fix=_LOCK_FIX)
         try:
             properties = self._write_config(folder)
             self._format(folder, properties)

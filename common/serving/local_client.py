@@ -34,7 +34,7 @@ def rest_scores(
     """Start the REST service for ``model`` on 127.0.0.1, ask it for ``keys`` (values of ``entity_key``), stop it."""
     import uvicorn
 
-    from common.runtime.redis_server import free_port
+    from common.runtime.processes import free_port
     from common.serving.app import create_app
     from common.serving.auth import ApiKeys
     from common.serving.config import ServingConfig
