@@ -44,6 +44,7 @@ from common.features.tile_state import TileFolder, TileState
 from common.features.windows import value_column, with_row_values
 from common.lake.paths import bronze_path, history_path
 from common.lake.snapshot_read import read_bronze_between
+from common.lake.stream_start import stream_start_options
 from common.runtime.log import Stopwatch
 from common.runtime.state_store import rocksdb_state_store
 from common.settings import Paths
@@ -247,10 +248,12 @@ def start_feature_streams(
     for name in groups or list(plan.groups):
         group = plan.group(name)
         # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them
+        source = bronze_path(work, plan.usecase, group.source)
         reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
+        reader = reader.options(**stream_start_options(source, feature_checkpoint(work, group)))
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
-        stream = reader.load(bronze_path(work, plan.usecase, group.source))
+        stream = reader.load(source)
         stateful = group.source_kind != "table"
         if stateful:
             stream = entity_features(spark, work, group, stream)

@@ -11,6 +11,7 @@ from pyspark.sql.streaming import StreamingQuery
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
 from common.lake.paths import bronze_path
+from common.lake.stream_start import stream_start_options
 from common.runtime.redis_server import connect
 from common.runtime.state_store import rocksdb_state_store
 from common.settings import Paths
@@ -49,19 +50,22 @@ def start_trigger_streams(
     resolver = resolver or ModelResolver(work, model_refresh_s)
     client = connect(redis_url)
     for source, triggers in triggers_by_source(plan).items():
+        name = f"triggers_{source}_{STATE_LAYOUT}"
+        table, checkpoint = bronze_path(work, plan.usecase, source), work.checkpoint(plan.usecase, name)
         # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them
         reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
         if starting == "latest":
             reader = reader.option("startingVersion", "latest")
+        else:
+            reader = reader.options(**stream_start_options(table, checkpoint))
         if max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
-        events = reader.load(bronze_path(work, plan.usecase, source))
-        name = f"triggers_{source}_{STATE_LAYOUT}"
+        events = reader.load(table)
         app_id = f"loom-{plan.usecase}-{name}"  # with the checkpoint: see STATE_LAYOUT
         writer = (
             firings(events, triggers)
             .writeStream.queryName(f"loom_{plan.usecase}_triggers_{source}")
-            .option("checkpointLocation", work.checkpoint(plan.usecase, name))
+            .option("checkpointLocation", checkpoint)
             .foreachBatch(make_firing_handler(spark, work, plan, triggers, client, resolver, app_id))
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
