@@ -62,7 +62,7 @@ def append_only_from_first_commit(log: Path) -> bool:
 
 
 def _removes_a_file(commit: Path) -> bool:
-    # the cheap test first: most lines are adds, and a line names its action first
+    # a substring test first: only the lines that may be removes are parsed
     return any('"remove"' in line and "remove" in json.loads(line) for line in commit.read_text().splitlines())
 
 
