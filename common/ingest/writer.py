@@ -23,7 +23,6 @@ import re
 import threading
 from datetime import UTC, datetime, timedelta
 
-from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -43,6 +42,7 @@ from common.ingest.validation import (
     typed_schema,
 )
 from common.lake.append import append_once
+from common.lake.delta import table_exists
 from common.lake.paths import IngestLocations
 from common.lake.snapshot_read import read_current
 from common.runtime.log import Stopwatch
@@ -83,10 +83,13 @@ def check_dedup_columns(source: Source, source_name: str) -> None:
 
 
 def ensure_tables(spark: SparkSession, source: Source, source_name: str, locations: IngestLocations) -> None:
-    """Create empty bronze and quarantine tables, so readers find them before the first file arrives."""
-    if not DeltaTable.isDeltaTable(spark, locations.quarantine):
+    """Create empty bronze and quarantine tables, so readers find them before the first file arrives.
+
+    :func:`~common.lake.delta.table_exists` (a listing of the log), not ``DeltaTable.isDeltaTable``: a Spark job
+    per call, which every ``loom stream`` start paid six times."""
+    if not table_exists(spark, locations.quarantine):
         spark.createDataFrame([], QUARANTINE_SCHEMA).write.format("delta").mode("append").save(locations.quarantine)
-    if not DeltaTable.isDeltaTable(spark, locations.bronze):
+    if not table_exists(spark, locations.bronze):
         empty = spark.createDataFrame([], typed_schema(source)).withColumn(SOURCE_FILE, F.lit(None).cast("string"))
         bronze = protect(empty, source, source_name).withColumn(INGESTED_AT, F.lit(None).cast("timestamp"))
         bronze.write.format("delta").mode("append").save(locations.bronze)
