@@ -35,8 +35,8 @@ jars: $(STAMP) system-deps
 demo: setup
 	$(VENV)/bin/loom demo
 
-# The full suite on two pytest-xdist workers (2 cores): the tests on the churn lake on one, the other tests on
-# the session SparkSession on one, every other test file on whichever is free (groups: tests/conftest.py).
+# The full suite on two pytest-xdist workers (2 cores): the tests on the churn lake on one, every other test
+# file on whichever worker is free (groups: tests/conftest.py).
 test: setup
 	$(PY) -m pytest -n 2 --dist loadgroup
 
