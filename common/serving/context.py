@@ -101,12 +101,14 @@ def prediction_logger(
 
     table = predictions_path(work, config.usecase, "rest")
     log.info("predictions are logged to %s (written every %.1fs at most)", table, config.log_flush_s)
-    return PredictionLogger(
+    logger = PredictionLogger(
         sink or DeltaPredictionSink(table),
         spool_dir=f"{table}/{SPOOL_FOLDER}",
         flush_interval_s=config.log_flush_s,
         metrics=metrics.prediction_log,
     )
+    metrics.on_flush(logger.publish_queued)  # the queued rows reach Prometheus with the other per-request figures
+    return logger
 
 
 @asynccontextmanager
@@ -140,4 +142,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if prediction_log is not None:
             # uvicorn has answered every request by now: all their predictions are queued
             await run_in_threadpool(prediction_log.close)
+        context.metrics.flush()  # the last requests' figures (a worker's values outlive it in multiprocess mode)
         context.redis_client.close()
