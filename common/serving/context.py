@@ -30,6 +30,7 @@ from common.serving.predict_service import PredictService
 from common.serving.prediction_log import PredictionLogger
 from common.serving.prediction_sink import DeltaPredictionSink, PredictionSink
 from common.serving.prediction_spool import SPOOL_FOLDER
+from common.serving.redis_reads import DirectReads
 from common.settings import Paths, paths
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,13 @@ def build_context(
     redis_url = resolve_redis_url(config, work.home)
     redis_client = open_redis(redis_url, config.redis_timeout_s)
 
+    reads = DirectReads(redis_client)
+
     def store_for(spec: Any) -> Any:
         # One Redis connection pool for every model version; each store only knows its model's groups.
         return get_online_store(
             "redis",
-            client=redis_client,
+            client=reads,
             usecase=spec.usecase,
             version=spec.usecase_version,
             groups=online_groups(spec),

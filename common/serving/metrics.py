@@ -117,7 +117,7 @@ class ServingMetrics:
         self._requests: dict[tuple[str, str, int], list[Any]] = {}  # -> [count, seconds, per-bucket counts]
         self._scored: dict[str, list[int]] = {}  # model -> [entities, missing features]
         self._hooks: list[Callable[[], None]] = []
-        self._armed = False
+        self._armed: asyncio.AbstractEventLoop | None = None  # the loop where a flush is due
 
     def observe(self, endpoint: str, model: str, status: int, seconds: float) -> None:
         """Record one answered request (published with the next flush)."""
@@ -129,7 +129,7 @@ class ServingMetrics:
             tally[0] += 1
             tally[1] += seconds
             tally[2][bisect_left(LATENCY_BUCKETS, seconds)] += 1  # Prometheus' rule: the first bound >= seconds
-        if not self._armed:
+        if self._armed is None or self._armed.is_closed():
             self._arm()
 
     def scored(self, model: str, entities: int, missing: int) -> None:
@@ -140,7 +140,7 @@ class ServingMetrics:
                 tally = self._scored[model] = [0, 0]
             tally[0] += entities
             tally[1] += missing
-        if not self._armed:
+        if self._armed is None or self._armed.is_closed():
             self._arm()
 
     def on_flush(self, hook: Callable[[], None]) -> None:
@@ -148,19 +148,22 @@ class ServingMetrics:
         self._hooks.append(hook)
 
     def _arm(self) -> None:
-        """Flush :data:`FLUSH_S` from now, on the running event loop (at once without one)."""
+        """Flush :data:`FLUSH_S` from now, on the running event loop (at once without one).
+
+        A flush due on a loop that has closed since (tests run apps on several loops) is due again.
+        """
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        self._armed = True
+        self._armed = loop
         loop.call_later(FLUSH_S, self.flush)
 
     def flush(self) -> None:
         """Publish the tallies to Prometheus."""
         with self._lock:
-            self._armed = False
+            self._armed = None
             requests, self._requests = self._requests, {}
             scored, self._scored = self._scored, {}
         for (endpoint, model, status), (count, seconds, buckets) in requests.items():
