@@ -1,7 +1,8 @@
-"""The plain-ASGI prediction path: its bounded queue answers 503 + Retry-After, and it hands errors to the app.
+"""The plain-ASGI prediction path: its bounded queue answers 503 + Retry-After, and it hands errors to the app;
+its batched metrics and its direct MGET.
 
-Pure unit tests: the ASGI middleware around a recording inner app and a small
-service whose predictions wait until the test lets them finish.
+Unit tests: the ASGI middleware around a recording inner app and a small service whose predictions
+wait until the test lets them finish; the metrics against Prometheus' own observe; the MGET on a real Redis.
 """
 
 from __future__ import annotations
@@ -110,3 +111,73 @@ def test_request_parts():
     assert presented_key([(b"authorization", b"Bearer k1")]) == "k1"
     assert presented_key([(b"authorization", b"Basic k1")]) is None
     assert presented_key([(b"authorization", b"Bearer k1"), (b"x-api-key", b"k2")]) == "k2"
+
+
+def test_batched_metrics_publish_what_prometheus_observe_would():
+    from prometheus_client import generate_latest
+
+    from common.serving.metrics import LATENCY_BUCKETS, ServingMetrics
+
+    seconds = [0.0004, 0.0005, 0.0011, 0.0025, 0.004, 0.02, 3.0, *LATENCY_BUCKETS]
+    batched, direct = ServingMetrics(), ServingMetrics()
+
+    async def serve() -> None:  # on an event loop, as in a worker: the flush is due a second later
+        for index, took in enumerate(seconds):
+            status = 200 if index % 3 else 401
+            batched.observe("predict", "churn", status, took)
+            direct.requests.labels("predict", "churn", str(status)).inc()
+            direct.latency.labels("predict", "churn").observe(took)
+            if status >= 400:
+                direct.errors.labels("predict", "churn", "unauthorized").inc()
+        batched.scored("churn", 7, 2)
+        direct.entities.labels("churn").inc(7)
+        direct.missing.labels("churn").inc(2)
+
+    asyncio.run(serve())
+    assert b"loom_serving_requests_total{" not in generate_latest(batched.registry)  # not published yet
+    published = []
+    batched.on_flush(lambda: published.append(True))
+
+    def samples(metrics):
+        return sorted(
+            line
+            for line in generate_latest(metrics.registry).decode().splitlines()
+            if line.startswith("loom_serving_") and "_created" not in line
+        )
+
+    assert samples(batched) != samples(direct)
+    assert batched.render() and published == [True]  # /metrics publishes the worker's tallies first
+    assert samples(batched) == samples(direct)
+
+
+def test_direct_mget_answers_as_redis_py_and_survives_a_killed_connection(redis_client):
+    from common.serving.redis_reads import DirectReads
+
+    redis_client.set(b"loom:a", b"\x00\x01vector")
+    redis_client.set(b"loom:b", b"")
+    redis_client.sadd(b"loom:set", b"x")
+    reads = DirectReads(redis_client)
+    keys = [b"loom:a", b"loom:missing", b"loom:b", b"loom:set"]
+    assert reads.mget(keys) == redis_client.mget(keys) == [b"\x00\x01vector", None, b"", None]
+    assert reads.connection_pool is redis_client.connection_pool and reads.ping()
+    assert redis_client.client_kill_filter(_type="normal", skipme=False) >= 1  # the server drops every client
+    assert reads.mget(keys[:1]) == [b"\x00\x01vector"]  # a new connection, the same answer
+
+
+def test_batched_metrics_reach_prometheus_on_their_own_on_a_running_loop(monkeypatch):
+    from prometheus_client import generate_latest
+
+    from common.serving import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "FLUSH_S", 0.01)
+    metrics = metrics_module.ServingMetrics()
+    line = b'loom_serving_requests_total{endpoint="predict",model="churn",status="200"} 2.0'
+
+    async def serve() -> None:
+        metrics.observe("predict", "churn", 200, 0.001)
+        metrics.observe("predict", "churn", 200, 0.001)
+        assert line not in generate_latest(metrics.registry)
+        await asyncio.sleep(0.2)  # the flush timer, without any /metrics call
+        assert line in generate_latest(metrics.registry)
+
+    asyncio.run(serve())

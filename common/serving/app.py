@@ -111,7 +111,7 @@ class LoomApp(FastAPI):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.predict_path is not None and scope["type"] == "http" and predict_model(scope) is not None:
-            await self.predict_path(scope, receive, send)
+            await self.predict_path(scope, receive, send)  # checks the limits and counts the request itself
         else:
             await super().__call__(scope, receive, send)
 
@@ -152,10 +152,15 @@ def create_app(
     async def whole_stack(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await FastAPI.__call__(app, scope, receive, send)
 
-    # predictions: the same limits and metrics, then the fast path; its errors go through the whole stack
-    fast = FastPredictPath(whole_stack, service=context.service, max_queue=config.max_queue)
-    counted = _MetricsMiddleware(fast, metrics=context.metrics, served=config.models)
-    app.predict_path = RequestLimits(counted, body_limit=context.service.body_limit)
+    # predictions: the same limits and metrics (inline), then the fast path; its errors go through the whole stack
+    app.predict_path = FastPredictPath(
+        whole_stack,
+        service=context.service,
+        max_queue=config.max_queue,
+        limits=RequestLimits(None, body_limit=context.service.body_limit),
+        metrics=context.metrics,
+        served=config.models,
+    )
     return app
 
 

@@ -30,6 +30,7 @@ from common.serving.predict_service import PredictService
 from common.serving.prediction_log import PredictionLogger
 from common.serving.prediction_sink import DeltaPredictionSink, PredictionSink
 from common.serving.prediction_spool import SPOOL_FOLDER
+from common.serving.redis_reads import DirectReads
 from common.settings import Paths, paths
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,13 @@ def build_context(
     redis_url = resolve_redis_url(config, work.home)
     redis_client = open_redis(redis_url, config.redis_timeout_s)
 
+    reads = DirectReads(redis_client)
+
     def store_for(spec: Any) -> Any:
         # One Redis connection pool for every model version; each store only knows its model's groups.
         return get_online_store(
             "redis",
-            client=redis_client,
+            client=reads,
             usecase=spec.usecase,
             version=spec.usecase_version,
             groups=online_groups(spec),
@@ -101,12 +104,14 @@ def prediction_logger(
 
     table = predictions_path(work, config.usecase, "rest")
     log.info("predictions are logged to %s (written every %.1fs at most)", table, config.log_flush_s)
-    return PredictionLogger(
+    logger = PredictionLogger(
         sink or DeltaPredictionSink(table),
         spool_dir=f"{table}/{SPOOL_FOLDER}",
         flush_interval_s=config.log_flush_s,
         metrics=metrics.prediction_log,
     )
+    metrics.on_flush(logger.publish_queued)  # the queued rows reach Prometheus with the other per-request figures
+    return logger
 
 
 @asynccontextmanager
@@ -140,4 +145,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if prediction_log is not None:
             # uvicorn has answered every request by now: all their predictions are queued
             await run_in_threadpool(prediction_log.close)
+        context.metrics.flush()  # the last requests' figures (a worker's values outlive it in multiprocess mode)
         context.redis_client.close()

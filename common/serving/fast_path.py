@@ -21,8 +21,11 @@ requests never pile up without limit.
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import Any
 
+from common.serving.limits import RequestLimits, answer_json
+from common.serving.metrics import ServingMetrics
 from common.serving.predict_service import PredictService
 
 FAST_PATH_ERROR = "loom.fast_path_error"
@@ -53,29 +56,61 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class FastPredictPath:
-    """ASGI middleware: serves predictions itself, hands everything else (and every error) to ``app``."""
+    """ASGI middleware: serves predictions itself, hands everything else (and every error) to ``app``.
 
-    def __init__(self, app: Any, service: PredictService, max_queue: int) -> None:
+    ``limits`` (:class:`common.serving.limits.RequestLimits`): checked first, as in front of every
+    other request. ``metrics``: every prediction request is counted and timed here, under the model's
+    name when it is served (``served``), else ``other`` (the app's metrics middleware does the same
+    for the other requests). Both inline rather than as middleware layers: each layer is a call and
+    a ``send`` wrapper per request.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        service: PredictService,
+        max_queue: int,
+        *,
+        limits: RequestLimits | None = None,
+        metrics: ServingMetrics | None = None,
+        served: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.service = service
         self.max_queue = max_queue
+        self.limits = limits
+        self.metrics = metrics
+        self.served = frozenset(served)
         self.admitted = 0  # predictions of this worker waiting or running
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or (model := predict_model(scope)) is None:
             await self.app(scope, receive, send)
             return
-        if self.admitted >= self.max_queue:
-            await self._overloaded(send)
+        if self.limits is not None and (refusal := self.limits.check(scope)) is not None:
+            await answer_json(send, *refusal)  # refused before anything runs (not counted, as for other requests)
             return
-        self.admitted += 1
+        started = perf_counter()
+        status = 500
         try:
-            await asyncio.sleep(0)  # let the loop start every request it has read: they count in `admitted`
-            await self._predict(model, scope, receive, send)
+            if self.admitted >= self.max_queue:
+                status = 503
+                await self._overloaded(send)
+                return
+            self.admitted += 1
+            try:
+                await asyncio.sleep(0)  # let the loop start every request it has read: they count in `admitted`
+                status = await self._predict(model, scope, receive, send)
+            finally:
+                self.admitted -= 1
         finally:
-            self.admitted -= 1
+            if self.metrics is not None:
+                self.metrics.observe(
+                    "predict", model if model in self.served else "other", status, perf_counter() - started
+                )
 
-    async def _predict(self, model: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _predict(self, model: str, scope: dict[str, Any], receive: Any, send: Any) -> int:
+        """Answer the prediction; the status sent."""
         service = self.service
         body = b""
         try:
@@ -83,24 +118,24 @@ class FastPredictPath:
             service.check_access(model, client)
             body = await self._body(scope, receive)
             if body is None:
-                return  # the client went away
+                return 499  # the client went away (nginx's code; nothing is sent)
             answer = await service.predict(model, client, body)
         except Exception as err:  # rendered by the app's exception handlers (see the module docstring)
             scope[FAST_PATH_ERROR] = err
-            await self.app(scope, _replay(body), send)
-            return
+            return await _status_of(self.app, scope, _replay(body), send)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
                     (b"content-type", b"application/json"),
-                    (b"content-length", str(len(answer.body)).encode()),
+                    (b"content-length", b"%d" % len(answer.body)),
                     (b"x-request-id", answer.request_id.encode()),
                 ],
             }
         )
         await send({"type": "http.response.body", "body": answer.body})
+        return 200
 
     async def _body(self, scope: dict[str, Any], receive: Any) -> bytes | None:
         """The request body, refused with 413 beyond the limit (before reading it when it says its length)."""
@@ -134,6 +169,20 @@ class FastPredictPath:
         ]
         await send({"type": "http.response.start", "status": 503, "headers": headers})
         await send({"type": "http.response.body", "body": detail})
+
+
+async def _status_of(app: Any, scope: dict[str, Any], receive: Any, send: Any) -> int:
+    """Run ``app`` on the request; the status it sent (500 if none)."""
+    status = 500
+
+    async def record_status(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    await app(scope, receive, record_status)
+    return status
 
 
 def _replay(body: bytes) -> Any:

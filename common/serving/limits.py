@@ -44,7 +44,7 @@ class RequestLimits:
         if scope["type"] == "http":
             refusal = self.check(scope)
             if refusal is not None:
-                await _answer(send, *refusal)
+                await answer_json(send, *refusal)
                 return
         await self.app(scope, receive, send)
 
@@ -70,7 +70,8 @@ class RequestLimits:
         return None
 
 
-async def _answer(send: Any, status: int, detail: str) -> None:
+async def answer_json(send: Any, status: int, detail: str) -> None:
+    """Answer ``{"detail": detail}`` with ``status``."""
     body = json.dumps({"detail": detail}).encode()
     await send(
         {

@@ -37,9 +37,18 @@ class Scored:
     missing: list[list[str]]
 
 
+_SECONDS: dict[int, str] = {}  # epoch second -> its ISO text up to the seconds (the answers' as_of repeat them)
+
+
 def iso_us(micros: int) -> str:
-    """Epoch microseconds as ISO 8601 UTC with a ``Z``."""
-    return from_micros(micros).isoformat().replace("+00:00", "Z")
+    """Epoch microseconds as ISO 8601 UTC with a ``Z`` (``datetime.isoformat``'s text: no fraction at 0 µs)."""
+    second, fraction = divmod(micros, 1_000_000)
+    text = _SECONDS.get(second)
+    if text is None:
+        if len(_SECONDS) > 4096:  # one per second served: keep it small
+            _SECONDS.clear()
+        text = _SECONDS[second] = from_micros(second * 1_000_000).isoformat().replace("+00:00", "")
+    return f"{text}.{fraction:06d}Z" if fraction else f"{text}Z"
 
 
 def score_entities(model: LoadedModel, entities: Sequence[dict[str, Any]], at_us: int) -> Scored:

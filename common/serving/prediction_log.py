@@ -132,6 +132,8 @@ class PredictionLogger:
         self._spool_dirty = True  # look for spooled files at start
         # row counts: _queued by the request path, the others by the writer thread only
         self._queued = 0
+        self._published = 0  # of _queued, in the Prometheus counter
+        self._publish_lock = threading.Lock()
         self._taken = 0
         self.written_rows = 0
         self.recovered_rows = 0
@@ -145,13 +147,23 @@ class PredictionLogger:
         """Queue one answered request. Never waits: an append to a deque, no I/O."""
         self._queue.append(record)
         rows = len(record.keys)
-        self._queued += rows
-        self._metrics.add("queued", rows)
+        self._queued += rows  # the counter learns it from publish_queued (off the request path)
         if self._closed:
             # the server answers requests only before its shutdown closes the log: a bug if seen
             log.error("prediction logged after the prediction log was closed: %d row(s) will not be written", rows)
         elif self._queued - self._taken >= self.max_rows and not self._retry_at:
             self._wake.set()  # a full batch waits (while the sink fails, the backoff decides)
+
+    def publish_queued(self) -> None:
+        """Add the rows queued since the last call to ``loom_serving_predictions_logged_total``.
+
+        Called by :meth:`common.serving.metrics.ServingMetrics.flush` (batched, like every
+        per-request figure) and by :meth:`close`.
+        """
+        with self._publish_lock:
+            queued = self._queued
+            self._metrics.add("queued", queued - self._published)
+            self._published = queued
 
     @property
     def pending_rows(self) -> int:
@@ -193,6 +205,7 @@ class PredictionLogger:
                     self.pending_rows,
                 )
         self._metrics.pending(self.pending_rows)
+        self.publish_queued()
         log.info(
             "prediction log closed: %d row(s) written to %s, %d recovered from the spool, %d spooled, %d lost",
             self.written_rows,
