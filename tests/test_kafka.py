@@ -17,13 +17,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from pyspark.sql import functions as F
 
 from common.errors import StoreError
 from common.generate import GenerateOptions, generate_landing, read_malformed_log
@@ -292,3 +296,239 @@ def test_clients_take_sasl_settings_from_the_environment_and_never_show_the_pass
         with pytest.raises(StoreError, match="cannot reach Kafka") as refused:
             publish(spec, out, server.bootstrap, connect_timeout=3.0)
         assert "wrong-password" not in str(refused.value) and password not in str(refused.value)
+
+
+# --- format: kafka sources: the spec, and ingestion from a real broker compared with files ---------------
+
+KAFKA_ENV = "LOOM_TEST_KAFKA_BOOTSTRAP"  # a per-source variable name (bootstrap_env), as a user may choose
+SAMPLE = ROOT / "metadata" / "churn" / "sources.kafka.yaml.sample"
+
+
+def _kafka_churn(folder: Path, topic: str, **settings) -> Path:
+    """churn with its ``events`` source replaced by the Kafka sample, on ``topic`` (``settings`` override the
+    sample's kafka keys; a value None removes the key)."""
+    import yaml
+
+    from tests.spec_helpers import mutated_churn
+
+    events = yaml.safe_load(SAMPLE.read_text())["sources"]["events"]
+    events["kafka"].update(topic=topic, bootstrap_env=KAFKA_ENV, **settings)
+    events["kafka"] = {key: value for key, value in events["kafka"].items() if value is not None}
+
+    def mutate(documents):
+        documents["sources.yaml"]["sources"]["events"] = events
+
+    return mutated_churn(folder, mutate)
+
+
+def test_the_kafka_sample_loads_and_bad_kafka_settings_name_the_field_and_the_fix(tmp_path):
+    import yaml
+
+    from common.errors import SpecError
+    from tests.spec_helpers import mutated_churn
+
+    spec = load_usecase(_kafka_churn(tmp_path / "ok", "loom.churn.events"))
+    events = spec.sources["events"]
+    assert events.format == "kafka" and events.path is None
+    assert events.kafka.topic_list == ["loom.churn.events"] and events.kafka.bootstrap_env == KAFKA_ENV
+    # the sample's source is the file source's twin: same columns, keys and time
+    files = load_usecase("churn").sources["events"]
+    assert (events.columns, events.id, events.event_time) == (files.columns, files.id, files.event_time)
+
+    def error(**changes) -> str:
+        sample = yaml.safe_load(SAMPLE.read_text())["sources"]["events"]
+        for key, value in changes.items():
+            target, _, name = key.rpartition("__")
+            node = sample[target] if target else sample
+            if value is None:
+                node.pop(name, None)
+            else:
+                node[name] = value
+
+        def mutate(documents):
+            documents["sources.yaml"]["sources"]["events"] = sample
+
+        with pytest.raises(SpecError) as caught:
+            load_usecase(mutated_churn(tmp_path / "bad", mutate))
+        return str(caught.value)
+
+    message = error(kafka__topic=None)
+    assert "sources.events.kafka" in message and "exactly one of topic" in message and "fix" in message
+    assert "not supported yet" in error(kafka__value_format="avro", kafka__avro_schema="events.avsc")
+    message = error(kafka__bootstrap_env="my_servers")
+    assert "sources.events.kafka.bootstrap_env" in message and "'my_servers'" in message
+    message = error(kafka__startng_offsets="latest")
+    assert "unknown key 'startng_offsets'" in message and "starting_offsets" in message
+    assert "value not allowed" in error(kafka__starting_offsets="2026-01-01")
+    assert "remove path" in error(path="{landing}/events")
+    assert "needs a kafka: section" in error(kafka=None)
+    assert "kind 'events'" in error(kind="table")
+    assert "applies to format kafka only" in error(format="json", path="{landing}/events")
+
+
+def _redis_vectors(url: str) -> dict[bytes, bytes]:
+    from common.runtime.redis_server import connect
+
+    client = connect(url)
+    try:
+        return {key: client.get(key) for key in client.scan_iter(match="loom:churn:*", count=1000)}
+    finally:
+        client.close()
+
+
+def _bronze_rows(spark, work: Paths, source: str) -> list:
+    from common.ingest.validation import SOURCE_FILE
+    from common.ingest.writer import INGESTED_AT
+    from common.lake.paths import bronze_path
+
+    frame = spark.read.format("delta").load(bronze_path(work, "churn", source)).drop(SOURCE_FILE, INGESTED_AT)
+    return sorted(frame.collect(), key=repr)
+
+
+def _quarantine_rows(spark, work: Paths, source: str) -> list[tuple]:
+    frame = spark.read.format("delta").load(work.table("churn", "quarantine", source))
+    return sorted((row.raw, row.reason) for row in frame.collect())
+
+
+def _history_rows(spark, work: Paths, plan) -> dict[str, list]:
+    from common.features import offline
+
+    # _write_order: when a row was written (the latest write of a key wins), not what was written
+    return {
+        name: sorted(offline.read_history(spark, work, group).drop(offline.WRITE_ORDER).collect(), key=repr)
+        for name, group in plan.groups.items()
+    }
+
+
+def _pipeline_run(spark, redis_url: str, spec, work: Paths) -> SimpleNamespace:
+    """catch_up (ingest + features) of ``spec`` on ``work`` with a clean Redis; what it left in Redis and the
+    consistency of every group (checked while Redis holds this run's vectors)."""
+    from common.compile import compile_usecase
+    from common.features.consistency import check_group
+    from common.features.online_sink import open_store
+    from common.pipeline import catch_up
+    from common.runtime.redis_server import connect
+
+    connect(redis_url).flushdb()
+    plan = compile_usecase(spec)
+    reports = {r.source: r for r in catch_up(spark, plan, work, redis_url, parts=("ingest", "features"))}
+    store = open_store(list(plan.groups.values()), redis_url)
+    try:
+        consistency = {name: check_group(spark, work, group, store) for name, group in plan.groups.items()}
+    finally:
+        store.close()
+    return SimpleNamespace(
+        work=work, plan=plan, reports=reports, redis=_redis_vectors(redis_url), consistency=consistency
+    )
+
+
+@pytest.fixture(scope="module")
+def files_and_kafka(spark, redis_url, bootstrap, tmp_path_factory):
+    """One small generated world (15 customers, 1 day, 5 % malformed) ingested twice, in process: its events
+    from landing files, then the same events from a Kafka topic (the other sources from the same files)."""
+    root = tmp_path_factory.mktemp("kafka-vs-files")
+    spec = load_usecase("churn")
+    files_work, kafka_work = Paths(root / "files"), Paths(root / "kafka")
+    options = GenerateOptions(customers=15, days=1, seed=23, malformed_rate=0.05)
+    generate_landing(spec, files_work, options)
+    topic = f"loom.test.events-{uuid.uuid4().hex[:8]}"
+    sent = publish(spec, files_work.landing / "churn", bootstrap, topics={"events": topic}, partitions=2)
+    for name in ("customers", "outcomes"):
+        shutil.copytree(files_work.landing / "churn" / name, kafka_work.landing / "churn" / name)
+    kafka_spec = load_usecase(_kafka_churn(root / "metadata", topic))
+    os.environ[KAFKA_ENV] = bootstrap
+    try:
+        files = _pipeline_run(spark, redis_url, spec, files_work)
+        kafka = _pipeline_run(spark, redis_url, kafka_spec, kafka_work)
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+    return SimpleNamespace(files=files, kafka=kafka, topic=topic, sent=sent.messages[topic], kafka_spec=kafka_spec)
+
+
+def test_kafka_and_files_give_the_same_bronze_history_and_redis_vectors(spark, files_and_kafka):
+    files, kafka = files_and_kafka.files, files_and_kafka.kafka
+    events_read = kafka.reports["events"]
+    assert events_read.read == files_and_kafka.sent == files.reports["events"].read  # every message, once
+    assert kafka.reports["events"].quarantined > 0, "the generated world has malformed events"
+    for source in ("customers", "events", "outcomes"):
+        assert _bronze_rows(spark, kafka.work, source) == _bronze_rows(spark, files.work, source), source
+        assert _quarantine_rows(spark, kafka.work, source) == _quarantine_rows(spark, files.work, source), source
+    assert _history_rows(spark, kafka.work, kafka.plan) == _history_rows(spark, files.work, files.plan)
+    assert kafka.redis and kafka.redis == files.redis
+    for name, report in kafka.consistency.items():
+        assert report.entities_checked > 0 and report.ok and report.entities_mismatched == 0, (name, report.examples)
+
+
+def test_kafka_records_carry_their_topic_partition_and_offset_as_origin(spark, files_and_kafka):
+    from common.lake.paths import bronze_path
+
+    topic = files_and_kafka.topic
+    work = files_and_kafka.kafka.work
+    origins = [r._source_file for r in spark.read.format("delta").load(bronze_path(work, "churn", "events")).collect()]
+    quarantined = [
+        r.source_file for r in spark.read.format("delta").load(work.table("churn", "quarantine", "events")).collect()
+    ]
+    pattern = re.compile(rf"^kafka:{re.escape(topic)}/([01])/(\d+)$")
+    assert all(pattern.match(origin) for origin in origins + quarantined)
+    # each message once, in bronze or in quarantine
+    assert len(set(origins + quarantined)) == len(origins + quarantined) == files_and_kafka.sent
+
+
+def test_malformed_kafka_values_are_quarantined_with_their_offsets_and_the_batch_goes_on(
+    spark, bootstrap, files_and_kafka, tmp_path
+):
+    """Not JSON, wrong types, a missing required field, a 1 MB string, an empty value: each is quarantined with its
+    topic, partition and offset, in the batch that also takes the good records. This source takes its event time
+    from the message's timestamp (``event_time_from: kafka_timestamp``): the values carry no ``ts``."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from common.ingest.stream import ingest_source
+
+    topic = f"loom.test.malformed-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": str(4 << 20)})])[topic].result(30)
+    good = {"event_id": "E1", "customer_id": "C1", "event_type": "payment", "amount": 12.5}
+    values = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "event_id": "E2", "amount": "twelve"}),
+        json.dumps({"customer_id": "C1", "event_type": "payment"}),
+        json.dumps({**good, "event_id": "E3", "channel": "x" * (1 << 20)}),
+        "",
+        json.dumps({**good, "event_id": "E4"}),
+        json.dumps(good),  # a replay of E1
+    ]
+    stamp_ms = 1767261600123  # 2026-01-01T10:00:00.123Z
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4 << 20, "enable.idempotence": True})
+    for offset, value in enumerate(values):
+        producer.produce(topic, value=value.encode(), key=b"C1", timestamp=stamp_ms + offset)
+    assert producer.flush(30) == 0
+
+    spec = load_usecase(_kafka_churn(tmp_path / "metadata", topic, event_time_from="kafka_timestamp"))
+    work = Paths(tmp_path / "home")
+    os.environ[KAFKA_ENV] = bootstrap
+    try:
+        report = ingest_source(spark, spec, "events", work, "batch")
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+    assert (report.read, report.accepted, report.batches) == (len(values), 2, 1)
+
+    bronze = spark.read.format("delta").load(work.table("churn", "bronze", "events"))
+    accepted = {r.event_id: r for r in bronze.collect()}
+    assert set(accepted) == {"E1", "E4"}
+    assert accepted["E1"]._source_file == f"kafka:{topic}/0/0"
+    assert accepted["E1"].ts.isoformat().startswith("2026-01-01T10:00:00.123")
+    assert accepted["E4"].ts.isoformat().startswith("2026-01-01T10:00:00.129")
+    quarantine = spark.read.format("delta").load(work.table("churn", "quarantine", "events"))
+    reasons = {r.source_file: r.reason for r in quarantine.collect()}
+    assert reasons == {
+        f"kafka:{topic}/0/1": "malformed JSON",
+        f"kafka:{topic}/0/2": "column amount: twelve is not a double",
+        f"kafka:{topic}/0/3": "missing required column event_id",
+        f"kafka:{topic}/0/4": "column channel: value " + "x" * 200 + "... not in allowed values",
+        f"kafka:{topic}/0/5": "malformed JSON",
+        f"kafka:{topic}/0/7": "duplicate event_id",
+    }
+    big = quarantine.where(F.col("source_file").endswith("/4")).first().raw
+    assert len(big) > 1 << 20  # the record itself, kept whole for whoever repairs it
