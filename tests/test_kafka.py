@@ -400,9 +400,9 @@ def _history_rows(spark, work: Paths, plan) -> dict[str, list]:
     }
 
 
-def _pipeline_run(spark, redis_url: str, spec, work: Paths) -> SimpleNamespace:
+def _pipeline_run(spark, redis_url: str, spec, work: Paths, *, check: bool) -> SimpleNamespace:
     """catch_up (ingest + features) of ``spec`` on ``work`` with a clean Redis; what it left in Redis and the
-    consistency of every group (checked while Redis holds this run's vectors)."""
+    consistency of every group when ``check`` (checked while Redis holds this run's vectors)."""
     from common.compile import compile_usecase
     from common.features.consistency import check_group
     from common.features.online_sink import open_store
@@ -412,9 +412,10 @@ def _pipeline_run(spark, redis_url: str, spec, work: Paths) -> SimpleNamespace:
     connect(redis_url).flushdb()
     plan = compile_usecase(spec)
     reports = {r.source: r for r in catch_up(spark, plan, work, redis_url, parts=("ingest", "features"))}
+    consistency = {}
     store = open_store(list(plan.groups.values()), redis_url)
     try:
-        consistency = {name: check_group(spark, work, group, store) for name, group in plan.groups.items()}
+        consistency = {name: check_group(spark, work, group, store) for name, group in plan.groups.items() if check}
     finally:
         store.close()
     return SimpleNamespace(
@@ -438,8 +439,8 @@ def files_and_kafka(spark, redis_url, bootstrap, tmp_path_factory):
     kafka_spec = load_usecase(_kafka_churn(root / "metadata", topic))
     os.environ[KAFKA_ENV] = bootstrap
     try:
-        files = _pipeline_run(spark, redis_url, spec, files_work)
-        kafka = _pipeline_run(spark, redis_url, kafka_spec, kafka_work)
+        files = _pipeline_run(spark, redis_url, spec, files_work, check=False)
+        kafka = _pipeline_run(spark, redis_url, kafka_spec, kafka_work, check=True)
     finally:
         os.environ.pop(KAFKA_ENV, None)
     return SimpleNamespace(files=files, kafka=kafka, topic=topic, sent=sent.messages[topic], kafka_spec=kafka_spec)
@@ -455,6 +456,7 @@ def test_kafka_and_files_give_the_same_bronze_history_and_redis_vectors(spark, f
         assert _quarantine_rows(spark, kafka.work, source) == _quarantine_rows(spark, files.work, source), source
     assert _history_rows(spark, kafka.work, kafka.plan) == _history_rows(spark, files.work, files.plan)
     assert kafka.redis and kafka.redis == files.redis
+    assert set(kafka.consistency) == set(kafka.plan.groups)
     for name, report in kafka.consistency.items():
         assert report.entities_checked > 0 and report.ok and report.entities_mismatched == 0, (name, report.examples)
 
@@ -532,3 +534,71 @@ def test_malformed_kafka_values_are_quarantined_with_their_offsets_and_the_batch
     }
     big = quarantine.where(F.col("source_file").endswith("/4")).first().raw
     assert len(big) > 1 << 20  # the record itself, kept whole for whoever repairs it
+
+
+def _newest_offset_file(checkpoint: Path, since_ns: int) -> bool:
+    """Whether the query planned a micro-batch (wrote an offsets file) since ``since_ns``."""
+    folder = checkpoint / "offsets"
+    return folder.is_dir() and any(p.stat().st_mtime_ns >= since_ns for p in folder.iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_loom_stream_from_kafka_killed_again_and_again_equals_a_clean_run(spark, bootstrap, files_and_kafka, tmp_path):
+    """``loom stream --available-now --only ingest`` on the Kafka topic, a few messages a micro-batch, killed with
+    SIGKILL (driver and JVM) five times at random points of its work and restarted, then run to the end: bronze
+    and quarantine equal the clean in-process run's, every message is in exactly one of them (0 lost, 0 twice).
+
+    Ingestion alone: it is what reads Kafka and owns the offsets; what comes after bronze is the same code for
+    files and Kafka, and its restarts are tested by tests/test_proactive.py."""
+    import random
+
+    from tests.conftest import quick_jvm_env
+
+    clean = files_and_kafka.kafka
+    work = Paths(tmp_path / "home")
+    for name in ("customers", "outcomes"):
+        shutil.copytree(clean.work.landing / "churn" / name, work.landing / "churn" / name)
+    folder = _kafka_churn(tmp_path / "metadata", files_and_kafka.topic, max_offsets_per_trigger=6)
+    command = [sys.executable, "-m", "jobs.stream", "--usecase", str(folder), "--available-now", "--only", "ingest"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(LOOM_HOME=str(work.home), PYSPARK_PYTHON=sys.executable, **{KAFKA_ENV: bootstrap}, **quick_jvm_env())
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")  # ingestion alone writes no Redis
+    checkpoint = Path(work.checkpoint("churn", "ingest_events"))
+    chance = random.Random(16)
+    kills = 0
+    for attempt in range(8):
+        since = time.time_ns()
+        log = tmp_path / f"stream-{attempt}.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            deadline = time.monotonic() + 600
+            while process.poll() is None and not _newest_offset_file(checkpoint, since):
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.05)
+            time.sleep(chance.uniform(0.0, 3.0))  # somewhere in a batch: reading, validating, appending
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                kills += 1
+            process.wait()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if kills == 5:
+            break
+    assert kills == 5, "the stream ended before it was killed five times: give it smaller batches"
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    for source in ("events", "customers", "outcomes"):
+        assert _bronze_rows(spark, work, source) == _bronze_rows(spark, clean.work, source), source
+        assert _quarantine_rows(spark, work, source) == _quarantine_rows(spark, clean.work, source), source
+    bronze = spark.read.format("delta").load(work.table("churn", "bronze", "events")).select("_source_file")
+    quarantine = spark.read.format("delta").load(work.table("churn", "quarantine", "events")).select("source_file")
+    origins = [row[0] for row in bronze.union(quarantine).collect()]
+    assert len(origins) == len(set(origins)) == files_and_kafka.sent  # 0 lost, 0 twice
+    assert len(list((checkpoint / "commits").iterdir())) > 5  # it did run in many small batches
