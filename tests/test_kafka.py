@@ -602,3 +602,66 @@ def test_loom_stream_from_kafka_killed_again_and_again_equals_a_clean_run(spark,
     origins = [row[0] for row in bronze.union(quarantine).collect()]
     assert len(origins) == len(set(origins)) == files_and_kafka.sent  # 0 lost, 0 twice
     assert len(list((checkpoint / "commits").iterdir())) > 5  # it did run in many small batches
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_stream_waits_for_a_broker_that_went_away_and_loses_nothing(spark, tmp_path):
+    """The broker of a running ``format: kafka`` ingestion stream is stopped for a few seconds and started again
+    on its folder and port: the stream waits (it does not fail), then takes the messages sent after the restart;
+    bronze holds every event once."""
+    from confluent_kafka import Producer
+
+    from common.ingest.report import IngestReport
+    from common.ingest.stream import start_ingest_stream, stop_gracefully
+
+    topic = "loom.test.outage"
+    folder = tmp_path / "broker"
+
+    def send(bootstrap: str, first: int, count: int) -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        for number in range(first, first + count):
+            event = {
+                "event_id": f"E{number}",
+                "customer_id": "C1",
+                "event_type": "payment",
+                "ts": "2026-01-01T10:00:00Z",
+            }
+            producer.produce(topic, value=json.dumps(event).encode(), key=b"C1")
+        assert producer.flush(30) == 0
+
+    server = KafkaServer(directory=folder).start()
+    query = None
+    os.environ[KAFKA_ENV] = server.bootstrap
+    try:
+        send(server.bootstrap, 0, 20)
+        spec = load_usecase(_kafka_churn(tmp_path / "metadata", topic))
+        report = IngestReport("events")
+        work = Paths(tmp_path / "home")
+        query = start_ingest_stream(spark, spec, "events", work, trigger_interval="1 second", report=report)
+        _wait_for(lambda: report.read >= 20, 180, "the first 20 events")
+        port, controller = server.port, server.controller_port
+        server.stop()
+        time.sleep(8)  # several triggers find no broker
+        assert query.isActive, query.exception()
+        server = KafkaServer(directory=folder, port=port, controller_port=controller).start()
+        send(server.bootstrap, 20, 20)
+        _wait_for(lambda: report.read >= 40 or not query.isActive, 240, "the 20 events sent after the restart")
+        assert query.isActive, query.exception()
+        stop_gracefully(query)
+        assert report.failure is None and (report.read, report.accepted) == (40, 40)
+        ids = [
+            row.event_id for row in spark.read.format("delta").load(work.table("churn", "bronze", "events")).collect()
+        ]
+        assert sorted(ids) == sorted(f"E{n}" for n in range(40))
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+        if query is not None and query.isActive:
+            query.stop()
+        server.stop()
