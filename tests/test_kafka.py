@@ -325,8 +325,10 @@ def test_the_kafka_sample_loads_and_bad_kafka_settings_name_the_field_and_the_fi
     import yaml
 
     from common.errors import SpecError
+    from common.spec.sources import DEFAULT_BOOTSTRAP_ENV
     from tests.spec_helpers import mutated_churn
 
+    assert DEFAULT_BOOTSTRAP_ENV == BOOTSTRAP_ENV  # the spec's default is the variable every Loom client reads
     spec = load_usecase(_kafka_churn(tmp_path / "ok", "loom.churn.events"))
     events = spec.sources["events"]
     assert events.format == "kafka" and events.path is None

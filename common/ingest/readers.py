@@ -47,9 +47,9 @@ from common.runtime.kafka_server import BOOTSTRAP_ENV, running_local_broker, spa
 from common.settings import loom_home
 from common.spec.sources import Source
 
-# How long the Kafka source waits for an unreachable broker before the query fails (with the defaults,
-# minutes; docs/sources.md#kafka says what happens then). One request 30 s, an admin call 60 s, three tries
-# of an offset look-up: a broker restarted within about three minutes is not noticed by the stream.
+# How long the Kafka source waits for an unreachable broker before the query fails
+# (docs/ingestion.md#events-from-kafka): one request up to 30 s, an admin call up to 60 s, three tries of an
+# offset look-up 2 s apart. A short outage is waited out (tests/test_kafka.py stops the broker for seconds).
 KAFKA_TIMEOUTS = {
     "kafka.request.timeout.ms": "30000",
     "kafka.default.api.timeout.ms": "60000",

@@ -11,10 +11,9 @@ from common.spec.base import Duration, Name, Strict
 from common.spec.privacy import Policy
 
 ColumnType = Literal["string", "long", "int", "double", "boolean", "timestamp", "date"]
-FILE_FORMATS = ("json", "csv", "parquet")
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 ENV_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]{0,127}$"
-DEFAULT_BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"
+DEFAULT_BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"  # common.runtime.kafka_server.BOOTSTRAP_ENV
 
 Topic = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
