@@ -186,9 +186,9 @@ def _kafka(spark, spec, work: Paths) -> tuple[bool, dict[str, str]]:
 
     started = step("3b. kafka: the events -> a local KRaft broker (`loom generate --to kafka`) -> Spark's Kafka source")
     bootstrap = kafka_bootstrap(work.home)
-    os.environ.setdefault(BOOTSTRAP_ENV, bootstrap)  # for step 4c's `format: kafka` source
+    os.environ.setdefault(BOOTSTRAP_ENV, bootstrap)  # for step 4a's `format: kafka` source
     out = work.landing / spec.name
-    # a topic of this run: the broker's folder outlives the demo, and 4c reads its topic from the start
+    # a topic of this run: the broker's folder outlives the demo, and 4a reads its topic from the start
     run = time.strftime("%Y%m%d%H%M%S")
     topics = {name: f"{topic_name(spec.name, name)}.demo-{run}" for name in kafka_sources(spec)}
     summary = publish(spec, out, bootstrap, topics=topics)
@@ -225,7 +225,7 @@ def _kafka_ingest(spark, spec, work: Paths, topics: dict[str, str]) -> bool:
     from common.runtime.kafka_server import BOOTSTRAP_ENV, client_settings
     from common.spec.usecase import UseCase
 
-    started = step("4c. kafka: the same events through `format: kafka` sources -> bronze, compared with the files'")
+    started = step("4a. kafka: the same events through `format: kafka` sources -> bronze, compared with the files'")
     document = spec.model_dump(mode="json", exclude_none=True)
     for name, topic in topics.items():
         document["sources"][name].update(format="kafka", kafka={"topic": topic})
