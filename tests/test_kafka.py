@@ -103,6 +103,9 @@ def test_helpers_name_topics_keys_and_jars():
     assert record_key("{not json", "customer_id") is None
     assert record_key('{"amount": 1}', "customer_id") is None
     assert record_key("[1, 2]", "customer_id") is None
+    from common.runtime.kafka_server import new_cluster_id
+
+    assert not any(new_cluster_id().startswith("-") for _ in range(2000))  # kafka-storage reads "-..." as an option
     assert artifact_of("kafka-clients-3.9.2.jar") == "kafka-clients"
     assert artifact_of("scala-parallel-collections_2.13-1.2.0.jar") == "scala-parallel-collections_2.13"
     assert artifact_of("zstd-jni-1.5.7-17.jar") == "zstd-jni"
