@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"   {summary.rows} rows in {summary.out}")
     done(started)
 
-    failed = not _kafka(spark, spec, work)
+    kafka_ok, topics = _kafka(spark, spec, work)
+    failed = not kafka_ok
 
     started = step("4. stream: landing -> bronze + quarantine -> features -> Redis + Delta (availableNow)")
     reports = catch_up(spark, plan, work, url, max_files_per_trigger=48, parts=("ingest", "features"))
@@ -111,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.monotonic() - started
     print(f"   {events:,} events (landing -> Redis + Delta) in {seconds:.1f}s: {events / seconds:,.0f} events/s")
     done(started)
+
+    failed |= not _kafka_ingest(spark, spec, work, topics)
 
     started = step("4b. compact: offline history, latest written row per key + OPTIMIZE (`loom compact`, nightly)")
     print("   " + render_compaction(compact(spark, work, plan)).replace("\n", "\n   "))
@@ -174,34 +177,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kafka(spark, spec, work: Paths) -> bool:
-    """Publish the generated events to Kafka (`loom generate --to kafka`) and read them back with Spark's Kafka
-    source: the same records arrive. (The stream still reads the landing files: issue 16's reader is to come.)"""
-    import json
-
-    from common.generate.to_kafka import end_offsets, kafka_sources, landing_records, publish, topic_name
+def _kafka(spark, spec, work: Paths) -> tuple[bool, dict[str, str]]:
+    """Publish the generated events to Kafka (`loom generate --to kafka`), each source to a topic of this run,
+    and read them back with Spark's Kafka source: the same records arrive. Returns the check and the topics."""
+    from common.generate.to_kafka import kafka_sources, landing_records, publish, topic_name
     from common.lake.paths import landing_folder
-    from common.runtime.kafka_server import kafka_bootstrap
+    from common.runtime.kafka_server import BOOTSTRAP_ENV, kafka_bootstrap
 
     started = step("3b. kafka: the events -> a local KRaft broker (`loom generate --to kafka`) -> Spark's Kafka source")
     bootstrap = kafka_bootstrap(work.home)
+    os.environ.setdefault(BOOTSTRAP_ENV, bootstrap)  # for step 4a's `format: kafka` source
     out = work.landing / spec.name
-    before = {
-        topic_name(spec.name, name): end_offsets(bootstrap, topic_name(spec.name, name)) for name in kafka_sources(spec)
-    }
-    summary = publish(spec, out, bootstrap)
+    # a topic of this run: the broker's folder outlives the demo, and 4a reads its topic from the start
+    run = time.strftime("%Y%m%d%H%M%S")
+    topics = {name: f"{topic_name(spec.name, name)}.demo-{run}" for name in kafka_sources(spec)}
+    summary = publish(spec, out, bootstrap, topics=topics)
     print("   " + summary.render().replace("\n", "\n   "))
     ok = True
-    for name in kafka_sources(spec):
-        topic = topic_name(spec.name, name)
-        after = end_offsets(bootstrap, topic)
-        starting = json.dumps({topic: {str(p): before[topic].get(p, 0) for p in after}})
+    for name, topic in topics.items():
         values = (
             spark.read.format("kafka")
             .option("kafka.bootstrap.servers", bootstrap)
             .option("subscribe", topic)
-            .option("startingOffsets", starting)
-            .option("endingOffsets", json.dumps({topic: {str(p): o for p, o in after.items()}}))
             .load()
             .selectExpr("CAST(value AS STRING) AS value")
         )
@@ -211,6 +208,50 @@ def _kafka(spark, spec, work: Paths) -> bool:
             f"   Spark read {len(read):,} records back from {topic}: {'the landing records, each once' if same else 'NOT the landing records'}"
         )
         ok &= same
+    done(started)
+    return ok, topics
+
+
+def _kafka_ingest(spark, spec, work: Paths, topics: dict[str, str]) -> bool:
+    """Ingest 3b's topics with ``format: kafka`` variants of the sources (into a lake of their own) and compare
+    their bronze with the file-fed bronze of step 4, origin columns aside; then delete the run's topics."""
+    import shutil
+
+    from confluent_kafka.admin import AdminClient
+
+    from common.ingest.stream import ingest_source
+    from common.ingest.validation import SOURCE_FILE
+    from common.ingest.writer import INGESTED_AT
+    from common.runtime.kafka_server import BOOTSTRAP_ENV, client_settings
+    from common.spec.usecase import UseCase
+
+    started = step("4a. kafka: the same events through `format: kafka` sources -> bronze, compared with the files'")
+    document = spec.model_dump(mode="json", exclude_none=True)
+    for name, topic in topics.items():
+        document["sources"][name].update(format="kafka", kafka={"topic": topic})
+        document["sources"][name].pop("path")
+    kafka_spec = UseCase.model_validate(document)
+    scratch = Paths(work.home / "kafka-demo")
+    shutil.rmtree(scratch.home, ignore_errors=True)
+    ok = True
+    for name, topic in topics.items():
+        report = ingest_source(spark, kafka_spec, name, scratch)
+        files, kafka = (
+            spark.read.format("delta").load(bronze_path(w, spec.name, name)).drop(SOURCE_FILE, INGESTED_AT)
+            for w in (work, scratch)
+        )
+        differ = files.exceptAll(kafka).count() + kafka.exceptAll(files).count()
+        print(
+            f"   {topic}: read {report.read:,}, accepted {report.accepted:,}, quarantined {report.quarantined:,}; "
+            f"bronze {'the same rows as from files' if differ == 0 else f'DIFFERS from files ({differ} rows)'}"
+        )
+        ok &= differ == 0
+    # the broker's folder outlives the demo: leave no topic of this run behind (the client is kept until
+    # the deletes are answered: a dropped client cancels its requests)
+    admin = AdminClient(client_settings(os.environ[BOOTSTRAP_ENV]))
+    for future in admin.delete_topics(list(topics.values())).values():
+        future.result(30)
+    shutil.rmtree(scratch.home, ignore_errors=True)
     done(started)
     return ok
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from pyspark.sql import functions as F
 
 from common.errors import StoreError
 from common.generate import GenerateOptions, generate_landing, read_malformed_log
@@ -99,6 +103,9 @@ def test_helpers_name_topics_keys_and_jars():
     assert record_key("{not json", "customer_id") is None
     assert record_key('{"amount": 1}', "customer_id") is None
     assert record_key("[1, 2]", "customer_id") is None
+    from common.runtime.kafka_server import new_cluster_id
+
+    assert not any(new_cluster_id().startswith("-") for _ in range(2000))  # kafka-storage reads "-..." as an option
     assert artifact_of("kafka-clients-3.9.2.jar") == "kafka-clients"
     assert artifact_of("scala-parallel-collections_2.13-1.2.0.jar") == "scala-parallel-collections_2.13"
     assert artifact_of("zstd-jni-1.5.7-17.jar") == "zstd-jni"
@@ -292,3 +299,374 @@ def test_clients_take_sasl_settings_from_the_environment_and_never_show_the_pass
         with pytest.raises(StoreError, match="cannot reach Kafka") as refused:
             publish(spec, out, server.bootstrap, connect_timeout=3.0)
         assert "wrong-password" not in str(refused.value) and password not in str(refused.value)
+
+
+# --- format: kafka sources: the spec, and ingestion from a real broker compared with files ---------------
+
+KAFKA_ENV = "LOOM_TEST_KAFKA_BOOTSTRAP"  # a per-source variable name (bootstrap_env), as a user may choose
+SAMPLE = ROOT / "metadata" / "churn" / "sources.kafka.yaml.sample"
+
+
+def _kafka_churn(folder: Path, topic: str, **settings) -> Path:
+    """churn with its ``events`` source replaced by the Kafka sample, on ``topic`` (``settings`` override the
+    sample's kafka keys; a value None removes the key)."""
+    import yaml
+
+    from tests.spec_helpers import mutated_churn
+
+    events = yaml.safe_load(SAMPLE.read_text())["sources"]["events"]
+    events["kafka"].update(topic=topic, bootstrap_env=KAFKA_ENV, **settings)
+    events["kafka"] = {key: value for key, value in events["kafka"].items() if value is not None}
+
+    def mutate(documents):
+        documents["sources.yaml"]["sources"]["events"] = events
+
+    return mutated_churn(folder, mutate)
+
+
+def test_the_kafka_sample_loads_and_bad_kafka_settings_name_the_field_and_the_fix(tmp_path):
+    import yaml
+
+    from common.errors import SpecError
+    from common.spec.sources import DEFAULT_BOOTSTRAP_ENV
+    from tests.spec_helpers import mutated_churn
+
+    assert DEFAULT_BOOTSTRAP_ENV == BOOTSTRAP_ENV  # the spec's default is the variable every Loom client reads
+    spec = load_usecase(_kafka_churn(tmp_path / "ok", "loom.churn.events"))
+    events = spec.sources["events"]
+    assert events.format == "kafka" and events.path is None
+    assert events.kafka.topic_list == ["loom.churn.events"] and events.kafka.bootstrap_env == KAFKA_ENV
+    # the sample's source is the file source's twin: same columns, keys and time
+    files = load_usecase("churn").sources["events"]
+    assert (events.columns, events.id, events.event_time) == (files.columns, files.id, files.event_time)
+
+    def error(**changes) -> str:
+        sample = yaml.safe_load(SAMPLE.read_text())["sources"]["events"]
+        for key, value in changes.items():
+            target, _, name = key.rpartition("__")
+            node = sample[target] if target else sample
+            if value is None:
+                node.pop(name, None)
+            else:
+                node[name] = value
+
+        def mutate(documents):
+            documents["sources.yaml"]["sources"]["events"] = sample
+
+        with pytest.raises(SpecError) as caught:
+            load_usecase(mutated_churn(tmp_path / "bad", mutate))
+        return str(caught.value)
+
+    message = error(kafka__topic=None)
+    assert "sources.events.kafka" in message and "exactly one of topic" in message and "fix" in message
+    assert "not supported yet" in error(kafka__value_format="avro", kafka__avro_schema="events.avsc")
+    message = error(kafka__bootstrap_env="my_servers")
+    assert "sources.events.kafka.bootstrap_env" in message and "'my_servers'" in message
+    message = error(kafka__startng_offsets="latest")
+    assert "unknown key 'startng_offsets'" in message and "starting_offsets" in message
+    assert "value not allowed" in error(kafka__starting_offsets="2026-01-01")
+    assert "remove path" in error(path="{landing}/events")
+    assert "needs a kafka: section" in error(kafka=None)
+    assert "kind 'events'" in error(kind="table")
+    assert "applies to format kafka only" in error(format="json", path="{landing}/events")
+
+
+def _redis_vectors(url: str) -> dict[bytes, bytes]:
+    from common.runtime.redis_server import connect
+
+    client = connect(url)
+    try:
+        return {key: client.get(key) for key in client.scan_iter(match="loom:churn:*", count=1000)}
+    finally:
+        client.close()
+
+
+def _bronze_rows(spark, work: Paths, source: str) -> list:
+    from common.ingest.validation import SOURCE_FILE
+    from common.ingest.writer import INGESTED_AT
+    from common.lake.paths import bronze_path
+
+    frame = spark.read.format("delta").load(bronze_path(work, "churn", source)).drop(SOURCE_FILE, INGESTED_AT)
+    return sorted(frame.collect(), key=repr)
+
+
+def _quarantine_rows(spark, work: Paths, source: str) -> list[tuple]:
+    frame = spark.read.format("delta").load(work.table("churn", "quarantine", source))
+    return sorted((row.raw, row.reason) for row in frame.collect())
+
+
+def _history_rows(spark, work: Paths, plan) -> dict[str, list]:
+    from common.features import offline
+
+    # _write_order: when a row was written (the latest write of a key wins), not what was written
+    return {
+        name: sorted(offline.read_history(spark, work, group).drop(offline.WRITE_ORDER).collect(), key=repr)
+        for name, group in plan.groups.items()
+    }
+
+
+def _pipeline_run(spark, redis_url: str, spec, work: Paths, *, check: bool) -> SimpleNamespace:
+    """catch_up (ingest + features) of ``spec`` on ``work`` with a clean Redis; what it left in Redis and the
+    consistency of every group when ``check`` (checked while Redis holds this run's vectors)."""
+    from common.compile import compile_usecase
+    from common.features.consistency import check_group
+    from common.features.online_sink import open_store
+    from common.pipeline import catch_up
+    from common.runtime.redis_server import connect
+
+    connect(redis_url).flushdb()
+    plan = compile_usecase(spec)
+    reports = {r.source: r for r in catch_up(spark, plan, work, redis_url, parts=("ingest", "features"))}
+    consistency = {}
+    store = open_store(list(plan.groups.values()), redis_url)
+    try:
+        consistency = {name: check_group(spark, work, group, store) for name, group in plan.groups.items() if check}
+    finally:
+        store.close()
+    return SimpleNamespace(
+        work=work, plan=plan, reports=reports, redis=_redis_vectors(redis_url), consistency=consistency
+    )
+
+
+@pytest.fixture(scope="module")
+def files_and_kafka(spark, redis_url, bootstrap, tmp_path_factory):
+    """One small generated world (15 customers, 1 day, 5 % malformed) ingested twice, in process: its events
+    from landing files, then the same events from a Kafka topic (the other sources from the same files)."""
+    root = tmp_path_factory.mktemp("kafka-vs-files")
+    spec = load_usecase("churn")
+    files_work, kafka_work = Paths(root / "files"), Paths(root / "kafka")
+    options = GenerateOptions(customers=15, days=1, seed=23, malformed_rate=0.05)
+    generate_landing(spec, files_work, options)
+    topic = f"loom.test.events-{uuid.uuid4().hex[:8]}"
+    sent = publish(spec, files_work.landing / "churn", bootstrap, topics={"events": topic}, partitions=2)
+    for name in ("customers", "outcomes"):
+        shutil.copytree(files_work.landing / "churn" / name, kafka_work.landing / "churn" / name)
+    kafka_spec = load_usecase(_kafka_churn(root / "metadata", topic))
+    os.environ[KAFKA_ENV] = bootstrap
+    try:
+        files = _pipeline_run(spark, redis_url, spec, files_work, check=False)
+        kafka = _pipeline_run(spark, redis_url, kafka_spec, kafka_work, check=True)
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+    return SimpleNamespace(files=files, kafka=kafka, topic=topic, sent=sent.messages[topic], kafka_spec=kafka_spec)
+
+
+def test_kafka_and_files_give_the_same_bronze_history_and_redis_vectors(spark, files_and_kafka):
+    files, kafka = files_and_kafka.files, files_and_kafka.kafka
+    events_read = kafka.reports["events"]
+    assert events_read.read == files_and_kafka.sent == files.reports["events"].read  # every message, once
+    assert kafka.reports["events"].quarantined > 0, "the generated world has malformed events"
+    for source in ("customers", "events", "outcomes"):
+        assert _bronze_rows(spark, kafka.work, source) == _bronze_rows(spark, files.work, source), source
+        assert _quarantine_rows(spark, kafka.work, source) == _quarantine_rows(spark, files.work, source), source
+    assert _history_rows(spark, kafka.work, kafka.plan) == _history_rows(spark, files.work, files.plan)
+    assert kafka.redis and kafka.redis == files.redis
+    assert set(kafka.consistency) == set(kafka.plan.groups)
+    for name, report in kafka.consistency.items():
+        assert report.entities_checked > 0 and report.ok and report.entities_mismatched == 0, (name, report.examples)
+
+
+def test_kafka_records_carry_their_topic_partition_and_offset_as_origin(spark, files_and_kafka):
+    from common.lake.paths import bronze_path
+
+    topic = files_and_kafka.topic
+    work = files_and_kafka.kafka.work
+    origins = [r._source_file for r in spark.read.format("delta").load(bronze_path(work, "churn", "events")).collect()]
+    quarantined = [
+        r.source_file for r in spark.read.format("delta").load(work.table("churn", "quarantine", "events")).collect()
+    ]
+    pattern = re.compile(rf"^kafka:{re.escape(topic)}/([01])/(\d+)$")
+    assert all(pattern.match(origin) for origin in origins + quarantined)
+    # each message once, in bronze or in quarantine
+    assert len(set(origins + quarantined)) == len(origins + quarantined) == files_and_kafka.sent
+
+
+def test_malformed_kafka_values_are_quarantined_with_their_offsets_and_the_batch_goes_on(
+    spark, bootstrap, files_and_kafka, tmp_path
+):
+    """Not JSON, wrong types, a missing required field, a 1 MB string, an empty value: each is quarantined with its
+    topic, partition and offset, in the batch that also takes the good records. This source takes its event time
+    from the message's timestamp (``event_time_from: kafka_timestamp``): the values carry no ``ts``."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from common.ingest.stream import ingest_source
+
+    topic = f"loom.test.malformed-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": str(4 << 20)})])[topic].result(30)
+    good = {"event_id": "E1", "customer_id": "C1", "event_type": "payment", "amount": 12.5}
+    values = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "event_id": "E2", "amount": "twelve"}),
+        json.dumps({"customer_id": "C1", "event_type": "payment"}),
+        json.dumps({**good, "event_id": "E3", "channel": "x" * (1 << 20)}),
+        "",
+        json.dumps({**good, "event_id": "E4"}),
+        json.dumps(good),  # a replay of E1
+    ]
+    stamp_ms = 1767261600123  # 2026-01-01T10:00:00.123Z
+    producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 4 << 20, "enable.idempotence": True})
+    for offset, value in enumerate(values):
+        producer.produce(topic, value=value.encode(), key=b"C1", timestamp=stamp_ms + offset)
+    assert producer.flush(30) == 0
+
+    spec = load_usecase(_kafka_churn(tmp_path / "metadata", topic, event_time_from="kafka_timestamp"))
+    work = Paths(tmp_path / "home")
+    os.environ[KAFKA_ENV] = bootstrap
+    try:
+        report = ingest_source(spark, spec, "events", work, "batch")
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+    assert (report.read, report.accepted, report.batches) == (len(values), 2, 1)
+
+    bronze = spark.read.format("delta").load(work.table("churn", "bronze", "events"))
+    accepted = {r.event_id: r for r in bronze.collect()}
+    assert set(accepted) == {"E1", "E4"}
+    assert accepted["E1"]._source_file == f"kafka:{topic}/0/0"
+    assert accepted["E1"].ts.isoformat().startswith("2026-01-01T10:00:00.123")
+    assert accepted["E4"].ts.isoformat().startswith("2026-01-01T10:00:00.129")
+    quarantine = spark.read.format("delta").load(work.table("churn", "quarantine", "events"))
+    reasons = {r.source_file: r.reason for r in quarantine.collect()}
+    assert reasons == {
+        f"kafka:{topic}/0/1": "malformed JSON",
+        f"kafka:{topic}/0/2": "column amount: twelve is not a double",
+        f"kafka:{topic}/0/3": "missing required column event_id",
+        f"kafka:{topic}/0/4": "column channel: value " + "x" * 200 + "... not in allowed values",
+        f"kafka:{topic}/0/5": "malformed JSON",
+        f"kafka:{topic}/0/7": "duplicate event_id",
+    }
+    big = quarantine.where(F.col("source_file").endswith("/4")).first().raw
+    assert len(big) > 1 << 20  # the record itself, kept whole for whoever repairs it
+
+
+def _newest_offset_file(checkpoint: Path, since_ns: int) -> bool:
+    """Whether the query planned a micro-batch (wrote an offsets file) since ``since_ns``."""
+    folder = checkpoint / "offsets"
+    return folder.is_dir() and any(p.stat().st_mtime_ns >= since_ns for p in folder.iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_loom_stream_from_kafka_killed_again_and_again_equals_a_clean_run(spark, bootstrap, files_and_kafka, tmp_path):
+    """``loom stream --available-now --only ingest`` on the Kafka topic, a few messages a micro-batch, killed with
+    SIGKILL (driver and JVM) five times at random points of its work and restarted, then run to the end: bronze
+    and quarantine equal the clean in-process run's, every message is in exactly one of them (0 lost, 0 twice).
+
+    Ingestion alone: it is what reads Kafka and owns the offsets; what comes after bronze is the same code for
+    files and Kafka, and its restarts are tested by tests/test_proactive.py."""
+    import random
+
+    from tests.conftest import quick_jvm_env
+
+    clean = files_and_kafka.kafka
+    work = Paths(tmp_path / "home")
+    for name in ("customers", "outcomes"):
+        shutil.copytree(clean.work.landing / "churn" / name, work.landing / "churn" / name)
+    folder = _kafka_churn(tmp_path / "metadata", files_and_kafka.topic, max_offsets_per_trigger=6)
+    command = [sys.executable, "-m", "jobs.stream", "--usecase", str(folder), "--available-now", "--only", "ingest"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(LOOM_HOME=str(work.home), PYSPARK_PYTHON=sys.executable, **{KAFKA_ENV: bootstrap}, **quick_jvm_env())
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")  # ingestion alone writes no Redis
+    checkpoint = Path(work.checkpoint("churn", "ingest_events"))
+    chance = random.Random(16)
+    kills = 0
+    for attempt in range(8):
+        since = time.time_ns()
+        log = tmp_path / f"stream-{attempt}.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            deadline = time.monotonic() + 600
+            while process.poll() is None and not _newest_offset_file(checkpoint, since):
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(0.05)
+            time.sleep(chance.uniform(0.0, 3.0))  # somewhere in a batch: reading, validating, appending
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                kills += 1
+            process.wait()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if kills == 5:
+            break
+    assert kills == 5, "the stream ended before it was killed five times: give it smaller batches"
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    for source in ("events", "customers", "outcomes"):
+        assert _bronze_rows(spark, work, source) == _bronze_rows(spark, clean.work, source), source
+        assert _quarantine_rows(spark, work, source) == _quarantine_rows(spark, clean.work, source), source
+    bronze = spark.read.format("delta").load(work.table("churn", "bronze", "events")).select("_source_file")
+    quarantine = spark.read.format("delta").load(work.table("churn", "quarantine", "events")).select("source_file")
+    origins = [row[0] for row in bronze.union(quarantine).collect()]
+    assert len(origins) == len(set(origins)) == files_and_kafka.sent  # 0 lost, 0 twice
+    assert len(list((checkpoint / "commits").iterdir())) > 5  # it did run in many small batches
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_stream_waits_for_a_broker_that_went_away_and_loses_nothing(spark, tmp_path):
+    """The broker of a running ``format: kafka`` ingestion stream is stopped for a few seconds and started again
+    on its folder and port: the stream waits (it does not fail), then takes the messages sent after the restart;
+    bronze holds every event once."""
+    from confluent_kafka import Producer
+
+    from common.ingest.report import IngestReport
+    from common.ingest.stream import start_ingest_stream, stop_gracefully
+
+    topic = "loom.test.outage"
+    folder = tmp_path / "broker"
+
+    def send(bootstrap: str, first: int, count: int) -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        for number in range(first, first + count):
+            event = {
+                "event_id": f"E{number}",
+                "customer_id": "C1",
+                "event_type": "payment",
+                "ts": "2026-01-01T10:00:00Z",
+            }
+            producer.produce(topic, value=json.dumps(event).encode(), key=b"C1")
+        assert producer.flush(30) == 0
+
+    server = KafkaServer(directory=folder).start()
+    query = None
+    os.environ[KAFKA_ENV] = server.bootstrap
+    try:
+        send(server.bootstrap, 0, 20)
+        spec = load_usecase(_kafka_churn(tmp_path / "metadata", topic))
+        report = IngestReport("events")
+        work = Paths(tmp_path / "home")
+        query = start_ingest_stream(spark, spec, "events", work, trigger_interval="1 second", report=report)
+        _wait_for(lambda: report.read >= 20, 180, "the first 20 events")
+        port, controller = server.port, server.controller_port
+        server.stop()
+        time.sleep(8)  # several triggers find no broker
+        assert query.isActive, query.exception()
+        server = KafkaServer(directory=folder, port=port, controller_port=controller).start()
+        send(server.bootstrap, 20, 20)
+        _wait_for(lambda: report.read >= 40 or not query.isActive, 240, "the 20 events sent after the restart")
+        assert query.isActive, query.exception()
+        stop_gracefully(query)
+        assert report.failure is None and (report.read, report.accepted) == (40, 40)
+        ids = [
+            row.event_id for row in spark.read.format("delta").load(work.table("churn", "bronze", "events")).collect()
+        ]
+        assert sorted(ids) == sorted(f"E{n}" for n in range(40))
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+        if query is not None and query.isActive:
+            query.stop()
+        server.stop()

@@ -150,10 +150,13 @@ def publish(
     partitions: int = 2,
     sources: list[str] | None = None,
     connect_timeout: float = 15.0,
+    topics: dict[str, str] | None = None,
 ) -> PublishSummary:
     """Send the landing records of ``spec``'s JSON events sources under ``out`` to their topics.
 
-    ``connect_timeout``: how long the first request (the topics' metadata) may wait for the cluster."""
+    ``connect_timeout``: how long the first request (the topics' metadata) may wait for the cluster.
+    ``topics``: source name -> topic, for sources sent elsewhere than ``loom.<usecase>.<source>`` (e.g. the
+    topic a ``format: kafka`` variant of the use case reads)."""
     from confluent_kafka import Producer
 
     if rate is not None and rate <= 0:
@@ -166,7 +169,7 @@ def publish(
             f"use case {spec.name!r} has no source of kind 'events' and format 'json' to publish to Kafka. "
             "Fix: publish a use case with JSON events sources, or use --to files"
         )
-    topics = {name: topic_name(spec.name, name) for name in names}
+    topics = {name: (topics or {}).get(name, topic_name(spec.name, name)) for name in names}
     ensure_topics(bootstrap, list(topics.values()), partitions, timeout=connect_timeout)
     failures: list[str] = []
 

@@ -15,20 +15,47 @@ file's modification time:
   as a string; a row with the wrong number of fields keeps its line in
   ``_corrupt_record``;
 * ``parquet``: read with the declared types; a file whose physical types differ
-  fails the batch.
+  fails the batch;
+* ``kafka``: Spark's own Kafka source on the source's topics (:func:`read_kafka`): the
+  message value as text in ``value`` (validated like a JSON line), the origin
+  ``kafka:<topic>/<partition>/<offset>`` in place of the file and the message's
+  timestamp in place of the file's time, plus the partition and offset, which order
+  the records of one partition for the duplicate check.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamReader
 
-from common.ingest.validation import CORRUPT, FILE_TIME, SOURCE_FILE, string_schema, typed_schema
+from common.errors import ConfigError
+from common.ingest.validation import (
+    CORRUPT,
+    FILE_TIME,
+    ORIGIN_OFFSET,
+    ORIGIN_PARTITION,
+    SOURCE_FILE,
+    string_schema,
+    typed_schema,
+)
 from common.lake.paths import is_local
+from common.runtime.kafka_server import BOOTSTRAP_ENV, running_local_broker, spark_options
+from common.settings import loom_home
 from common.spec.sources import Source
+
+# How long the Kafka source waits for an unreachable broker before the query fails
+# (docs/ingestion.md#events-from-kafka): one request up to 30 s, an admin call up to 60 s, three tries of an
+# offset look-up 2 s apart. A short outage is waited out (tests/test_kafka.py stops the broker for seconds).
+KAFKA_TIMEOUTS = {
+    "kafka.request.timeout.ms": "30000",
+    "kafka.default.api.timeout.ms": "60000",
+    "fetchOffset.numRetries": "3",
+    "fetchOffset.retryIntervalMs": "2000",
+}
 
 
 def read_landing(reader: DataFrameReader | DataStreamReader, source: Source, folder: str) -> DataFrame:
@@ -37,6 +64,8 @@ def read_landing(reader: DataFrameReader | DataStreamReader, source: Source, fol
     ``reader`` decides batch (``spark.read``) or stream (``spark.readStream``,
     with its options, e.g. ``maxFilesPerTrigger``).
     """
+    if source.format == "kafka":
+        return read_kafka(reader, source)
     if source.format == "json":
         frame = reader.format("text").load(folder)
         frame = frame.where(F.trim("value") != "")
@@ -62,7 +91,10 @@ def read_landing(reader: DataFrameReader | DataStreamReader, source: Source, fol
 def read_landing_stream(
     spark: SparkSession, source: Source, folder: str, *, max_files_per_trigger: int | None = None
 ) -> DataFrame:
-    """A streaming DataFrame over the files of ``folder`` (created if local and missing)."""
+    """A streaming DataFrame over the files of ``folder`` (created if local and missing), or over the topics of a
+    Kafka source (``max_files_per_trigger`` does not apply to it: its ``kafka.max_offsets_per_trigger`` does)."""
+    if source.format == "kafka":
+        return read_kafka(spark.readStream, source)
     if is_local(folder):
         # The file source refuses a folder that does not exist yet; an empty one is fine.
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -70,3 +102,55 @@ def read_landing_stream(
     if max_files_per_trigger is not None:
         reader = reader.option("maxFilesPerTrigger", str(max_files_per_trigger))
     return read_landing(reader, source, folder)
+
+
+def kafka_bootstrap_of(source: Source) -> str:
+    """The bootstrap servers of a Kafka source: the environment variable its metadata names
+    (``LOOM_KAFKA_BOOTSTRAP`` by default), else the broker of ``loom kafka start`` for the default name."""
+    name = source.kafka.bootstrap_env
+    configured = os.environ.get(name, "").strip()
+    if configured:
+        return configured
+    if name == BOOTSTRAP_ENV:
+        local = running_local_broker(loom_home())
+        if local:
+            return local
+    topics = ", ".join(source.kafka.topic_list)
+    raise ConfigError(
+        f"the Kafka source of topic(s) {topics} needs the bootstrap servers in ${name}, which is not set"
+        + (" (and no broker of `loom kafka start` is running)" if name == BOOTSTRAP_ENV else "")
+        + f". Fix: export {name}=host:port[,host:port]"
+        + (", or run `loom kafka start`" if name == BOOTSTRAP_ENV else "")
+    )
+
+
+def read_kafka(reader: DataFrameReader | DataStreamReader, source: Source) -> DataFrame:
+    """The messages of a Kafka source's topics in the raw shape of a JSON line, with their origin.
+
+    A stream starts a new checkpoint at ``starting_offsets`` and then resumes from the offsets its checkpoint
+    holds (a restart reads each message again only if its batch did not commit); at most
+    ``max_offsets_per_trigger`` messages a micro-batch. A batch read (the privacy audit) takes every message
+    the topics hold now. Messages deleted by retention before they were read fail the query
+    (``failOnDataLoss``): silently skipping events is worse than stopping.
+    """
+    settings = source.kafka
+    if settings.value_format != "json":  # the spec refuses it already; a guard for models built in code
+        raise ConfigError(f"Kafka value format {settings.value_format!r} is not supported yet. Fix: publish JSON")
+    options = {**spark_options(kafka_bootstrap_of(source)), **KAFKA_TIMEOUTS}
+    options["subscribe"] = ",".join(settings.topic_list)
+    options["failOnDataLoss"] = "true"
+    if isinstance(reader, DataStreamReader):
+        options["startingOffsets"] = settings.starting_offsets
+        if settings.max_offsets_per_trigger is not None:
+            options["maxOffsetsPerTrigger"] = str(settings.max_offsets_per_trigger)
+    else:
+        options["startingOffsets"], options["endingOffsets"] = "earliest", "latest"
+    frame = reader.format("kafka").options(**options).load()
+    origin = F.concat(F.lit("kafka:"), F.col("topic"), F.lit("/"), F.col("partition"), F.lit("/"), F.col("offset"))
+    return frame.select(
+        F.col("value").cast("string").alias("value"),
+        origin.alias(SOURCE_FILE),
+        F.col("timestamp").alias(FILE_TIME),
+        F.col("partition").alias(ORIGIN_PARTITION),
+        F.col("offset").alias(ORIGIN_OFFSET),
+    )

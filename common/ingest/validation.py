@@ -10,6 +10,9 @@ Input, by the source's format (as produced by :mod:`common.ingest.readers`):
 * ``csv``: one string column per declared column, plus ``_corrupt_record``
   (the line, when it does not split into the declared fields);
 * ``parquet``: the declared columns (any type);
+* ``kafka``: ``value`` (the message value as text), checked like a JSON line; with
+  ``event_time_from: kafka_timestamp`` the ``event_time`` column is the message's
+  timestamp (``_file_modification_time``), not a field of the value;
 
 plus, optionally, ``_source_file``, ``_file_modification_time`` and ``_row_id``
 (a unique long per record, in file order; added with ``monotonically_increasing_id``
@@ -45,7 +48,10 @@ check only (one reason per record, so counts by reason add up):
    is ``id`` for ``kind: events`` and ``(id, event_time)`` for ``kind: table``
    (a table keeps every version of an entity; only a replay of the same
    version is a duplicate). "Earlier" means an older file (modification time,
-   then path), then the position in the file. Only records that pass 1–4 take
+   then path), then the position in the file; for Kafka, an older message
+   (timestamp), then its partition and offset (``_origin_partition``,
+   ``_origin_offset``: the offset orders one partition, where a replay of
+   the same key lands). Only records that pass 1–4 take
    part, so a broken record never hides a good one.
 
 Keys that are not declared columns are ignored (they are not in bronze). Values
@@ -75,6 +81,10 @@ RAW = "_raw"
 REASON = "_reason"
 CHECK = "_check"
 ROW_ID = "_row_id"
+ORIGIN_PARTITION = "_origin_partition"
+ORIGIN_OFFSET = "_origin_offset"
+ORDER_COLUMNS = (FILE_TIME, ORIGIN_PARTITION, ORIGIN_OFFSET)
+KAFKA_TIME_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"  # ISO-8601 with the offset: what the timestamp check takes
 
 MALFORMED_JSON = "malformed JSON"
 MALFORMED_CSV = "malformed CSV record"
@@ -197,7 +207,7 @@ def check_records(df: DataFrame, source: Source) -> DataFrame:
             failed = typed.isNotNull() & ~F.coalesce(typed.isin(*allowed), F.lit(False))
             message = F.concat(F.lit(f"column {name}: value "), shown, F.lit(" not in allowed values"))
             checks.append((failed, message, f"column {name}: not in allowed values"))
-    order = [FILE_TIME] if FILE_TIME in df.columns else []
+    order = [name for name in ORDER_COLUMNS if name in df.columns]
     return df.select(
         *[_typed(name) for name in source.columns],
         SOURCE_FILE,
@@ -246,7 +256,7 @@ def _normalize(df: DataFrame, source: Source) -> tuple[DataFrame, dict[str, Colu
     """Per format: the string value of each column, whether the record is malformed, its raw text."""
     pii = pii_columns(source)
     names = list(source.columns)
-    if source.format == "json":
+    if source.format in ("json", "kafka"):
         df = df.withColumn(_PARSED, F.from_json("value", string_schema(source, corrupt_column=True), JSON_OPTIONS))
         fields = {name: F.col(_PARSED)[name] for name in names}
         texts = [name for name in names if source.columns[name].type == "string"]
@@ -258,6 +268,8 @@ def _normalize(df: DataFrame, source: Source) -> tuple[DataFrame, dict[str, Colu
                 fields[name] = F.when(kind.isin("STRING", "VOID") | kind.isNull(), fields[name]).otherwise(
                     _not_text(fields[name])
                 )
+        if source.event_time_from_kafka and FILE_TIME in df.columns:
+            fields[source.event_time] = F.date_format(FILE_TIME, KAFKA_TIME_FORMAT)
         malformed = F.col(_PARSED).isNull() | F.col(_PARSED)[CORRUPT].isNotNull()
         raw = redact_json_text(F.col("value"), pii) if pii else F.col("value")
         return df, fields, malformed, MALFORMED_JSON, raw
@@ -336,7 +348,7 @@ def _duplicates(df: DataFrame, keys: list[str], existing_keys: DataFrame | None)
     candidate = F.col(_FIRST_REASON).isNull()
     for key in typed_keys:
         candidate = candidate & F.col(key).isNotNull()
-    order = [FILE_TIME] if FILE_TIME in df.columns else []
+    order = [name for name in ORDER_COLUMNS if name in df.columns]
     order += [SOURCE_FILE, ROW_ID]
     narrow = df.where(candidate).select(*typed_keys, *order)
     position = F.row_number().over(Window.partitionBy(*typed_keys).orderBy(*order))

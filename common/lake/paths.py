@@ -25,8 +25,11 @@ def landing_folder(source: Source, landing: Path | str) -> str:
     """The source's folder: its ``path`` with ``{landing}`` replaced by ``landing``.
 
     ``landing`` is the use case's landing root, by default ``$LOOM_HOME/landing/<usecase>``.
-    A path without the placeholder (``s3://...``, ``/mnt/...``) is returned unchanged.
+    A path without the placeholder (``s3://...``, ``/mnt/...``) is returned unchanged. A Kafka source
+    has no folder: its "folder" is ``kafka:<topic>[,<topic>]``, what logs and messages show.
     """
+    if source.path is None:
+        return "kafka:" + ",".join(source.kafka.topic_list if source.kafka else [])
     return source.path.replace(LANDING_PLACEHOLDER, str(landing).rstrip("/"))
 
 

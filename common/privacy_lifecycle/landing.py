@@ -32,7 +32,7 @@ def landing_folder_of(spec: UseCase, source_name: str, work: Paths, landing: Pat
     """The landing folder of ``source_name``; DataError when it holds no file."""
     source = spec.sources[source_name]
     folder = IngestLocations.of(work, spec.name, source_name, source, landing).folder
-    if is_local(folder):
+    if is_local(folder) and source.format != "kafka":  # a Kafka source's raw values are in its topics
         path = Path(folder)
         if not path.is_dir() or not any(p.is_file() and not p.name.startswith((".", "_")) for p in path.iterdir()):
             raise DataError(
@@ -50,7 +50,7 @@ def read_raw(spark: SparkSession, spec: UseCase, source_name: str, folder: str) 
     """
     source = spec.sources[source_name]
     frame = read_landing(spark.read, source, folder)
-    if source.format == "json":
+    if source.format in ("json", "kafka"):
         parsed = F.from_json("value", string_schema(source), {"mode": "PERMISSIVE"})
         return frame.select(parsed.alias("r")).select(*[F.col("r")[name].alias(name) for name in source.columns])
     return frame.select(*[F.col(name).cast("string").alias(name) for name in source.columns])

@@ -113,8 +113,12 @@ def java_binary() -> str:
 
 def new_cluster_id() -> str:
     """A Kafka cluster id: a random UUID in URL-safe base64 without padding (what ``kafka-storage random-uuid``
-    prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    prints), never starting with ``-`` (like Kafka's ``Uuid.randomUuid``): ``kafka-storage format -t -x...`` reads
+    such an id as an option and refuses it (1 start in 64 failed so)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:

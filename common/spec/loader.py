@@ -237,6 +237,9 @@ def _model_keys(loc: tuple[Any, ...]) -> list[str] | None:
         if node is None:
             return None
     node = _unwrap(node)
+    if typing.get_origin(node) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        models = [m for m in map(_unwrap, typing.get_args(node)) if isinstance(m, type) and issubclass(m, BaseModel)]
+        node = models[0] if len(models) == 1 else node  # an optional section (``Model | None``)
     if isinstance(node, type) and issubclass(node, BaseModel):
         return sorted(node.model_fields)
     return None

@@ -1,16 +1,22 @@
-"""Sources: landing files that ingestion turns into bronze Delta tables."""
+"""Sources: landing files, or Kafka topics, that ingestion turns into bronze Delta tables."""
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from common.spec.base import Duration, Name, Strict
 from common.spec.privacy import Policy
 
 ColumnType = Literal["string", "long", "int", "double", "boolean", "timestamp", "date"]
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+ENV_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]{0,127}$"
+DEFAULT_BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"  # common.runtime.kafka_server.BOOTSTRAP_ENV
+
+Topic = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
 
 
 class Column(Strict):
@@ -52,8 +58,63 @@ class EventTimeRange(Strict):
     )
 
 
+class KafkaSettings(Strict):
+    """Where a ``format: kafka`` source reads its events: topics, value format, time, offsets, connection.
+
+    Connection secrets are never metadata: the bootstrap servers come from the environment variable
+    ``bootstrap_env`` names, and SASL/TLS from ``LOOM_KAFKA_SECURITY_PROTOCOL``, ``LOOM_KAFKA_SASL_*`` and
+    ``LOOM_KAFKA_SSL_CA_FILE`` (the password also from a file: ``LOOM_KAFKA_SASL_PASSWORD_FILE``).
+    """
+
+    topic: Topic | None = Field(default=None, description="the topic to read (or topics: a list)")
+    topics: list[Topic] | None = Field(default=None, min_length=1, description="several topics, read as one stream")
+    value_format: Literal["json", "avro"] = Field(
+        default="json",
+        description="how a message's value is written: one JSON object (avro: declared, not supported yet)",
+    )
+    avro_schema: str | None = Field(default=None, description="the .avsc file of value_format avro")
+    event_time_from: Literal["field", "kafka_timestamp"] = Field(
+        default="field",
+        description="field: the source's event_time column from the value; kafka_timestamp: the message's "
+        "timestamp becomes the event_time column (the value need not carry it)",
+    )
+    starting_offsets: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="where a new checkpoint starts; a checkpoint that exists resumes from its own offsets",
+    )
+    max_offsets_per_trigger: int | None = Field(
+        default=None,
+        ge=1,
+        description="most messages per micro-batch (the Kafka counterpart of --max-files-per-trigger)",
+    )
+    bootstrap_env: EnvName = Field(
+        default=DEFAULT_BOOTSTRAP_ENV,
+        description="environment variable that holds the bootstrap servers (host:port[,host:port])",
+    )
+
+    @property
+    def topic_list(self) -> list[str]:
+        """The topics to subscribe to."""
+        return [self.topic] if self.topic is not None else list(self.topics or [])
+
+    @model_validator(mode="after")
+    def _one_topic_setting(self) -> KafkaSettings:
+        if (self.topic is None) == (self.topics is None):
+            raise ValueError(
+                "give exactly one of topic (one topic) or topics (a list); fix: e.g. topic: loom.churn.events"
+            )
+        if self.value_format == "avro":
+            raise ValueError(
+                "value_format avro is not supported yet; fix: publish the values as JSON objects and write "
+                "value_format: json (or leave it out)"
+            )
+        if self.avro_schema is not None:
+            raise ValueError("avro_schema applies to value_format avro only; fix: remove avro_schema")
+        return self
+
+
 class Source(Strict):
-    """A landing folder of files, its schema, its entity and its time column.
+    """A landing folder of files (or Kafka topics), its schema, its entity and its time column.
 
     ``kind: events`` are immutable facts with an event time; ``kind: table`` is a
     snapshot of one row per entity (profiles, accounts), versioned by ``event_time``
@@ -61,8 +122,13 @@ class Source(Strict):
     """
 
     kind: Literal["events", "table"] = "events"
-    format: Literal["json", "csv", "parquet"]
-    path: str = Field(description="folder of landing files; '{landing}' expands to $LOOM_HOME/landing/<usecase>")
+    format: Literal["json", "csv", "parquet", "kafka"]
+    path: str | None = Field(
+        default=None,
+        description="folder of landing files; '{landing}' expands to $LOOM_HOME/landing/<usecase> "
+        "(required for json, csv and parquet; not for kafka)",
+    )
+    kafka: KafkaSettings | None = Field(default=None, description="topics and connection of a format: kafka source")
     entity: Name = Field(description="the entity whose key column this source carries")
     id: Name | None = Field(default=None, description="unique record id; duplicates are ingested once")
     event_time: Name | None = Field(default=None, description="timestamp column that orders the records")
@@ -72,6 +138,29 @@ class Source(Strict):
         description="plausible event times (default: from 2000-01-01 to 1 day after now); others are quarantined",
     )
     columns: dict[Name, Column] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _where_it_reads(self) -> Source:
+        if self.format == "kafka":
+            if self.kafka is None:
+                raise ValueError("format kafka needs a kafka: section; fix: add kafka: {topic: <topic name>}")
+            if self.path is not None:
+                raise ValueError("a format kafka source reads topics, not a folder; fix: remove path")
+            if self.kind != "events":
+                raise ValueError("format kafka is for sources of kind 'events'; fix: write kind: events")
+        else:
+            if self.kafka is not None:
+                raise ValueError("kafka: applies to format kafka only; fix: remove it or write format: kafka")
+            if self.path is None:
+                raise ValueError(
+                    f'format {self.format} reads landing files and needs path; fix: add e.g. path: "{{landing}}/<name>"'
+                )
+        return self
+
+    @property
+    def event_time_from_kafka(self) -> bool:
+        """Whether the ``event_time`` column is the Kafka message's timestamp rather than a field of the value."""
+        return self.kafka is not None and self.kafka.event_time_from == "kafka_timestamp"
 
     @model_validator(mode="after")
     def _columns_exist(self) -> Source:
