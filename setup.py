@@ -39,6 +39,7 @@ setup(
         "pyarrow==25.0.1",
         "mlflow==3.17.2",
         "scikit-learn==1.9.1",
+        "threadpoolctl==3.8.0",  # training: holdout predictions on one OpenMP thread (common.models.train)
         "redis==8.1.0",
         "hiredis==3.5.0",
         "pydantic==2.14.4",
