@@ -52,7 +52,7 @@ from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig
 from common.serving.context import Clock, build_context, lifespan
 from common.serving.errors import install_error_handlers
-from common.serving.fast_path import FAST_PATH_ERROR, FastPredictPath, predict_model
+from common.serving.fast_path import FAST_PATH_ERROR, FastPredictPath, RecordedSend, predict_model
 from common.serving.limits import RequestLimits, install_limits
 from common.serving.metrics import ServingMetrics
 from common.serving.prediction_sink import PredictionSink
@@ -73,19 +73,12 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def record_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorded = RecordedSend(send)
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, receive, recorded)
         finally:
             endpoint, model = self._classify(scope["path"])
-            self.metrics.observe(endpoint, model, status, time.perf_counter() - started)
+            self.metrics.observe(endpoint, model, recorded.status, time.perf_counter() - started)
 
     def _classify(self, path: str) -> tuple[str, str]:
         parts = path.strip("/").split("/")

@@ -171,18 +171,25 @@ class FastPredictPath:
         await send({"type": "http.response.body", "body": detail})
 
 
+class RecordedSend:
+    """An ASGI ``send`` that passes every message on and keeps the status of the response it started
+    (:attr:`status`: 500 until a response starts): what the metrics count a request under."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 async def _status_of(app: Any, scope: dict[str, Any], receive: Any, send: Any) -> int:
     """Run ``app`` on the request; the status it sent (500 if none)."""
-    status = 500
-
-    async def record_status(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        await send(message)
-
-    await app(scope, receive, record_status)
-    return status
+    recorded = RecordedSend(send)
+    await app(scope, receive, recorded)
+    return recorded.status
 
 
 def _replay(body: bytes) -> Any:

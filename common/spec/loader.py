@@ -8,6 +8,7 @@ item by item). Every error names the file, the YAML path, the value and a fix.
 from __future__ import annotations
 
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ def _model_keys(loc: tuple[Any, ...]) -> list[str] | None:
         if node is None:
             return None
     node = _unwrap(node)
-    if typing.get_origin(node) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(node) in (typing.Union, types.UnionType):
         models = [m for m in map(_unwrap, typing.get_args(node)) if isinstance(m, type) and issubclass(m, BaseModel)]
         node = models[0] if len(models) == 1 else node  # an optional section (``Model | None``)
     if isinstance(node, type) and issubclass(node, BaseModel):
@@ -261,7 +262,7 @@ def _step(node: Any, part: Any) -> Any:
         return typing.get_args(node)[1]
     if origin is list:
         return typing.get_args(node)[0] if isinstance(part, int) else None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         for member in typing.get_args(node):
             member = _unwrap(member)
             if isinstance(member, type) and issubclass(member, BaseModel):
