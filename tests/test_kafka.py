@@ -448,7 +448,10 @@ def files_and_kafka(spark, redis_url, bootstrap, tmp_path_factory):
         kafka = _pipeline_run(spark, redis_url, kafka_spec, kafka_work, check=True)
     finally:
         os.environ.pop(KAFKA_ENV, None)
-    return SimpleNamespace(files=files, kafka=kafka, topic=topic, sent=sent.messages[topic], kafka_spec=kafka_spec)
+    yield SimpleNamespace(files=files, kafka=kafka, topic=topic, sent=sent.messages[topic], kafka_spec=kafka_spec)
+    from common.runtime.redis_server import connect
+
+    connect(redis_url).flushdb()  # the worker's Redis: the next module's world reuses these customer ids
 
 
 def test_kafka_and_files_give_the_same_bronze_history_and_redis_vectors(spark, files_and_kafka):
