@@ -617,3 +617,21 @@ def test_protected_model_is_within_001_roc_auc_of_the_raw_sandbox(churn_lake, mo
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="privacy_report.json")
     report = json.loads(Path(local).read_text())
     assert report["raw"]["roc_auc"] == pytest.approx(raw)
+
+
+def test_the_audit_skips_compressed_state_files_and_still_searches_the_other_checkpoint_files(tmp_path):
+    """A Spark state store file is LZ4 blocks: bytes that only hold text in fragments (here a zip code between two
+    compressor tokens, as a tile state's numbers came out in CI). It is counted as skipped, not searched; a plain
+    checkpoint file with the same value is still a hit."""
+    from common.privacy_lifecycle.audit import AuditReport, _Auditor
+    from common.privacy_lifecycle.scan import Matcher, Needle
+
+    folder = tmp_path / "checkpoints"
+    (folder / "state" / "0" / "1").mkdir(parents=True)
+    (folder / "state" / "0" / "1" / "1.changelog").write_bytes(b"LZ4Block%\x00\x10o59.1\xb8\x1f_26143\x8d\x18\x00")
+    (folder / "offsets").mkdir()
+    (folder / "offsets" / "0").write_text('{"zip": "26143"}')
+    report = AuditReport("churn")
+    _Auditor(report, Matcher([Needle("26143", "C00000246", "customers.zip")])).folder("checkpoints", folder, "files")
+    assert report.scanned == {"compressed files (skipped)": 1, "files": 1}
+    assert [hit.location for hit in report.hits] == [str(folder / "offsets" / "0")]
