@@ -62,7 +62,10 @@ FEATURES = 50
 MODEL = "bench_serving"
 RATES = (200, 1000)  # requests per second of 1 entity, open loop
 RATE_100 = 200  # requests per second of 100 entities, open loop
-SEARCH_FROM, SEARCH_STEP, SEARCH_TO = 1500, 500, 6000  # the highest rate holding p99 <= SEARCH_P99_MS
+# The highest rate holding p99 <= SEARCH_P99_MS, each for as long as the fixed rates (sustained, not a burst).
+# Steps of 250: with steps of 500 a server that holds 2,250/s but not 2,500/s was reported at 2,000 offered,
+# whose achieved rate (answers / elapsed, the tail included) falls a few requests short of 2,000/s.
+SEARCH_FROM, SEARCH_STEP, SEARCH_TO = 1500, 250, 6000
 SEARCH_P99_MS = 10.0
 MAX_CONNECTIONS = 64  # beyond this, due requests wait for a connection (and that wait counts)
 KEEP_ALIVE_S = 5.0  # uvicorn's default keep-alive timeout: the server closes connections idle this long
@@ -561,7 +564,7 @@ def _http_rows(
     tried = []
     if RATES[1] in passing:  # search upwards only from a rate that held
         for rate in range(SEARCH_FROM, SEARCH_TO + 1, SEARCH_STEP):
-            count = int(rate * seconds / 2)
+            count = int(rate * seconds)
             result = _run_loop(_open_loop(port, _requests(port, api_key, keys, 1, count), rate))
             scored += result["statuses"].get(200, 0)
             only_200 = result["statuses"] == {200: len(result["latencies"])}
@@ -575,7 +578,7 @@ def _http_rows(
     rate = max(passing, default=0)
     achieved = passing[rate]["achieved_rps"] if rate else 0.0
     if rate >= SEARCH_FROM:
-        note = f"{_loop_note(passing[rate], rate)}; search ({seconds / 2:g} s per rate): {search}"
+        note = f"{_loop_note(passing[rate], rate)}; search ({seconds:g} s per rate): {search}"
         label = f"{_label(1)} at {rate} rps, the highest offered rate with p99 <= {SEARCH_P99_MS:g} ms"
         rows += _figure_rows(label, passing[rate]["latencies"], achieved, note, None)
     rows.append(
