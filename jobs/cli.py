@@ -18,6 +18,7 @@ JOBS: dict[str, str] = {
     "schema": "jobs.schema",
     "redis": "jobs.local_redis",
     "kafka": "jobs.local_kafka",
+    "cluster": "jobs.local_cluster",
     "generate": "jobs.generate",
     "ingest": "jobs.ingest",
     "backfill": "jobs.backfill",

@@ -50,11 +50,18 @@ _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-server-spa
 
 
 def spawn_guarded(
-    args: list[str], *, die_with_owner: bool, pass_fds: tuple[int, ...] = (), output: Path | None = None
+    args: list[str],
+    *,
+    die_with_owner: bool,
+    pass_fds: tuple[int, ...] = (),
+    output: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen:
     """Start a server process on its own session; with ``die_with_owner`` it gets SIGTERM when this process dies.
 
-    ``output``: a file for the server's stdout and stderr (default: discarded)."""
+    ``output``: a file for the server's stdout and stderr (default: discarded); ``env`` and ``cwd``: its
+    environment and working folder (default: this process's)."""
     setpriv = shutil.which("setpriv") if die_with_owner else None
     command = [setpriv, "--pdeathsig", "TERM", *args] if setpriv else args
     # without setpriv the child arms the signal itself, between fork and exec
@@ -70,6 +77,8 @@ def spawn_guarded(
                 start_new_session=True,  # Ctrl-C in the terminal reaches the owner, which stops the server in order
                 pass_fds=pass_fds,
                 preexec_fn=preexec,
+                env=env,
+                cwd=cwd,
             )
         finally:
             if output is not None:

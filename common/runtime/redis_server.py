@@ -55,6 +55,7 @@ class RedisServer:
     directory: Path | None = None
     persistent: bool = False
     stop_at_exit: bool | None = None  # default: stop ephemeral servers, keep persistent ones
+    extra_args: tuple[str, ...] = ()  # more redis-server options (a cluster node's)
     process: subprocess.Popen | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -94,6 +95,7 @@ class RedisServer:
             args += ["--appendonly", "yes", "--save", "60 1"]
         else:
             args += ["--appendonly", "no", "--save", ""]
+        args += list(self.extra_args)
         try:
             # The server inherits the lock's descriptor: the folder stays locked as long as it lives.
             self.process = spawn_guarded(args, die_with_owner=stop_at_exit, pass_fds=(lock,))
