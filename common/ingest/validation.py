@@ -98,10 +98,13 @@ ISO_DATE = r"^\s*\d{4}-\d{2}-\d{2}\s*$"
 ISO_TIMESTAMP = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)?\s*$"
 JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "allowSingleQuotes": "false"}
 
+FIRST_REASON = "_first_reason"  # rules 1-4: the reason of the first failed check (null: passed)
+FIRST_CHECK = "_first_check"  # and that check without the offending value, for counting
+
 _PARSED = "_parsed"
 _KNOWN = "_known"
-_FIRST_REASON = "_first_reason"
-_FIRST_CHECK = "_first_check"
+_FIRST_REASON = FIRST_REASON
+_FIRST_CHECK = FIRST_CHECK
 
 
 def string_schema(source: Source, *, corrupt_column: bool = False) -> StructType:
@@ -225,6 +228,22 @@ def oldest_candidate_time(source: Source) -> Column | None:
     if source.event_time is None:
         return None
     return F.min(F.when(F.col(_FIRST_REASON).isNull(), F.col(_typed(source.event_time))))
+
+
+def named_checked(checked: DataFrame, source: Source) -> DataFrame:
+    """:func:`check_records`'s output with the typed values under their declared names, for a batch classified
+    on the driver (:mod:`common.ingest.driver_batch`): the declared columns, ``_source_file``, the order columns
+    present, ``_row_id``, ``_raw``, :data:`FIRST_REASON` and :data:`FIRST_CHECK`."""
+    order = [name for name in ORDER_COLUMNS if name in checked.columns]
+    return checked.select(
+        *[F.col(_typed(name)).alias(name) for name in source.columns],
+        SOURCE_FILE,
+        *order,
+        ROW_ID,
+        RAW,
+        FIRST_REASON,
+        FIRST_CHECK,
+    )
 
 
 def mark_duplicates(checked: DataFrame, source: Source, *, existing_keys: DataFrame | None = None) -> DataFrame:
