@@ -155,7 +155,7 @@ def _duplicate_ids(rows: Any, keys: list[str], existing: Any) -> Any:
     narrow = rows.select([*keys, *order]).filter(candidate)
     # Spark's ascending sort puts nulls first (a record without a file sorts before one with)
     ranked = narrow.take(
-        pc.sort_indices(narrow, sort_keys=[(name, "ascending") for name in (*keys, *order)], null_placement="at_start")
+        pc.sort_indices(narrow, sort_keys=[(name, "ascending", "at_start") for name in (*keys, *order)])
     )
     ids = [pa.array([], pa.int64())]
     if ranked.num_rows > 1:
