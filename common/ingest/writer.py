@@ -13,7 +13,9 @@ quarantined, it raises :class:`DataError` and writes nothing. The checks are
 :func:`~common.ingest.validation.validate_records`, called as its parts
 (``check_records``, ``mark_duplicates``, ``split_classified``): the files are
 read and parsed once, into a cache that the duplicate check reads, and the
-classified batch is cached once for the counts and both writes.
+classified batch is cached once for the counts and both writes. That is the path of a large batch
+(:meth:`BatchWriter.write_with_spark`); a small one is checked in one Spark job and classified and written
+from the driver (:mod:`common.ingest.driver_batch`), with the same result.
 """
 
 from __future__ import annotations
