@@ -20,7 +20,6 @@ local file system take the Spark path of :class:`common.ingest.writer.BatchWrite
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Any
 
@@ -38,7 +37,6 @@ from common.ingest.validation import (
     dedup_columns,
     duplicate_reason,
 )
-from common.lake.delta import local_folder
 from common.spec.sources import Source
 
 # A batch whose input files hold at most this many bytes is classified on the driver. JSON events are
@@ -52,23 +50,17 @@ INTERNAL = {*ORDER_COLUMNS, ROW_ID, RAW, FIRST_REASON, FIRST_CHECK, DEDUP_TIME, 
 
 
 def input_bytes(batch: DataFrame) -> int | None:
-    """Bytes of the micro-batch's input files when they are all local and known (a file-stream batch); else None."""
+    """Bytes of the micro-batch's input by Spark's own statistics, read on the driver (no job); None when unknown.
+
+    A file-stream micro-batch reaches ``foreachBatch`` as a ``LogicalRDD`` that keeps the statistics of its
+    plan: the sizes of the batch's files, as listed (``inputFiles()`` is empty there). A Kafka batch has no
+    such estimate (Spark's default, ``spark.sql.defaultSizeInBytes``): unknown."""
     try:
-        files = batch.inputFiles()
-    except Exception:  # a plan without a file relation: size unknown, not an error
+        size = int(str(batch._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
+        unknown = int(batch.sparkSession.conf.get("spark.sql.defaultSizeInBytes", str(2**63 - 1)))
+    except Exception:  # statistics are an optimizer internal: without them, the size is unknown
         return None
-    if not files:
-        return None
-    total = 0
-    for uri in files:
-        local = local_folder(uri)
-        if local is None:
-            return None
-        try:
-            total += os.stat(local).st_size
-        except OSError:
-            return None
-    return total
+    return size if size < unknown else None
 
 
 def collect_rows(frame: DataFrame, size: int | None) -> Any:
