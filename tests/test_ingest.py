@@ -15,7 +15,14 @@ from pyspark.sql import functions as F
 
 from common.errors import DataError, PrivacyError
 from common.generate import GenerateOptions, generate_landing, read_malformed_log
-from common.ingest import IngestReport, ingest_source, start_ingest_stream, stop_gracefully, validate_records
+from common.ingest import (
+    IngestReport,
+    driver_batch,
+    ingest_source,
+    start_ingest_stream,
+    stop_gracefully,
+    validate_records,
+)
 from common.ingest.redaction import REDACTED, UNPARSABLE_CSV_NOTE
 from common.ingest.validation import SOURCE_FILE, string_schema
 from common.ingest.writer import BatchWriter, ensure_tables
@@ -195,7 +202,11 @@ def test_a_csv_file_with_other_columns_is_a_data_error(spark, tmp_path):
     assert _table(spark, Paths(tmp_path).table("churn", "bronze", "outcomes")).count() == 0
 
 
-def test_a_retried_micro_batch_adds_nothing(spark, tmp_path):
+@pytest.mark.parametrize("path", ["driver", "spark"])
+def test_a_retried_micro_batch_adds_nothing(spark, tmp_path, monkeypatch, path):
+    """Both ways of writing a batch: classified on the driver (small batches) and in Spark (large ones)."""
+    if path == "spark":
+        monkeypatch.setattr(driver_batch, "DRIVER_ROWS", 0)  # every batch is too large for the driver
     work = Paths(tmp_path)
     locations = IngestLocations.of(work, "churn", "events", EVENTS)
     ensure_tables(spark, EVENTS, "events", locations)

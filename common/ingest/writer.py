@@ -13,7 +13,9 @@ quarantined, it raises :class:`DataError` and writes nothing. The checks are
 :func:`~common.ingest.validation.validate_records`, called as its parts
 (``check_records``, ``mark_duplicates``, ``split_classified``): the files are
 read and parsed once, into a cache that the duplicate check reads, and the
-classified batch is cached once for the counts and both writes.
+classified batch is cached once for the counts and both writes. That is the path of a large batch
+(:meth:`BatchWriter.write_with_spark`); a small one is checked in one Spark job and classified and written
+from the driver (:mod:`common.ingest.driver_batch`), with the same result.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
 from common.errors import DataError, LoomError, PrivacyError
+from common.ingest import driver_batch
 from common.ingest.report import IngestReport
 from common.ingest.validation import (
     CHECK,
@@ -37,14 +40,15 @@ from common.ingest.validation import (
     check_records,
     dedup_columns,
     mark_duplicates,
+    named_checked,
     oldest_candidate_time,
     split_classified,
     typed_schema,
 )
-from common.lake.append import append_once
-from common.lake.delta import table_exists
+from common.lake.append import append_once, append_rows_once
+from common.lake.delta import local_folder, table_exists
 from common.lake.paths import IngestLocations
-from common.lake.snapshot_read import read_current
+from common.lake.snapshot_read import current_arrow, read_current
 from common.runtime.log import Stopwatch
 from common.spec.base import duration_seconds
 from common.spec.sources import Source
@@ -143,11 +147,107 @@ class BatchWriter:
         return None
 
     def write(self, batch: DataFrame, batch_id: int) -> None:
-        """Validate one micro-batch and append it to quarantine, then bronze."""
+        """Validate one micro-batch and append it to quarantine, then bronze.
+
+        A small batch is checked in one Spark job and classified on the driver (:mod:`common.ingest.driver_batch`);
+        a large one, or one that the driver cannot write, in Spark (:meth:`write_with_spark`). Both give the same
+        rows, reasons and transactions."""
         if not self._bound.wait(BIND_TIMEOUT_S) or self._app_id is None:
             raise RuntimeError("BatchWriter.bind() was not called after the query started")
-        spark = batch.sparkSession
         ingested_at = datetime.now(UTC)
+        if self._driver_capable():
+            size = driver_batch.input_bytes(batch)
+            if size is None or size <= driver_batch.DRIVER_BYTES:
+                clock = Stopwatch()
+                rows = driver_batch.collect_rows(self._driver_frame(batch), size)
+                clock.lap("read+check")
+                if rows is not None:
+                    self._write_rows(batch.sparkSession, rows, batch_id, ingested_at, clock)
+                    return
+        self.write_with_spark(batch, batch_id, ingested_at)
+
+    def _driver_capable(self) -> bool:
+        """Whether this source's batches can be classified and written from the driver: local tables, and no
+        k-anonymity policy (it is decided over a batch's accepted rows, in Spark)."""
+        from common.spec.privacy import Aggregate
+
+        if local_folder(self.locations.bronze) is None or local_folder(self.locations.quarantine) is None:
+            return False
+        return not any(isinstance(column.policy, Aggregate) for column in self.source.columns.values())
+
+    def _driver_frame(self, batch: DataFrame) -> DataFrame:
+        """Rules 1-4 and the PII policies in one projection, for :func:`driver_batch.collect_rows`.
+
+        Every record's columns are protected here, the quarantined ones too (their values are then dropped:
+        quarantine keeps only the redacted raw text), so bronze's rows never exist unprotected on the driver."""
+        checked = named_checked(
+            check_records(batch.withColumn(ROW_ID, F.monotonically_increasing_id()), self.source), self.source
+        )
+        if self.source.event_time is not None:
+            checked = checked.withColumn(driver_batch.DEDUP_TIME, F.col(self.source.event_time))
+        return protect(checked, self.source, self.source_name)
+
+    def _write_rows(self, spark: SparkSession, rows, batch_id: int, ingested_at: datetime, clock: Stopwatch) -> None:
+        """The driver path of :meth:`write`, from the collected Arrow rows."""
+        read = rows.num_rows
+        if read == 0:
+            return
+        existing = None
+        if dedup_columns(self.source):
+            existing = self._existing_rows(spark, driver_batch.oldest_candidate(rows, self.source))
+        classified = driver_batch.classify_rows(rows, self.source, existing)
+        accepted_count, counts = driver_batch.counts_by_check(classified)
+        clock.lap("duplicates")
+        self._check_reconciled(batch_id, read, accepted_count, counts)
+        bronze, quarantined = driver_batch.split_rows(classified, ingested_at, INGESTED_AT)
+        self._append_rows(spark, quarantined, self.locations.quarantine, batch_id)
+        clock.lap("quarantine")
+        self._append_rows(spark, bronze, self.locations.bronze, batch_id)
+        clock.lap("bronze")
+        self._done(batch_id, read, accepted_count, counts, clock)
+
+    def _existing_rows(self, spark: SparkSession, since: datetime | None):
+        """:meth:`_existing_keys` as an Arrow table, read on the driver when bronze allows it."""
+        keys = dedup_columns(self.source)
+        time_column = self.source.event_time
+        if since is None or time_column is None:
+            rows = current_arrow(self.locations.bronze, keys)
+        else:
+            slack = duration_seconds(self.source.watermark) if self.source.watermark else 0
+            bound = since - timedelta(seconds=slack)
+            columns = keys if time_column in keys else [*keys, time_column]
+            rows = current_arrow(self.locations.bronze, columns, time_column=time_column, since=bound)
+        if rows is None:  # a table that needs Spark's reader
+            return self._existing_keys(spark, since).toArrow()
+        return rows.select(keys)
+
+    def _append_rows(self, spark: SparkSession, rows, path: str, batch_id: int) -> None:
+        if not append_rows_once(rows, path, self._app_id, batch_id):
+            append_once(spark.createDataFrame(rows), path, self._app_id, batch_id)
+
+    def _check_reconciled(self, batch_id: int, read: int, accepted_count: int, counts: dict[str, int]) -> None:
+        if read != accepted_count + sum(counts.values()):
+            raise DataError(
+                f"source {self.source_name!r}, batch {batch_id}: read {read} records but classified "
+                f"{accepted_count} accepted + {sum(counts.values())} quarantined; nothing was written. "
+                "Fix: this is a bug in validation; report it with the batch's files"
+            )
+
+    def _done(self, batch_id: int, read: int, accepted_count: int, counts: dict[str, int], clock: Stopwatch) -> None:
+        self.report.add_batch(read, accepted_count, counts)
+        log.info(
+            "ingest %s batch %d: read %d, accepted %d, quarantined %d (%s)",
+            self.source_name,
+            batch_id,
+            read,
+            accepted_count,
+            read - accepted_count,
+            clock,
+        )
+
+    def write_with_spark(self, batch: DataFrame, batch_id: int, ingested_at: datetime) -> None:
+        """The Spark path of :meth:`write`: every step a Spark job, for batches too large for the driver."""
+        spark = batch.sparkSession
         # One pass over the files: rules 1-4 in one projection, cached with the row ids it assigned, so
         # the duplicate check, the counts and both writes see the same ids and nothing is parsed twice.
         checked = check_records(batch.withColumn(ROW_ID, F.monotonically_increasing_id()), self.source)
@@ -168,12 +268,7 @@ class BatchWriter:
             accepted_count = counts.pop(None, 0)
             checked.unpersist()
             clock.lap("duplicates")
-            if read != accepted_count + sum(counts.values()):
-                raise DataError(
-                    f"source {self.source_name!r}, batch {batch_id}: read {read} records but classified "
-                    f"{accepted_count} accepted + {sum(counts.values())} quarantined; nothing was written. "
-                    "Fix: this is a bug in validation; report it with the batch's files"
-                )
+            self._check_reconciled(batch_id, read, accepted_count, counts)
             accepted, quarantined = split_classified(classified, self.source)
             # Appended even when empty (a commit with no file): it records the batch's transaction version, so a
             # retry after the bronze commit, which finds its own records in bronze, is skipped here as well.
@@ -183,16 +278,7 @@ class BatchWriter:
             bronze = protect(accepted, self.source, self.source_name).withColumn(INGESTED_AT, F.lit(ingested_at))
             self._append(bronze, self.locations.bronze, batch_id)
             clock.lap("bronze")
-            self.report.add_batch(read, accepted_count, counts)
-            log.info(
-                "ingest %s batch %d: read %d, accepted %d, quarantined %d (%s)",
-                self.source_name,
-                batch_id,
-                read,
-                accepted_count,
-                read - accepted_count,
-                clock,
-            )
+            self._done(batch_id, read, accepted_count, counts, clock)
         finally:
             if classified is not None:
                 classified.unpersist()

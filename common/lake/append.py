@@ -64,6 +64,17 @@ def append_once(
     writer.save(path)
 
 
+def append_rows_once(rows: Any, path: str, app_id: str, version: int) -> bool:
+    """Append the Arrow table ``rows`` to the local Delta table at ``path`` from the driver, as
+    :func:`append_once` does for a small batch; False (nothing done) when the table is not a local one that
+    exists, for the caller to write with Spark."""
+    local = local_folder(path)
+    if local is None or not (local / "_delta_log").is_dir():
+        return False
+    _append_from_driver(rows, str(local), app_id, version, False)
+    return True
+
+
 def _append_from_driver(rows: Any, path: str, app_id: str, version: int, merge_schema: bool) -> None:
     from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, write_deltalake
 

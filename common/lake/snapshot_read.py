@@ -53,6 +53,39 @@ def read_current(
     return spark.read.schema(schema).parquet(*[f"{root}/{unquote(name)}" for name in files])
 
 
+def current_arrow(
+    path: str, columns: list[str], *, time_column: str | None = None, since: datetime | None = None
+) -> Any:
+    """``columns`` of the table's current rows as an Arrow table, read on the driver with no Spark job, or None
+    when the table needs Spark's reader (see the module docstring). With ``time_column`` (one of ``columns``),
+    only rows at or after ``since``: files entirely older are skipped by their statistics, then rows filtered.
+
+    For the hot path's small look-ups (ingestion's duplicate check of a small batch): the files are read with
+    pyarrow, each cast to the table's schema (a Spark-written file and a delta-rs one may store a timestamp
+    differently)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = _plain_table(path)
+    if table is None:
+        return None
+    schema = pa.schema(table.schema().to_arrow())
+    wanted = pa.schema([schema.field(name) for name in columns])
+    files = _files_in_range(table, time_column, since, None)
+    root = str(local_folder(path))
+    if not files:
+        return wanted.empty_table()
+    dataset = ds.dataset([f"{root}/{unquote(name)}" for name in files], schema=wanted, format="parquet")
+    condition = None
+    if time_column is not None and since is not None:
+        kind = wanted.field(time_column).type
+        condition = pc.field(time_column) >= (
+            _scalar(since, kind) if pa.types.is_timestamp(kind) else pa.scalar(since, kind)
+        )
+    return dataset.to_table(columns=columns, filter=condition)
+
+
 def read_bronze_between(
     spark: SparkSession,
     work: Paths,
