@@ -246,3 +246,30 @@ def test_tile_state_folds_the_same_events_to_the_same_bits_whatever_their_order(
 
     assert values([in_one_tile]) == values([list(reversed(in_one_tile))])
     assert values([[event] for event in per_tile]) == values([[event] for event in reversed(per_tile)])
+
+
+@pytest.mark.parametrize("batches", [1, 4])
+def test_tile_state_values_at_any_event_time_equal_the_reference(plan, prepared, batches):
+    """The trigger operator values a firing at its event, which need not be the newest: the whole tiles before
+    its tile, plus its tile's events up to and including it, whatever arrived after it (ties count)."""
+    from common.features.tile_state import TileFolder, TileState
+
+    events = _events()
+    rows = _state_rows(plan, prepared)
+    folder = TileFolder(plan.aggregations, plan.slide_s)
+    names = [a.name for a in plan.aggregations]
+    size = math.ceil(len(rows) / batches)
+    states: dict = {}
+    for start in range(0, len(rows), size):
+        for entity in {r[0] for r in rows[start : start + size]}:
+            mine = [(r[1], r[2], dict(enumerate(r[3]))) for r in rows[start : start + size] if r[0] == entity]
+            # the operator's floor: nothing older is evicted while a firing may still be valued before it
+            folder.fold(states.setdefault(entity, TileState()), mine, oldest=-(2**62))
+    for entity, state in states.items():
+        recent = [(r[1], r[2], dict(enumerate(r[3]))) for r in rows if r[0] == entity]
+        for event in (e for e in events if e["customer_id"] == entity):
+            got = dict(
+                zip(names, folder.values_at(state, int(event["ts"].timestamp() * 1_000_000), recent), strict=True)
+            )
+            for name, value in _expected(events, entity, event["ts"]).items():
+                assert _close(got[name], value), f"{entity} at {event['ts']} {name}: {got[name]} != {value}"

@@ -579,6 +579,30 @@ def test_stream_scores_equal_batch_scoring_at_the_same_time(spark, clean_stream,
     clean_work, _ = clean_stream
     work = _copy_lake(clean_work, tmp_path / "batch", trained_churn.work.home)
     backfill(spark, work, trained_churn.plan)
+    # every firing's features (carried from the trigger operator's state) are the point-in-time read of that history
+    from common.features.offline import read_history
+    from common.features.point_in_time import HistoryInput, as_of_join
+
+    fired = _predictions(spark, clean_work).where(F.col("features").isNotNull())
+    names = list(trained_churn.plan.group("activity").feature_names)
+    at_firing = as_of_join(
+        fired.select("customer_id", "event_id", "firing_ts", "features"),
+        [
+            HistoryInput(
+                trained_churn.plan.group("activity"),
+                read_history(spark, work, trained_churn.plan.group("activity")),
+                tuple(names),
+            )
+        ],
+        "firing_ts",
+    ).collect()
+    assert at_firing
+    for row in at_firing:
+        for name in names:
+            carried, expected = row["features"][name], row[name]
+            assert (carried is None and expected is None) or carried == pytest.approx(expected, rel=1e-9, abs=1e-9), (
+                f"{row['event_id']} {name}: carried {carried}, history {expected}"
+            )
     sample = _predictions(spark, clean_work).orderBy("firing_ts", "customer_id").limit(3).collect()
     for row in sample:
         entity = spark.createDataFrame([(row["customer_id"],)], "customer_id string")

@@ -141,3 +141,67 @@ def test_operator_keeps_state_across_batches_and_restarts(spark, tmp_path):
     _drain(spark, path, checkpoint, out)
     fired = sorted((r[0], r[3], r[2].replace(tzinfo=UTC) if r[2].tzinfo is None else r[2]) for r in out)
     assert fired == [("C1", "e1", START + timedelta(minutes=20)), ("C2", "e5", START + timedelta(minutes=25))]
+
+
+def test_firings_carry_their_features_from_the_operators_tiles(spark, tmp_path):
+    """The operator that holds the triggers and the group's tiles values each firing at its event: the reference
+    over the events that had arrived by the firing's batch, late ones included (a call too late for the triggers
+    still counts: e8 reads e7), also for a late firing before newer events of its tile (e5: e3 does not count)."""
+    import json
+
+    from common.compile import compile_usecase
+    from common.runtime.state_store import rocksdb_state_store
+    from common.spec.usecase import UseCase
+    from common.triggers.shared_state import FEATURES, firings_with_features
+    from tests.test_feature_windows import SPEC, _close, _expected
+
+    group = compile_usecase(UseCase.model_validate(SPEC)).group("act")
+    calls = TriggerPlan(**{**TRIGGER.__dict__, "name": "call", "kind": "any_of", "within_s": 0, "cooldown_s": 0})
+    calls = TriggerPlan(**{**calls.__dict__, "conditions": ("event_type = 'call'",)})
+    base = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    batches = [  # (event id, customer, type, minutes after 10:00, amount, channel)
+        [
+            ("e1", "a", "pay", 0, 40.0, "web"),
+            ("e2", "a", "call", 20, None, "phone"),
+            ("e3", "a", "call", 80, None, "chat"),
+        ],
+        [("e4", "a", "pay", 70, 150.0, "app"), ("e5", "a", "call", 75, None, "web"), ("e6", "b", "call", 5, 7.5, None)],
+        [
+            ("e7", "a", "call", 30, None, "store"),
+            ("e8", "a", "call", 100, None, "phone"),
+            ("e9", "a", "pay", 100, 5.0, "web"),
+        ],
+    ]
+    path, checkpoint, out = str(tmp_path / "events"), str(tmp_path / "cp"), []
+    for batch in batches:
+        spark.createDataFrame(
+            [(i, c, k, base + timedelta(minutes=m), a, ch) for i, c, k, m, a, ch in batch],
+            "event_id string, customer_id string, event_type string, ts timestamp, amount double, channel string",
+        ).coalesce(1).write.format("delta").mode("append").save(path)  # one file: one micro-batch
+    stream = spark.readStream.format("delta").option("maxFilesPerTrigger", 1).load(path)
+    writer = (
+        firings_with_features(spark, None, [group], stream, [calls])
+        .writeStream.option("checkpointLocation", checkpoint)
+        .foreachBatch(lambda df, batch_id: out.extend((batch_id, r.asDict()) for r in df.collect()))
+        .trigger(availableNow=True)
+    )
+    with rocksdb_state_store(spark):
+        query = writer.start()
+    query.awaitTermination()
+    assert query.exception() is None
+    # Spark drops a batch's rows older than the previous batch's watermark: e6 (b at 10:05) in the second batch
+    # still fires (there was none yet); e7 (a at 10:30) in the third does not (11:10 = 11:20 - 10 minutes), but
+    # counts in e8's features; e5 (11:15) is late too, not for the watermark, and fires before e3 (11:20)
+    assert sorted(r["event_id"] for _, r in out) == ["e2", "e3", "e5", "e6", "e8"]
+    names = ("event_id", "customer_id", "event_type", "ts", "amount", "channel")
+    landed = {i: n for n, batch in enumerate(batches) for i, *_ in batch}  # the firing's batch: its event's
+    for _, row in out:
+        seen = [
+            dict(zip(names, (i, c, k, base + timedelta(minutes=m), a, ch), strict=True))
+            for batch in batches[: landed[row["event_id"]] + 1]
+            for i, c, k, m, a, ch in batch
+        ]
+        at = row["firing_ts"].replace(tzinfo=UTC) if row["firing_ts"].tzinfo is None else row["firing_ts"]
+        got = json.loads(row[FEATURES])["act"]
+        for name, value in _expected(seen, row["customer_id"], at).items():
+            assert _close(got[name], value), f"{row['event_id']} {name}: {got[name]} != {value}"

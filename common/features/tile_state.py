@@ -134,6 +134,13 @@ def _finish(agg: AggPlan, merged: list[Any]) -> float | None:
     return None if merged[0] is None else float(merged[0][2])
 
 
+def _add(adders: Sequence[Any], tile: Tile, ts_us: int, event_id: str, values: Mapping[int, Any]) -> None:
+    """One event's row values folded into ``tile`` (in place)."""
+    for index, value in values.items():
+        if not _is_null(value):
+            adders[index](tile[index], value, ts_us, event_id)
+
+
 @dataclass
 class TileState:
     """An entity's tiles (tile start, epoch seconds -> partials) and its newest event time."""
@@ -168,18 +175,21 @@ class TileFolder:
         """Start of the oldest tile an online value can still read."""
         return self.tile_of(state.newest_us) + self.slide_s - self.horizon_s
 
-    def fold(self, state: TileState, events: Sequence[tuple[int, str, Mapping[int, Any]]]) -> int:
+    def fold(
+        self, state: TileState, events: Sequence[tuple[int, str, Mapping[int, Any]]], oldest: int | None = None
+    ) -> int:
         """Fold events into ``state``: (time µs, event id, {aggregation index: row value}); an aggregation
         the row does not count for is absent or null. Returns the events folded.
 
-        Events older than the state's horizon are skipped (they cannot change the online value). They are
+        Events older than the state's horizon (``oldest``, a tile start; default :meth:`oldest_kept`) are
+        skipped (they cannot change the online value) and older tiles are dropped. They are
         folded in (time, id) order, not in the order given: a shuffle delivers a micro-batch's rows in any
         order, and a float sum depends on it in its last bit, so a replayed batch must fold the same way.
         """
         events = sorted(events, key=lambda event: (event[0], event[1]))
         if events:
             state.newest_us = max(state.newest_us, max(event[0] for event in events))
-        oldest = self.oldest_kept(state)
+        oldest = self.oldest_kept(state) if oldest is None else oldest
         adders = [ADDERS[agg.agg] for agg in self.aggregations]
         folded = 0
         for ts, event_id, values in events:
@@ -190,12 +200,32 @@ class TileFolder:
             if tile is None:
                 tile = state.tiles[start] = [_empty(agg) for agg in self.aggregations]
             folded += 1
-            for index, value in values.items():
-                if not _is_null(value):
-                    adders[index](tile[index], value, ts, event_id)
+            _add(adders, tile, ts, event_id, values)
         for start in [s for s in state.tiles if s < oldest]:
             del state.tiles[start]
         return folded
+
+    def values_at(
+        self, state: TileState, ts_us: int, recent: Iterable[tuple[int, str, Mapping[int, Any]]]
+    ) -> list[float | None]:
+        """Each feature's value at time ``ts_us`` (docs/time-semantics.md): the whole tiles before the tile of
+        ``ts_us`` from ``state``, and that tile's events up to and including ``ts_us`` from ``recent`` (the
+        events folded into it, which its partials alone cannot split at ``ts_us``).
+
+        At the newest event with every event of its tile in ``recent``, this is :meth:`values`.
+        """
+        at_tile = self.tile_of(ts_us)
+        adders = [ADDERS[agg.agg] for agg in self.aggregations]
+        prefix = [_empty(agg) for agg in self.aggregations]
+        inside_tile = [e for e in recent if e[0] <= ts_us and self.tile_of(e[0]) == at_tile]
+        for ts, event_id, values in sorted(inside_tile, key=lambda event: (event[0], event[1])):
+            _add(adders, prefix, ts, event_id, values)
+        out = []
+        for index, agg in enumerate(self.aggregations):
+            start = at_tile + self.slide_s - agg.window_s
+            before = [state.tiles[at] for at in sorted(state.tiles) if start <= at < at_tile]
+            out.append(_finish(agg, _merge_window(agg, index, [*before, prefix])))
+        return out
 
     def values(self, state: TileState) -> list[float | None]:
         """Each feature's value at the entity's newest event."""

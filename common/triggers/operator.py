@@ -30,7 +30,10 @@ FIRING_SCHEMA = "{key} string, trigger string, firing_ts timestamp, event_id str
 STATE_SCHEMA = StructType([StructField("state", StringType())])  # {trigger: TriggerState JSON}
 # The operator's state layout, in its checkpoint's name. A new layout needs a checkpoint of its own and, with
 # it, a new txnAppId for the predictions: batch ids restart at 0 there, and Delta would skip them as written.
-STATE_LAYOUT = "tws"
+# "twsf": triggers and tiles in one state (common/triggers/shared_state.py), firings carry their features;
+# "tws": triggers alone (this module), for a source none of whose events groups the firings can read.
+STATE_LAYOUT = "twsf"
+TRIGGERS_ONLY_LAYOUT = "tws"
 
 
 def _rule(trigger: TriggerPlan) -> Rule:

@@ -2,9 +2,11 @@
 
 For each micro-batch of firings: resolve each model's alias (hot redeploy: the
 registry is asked at most every ``refresh_s`` seconds, so a moved @champion is
-used from the next micro-batch on), compute the entity's features as of the
-firing (common.features.at_times: the value REST would return at that moment),
-score with ``mlflow.pyfunc.spark_udf`` and write
+used from the next micro-batch on), take the entity's features as of the
+firing (the value REST would return at that moment): the groups the trigger
+operator carries come with the firing, computed from its state
+(common/triggers/shared_state.py); any other group the model reads is
+recomputed from bronze (common.features.at_times). Then score with ``mlflow.pyfunc.spark_udf`` and write
 
 * the predictions Delta table and the actions table (score >= threshold), each
   an idempotent append keyed by ``txnAppId``/``txnVersion`` = the batch id, so
@@ -20,8 +22,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
@@ -43,6 +45,7 @@ from common.online.predictions import LatestPrediction, write_latest
 from common.runtime.log import Stopwatch
 from common.settings import Paths
 from common.triggers.operator import FIRING_TS
+from common.triggers.shared_state import FEATURES
 
 log = logging.getLogger("loom.triggers")
 
@@ -117,6 +120,27 @@ class ModelResolver:
         return thread
 
 
+def firing_features(
+    spark: SparkSession, work: Paths, plan: Plan, spec: FeatureSpec, firings: DataFrame, carried: Sequence[str]
+) -> DataFrame:
+    """``firings`` plus the features ``spec`` reads as of each firing, and ``_<group>_ts``: from the firing's
+    :data:`FEATURES` for the ``carried`` groups (their value at the firing event, whose time is theirs),
+    from bronze for the others (:func:`features_at`; none: no re-read)."""
+    others = tuple(g for g in spec.groups if g.name not in carried)
+    rows = firings
+    if others:
+        rows = features_at(spark, work, plan, replace(spec, groups=others), firings, FIRING_TS)
+    mine = [g for g in spec.groups if g.name in carried]
+    if not mine:
+        return rows
+    values = F.from_json(F.col(FEATURES), "map<string,map<string,double>>")
+    return rows.select(
+        "*",
+        *[values[g.name][name].alias(name) for g in mine for name in g.selected],
+        *[F.col(FIRING_TS).alias(f"_{g.name}_ts") for g in mine],
+    )
+
+
 def _unscored(trigger: TriggerPlan, base: DataFrame) -> DataFrame:
     return base.select(
         "*",
@@ -155,13 +179,16 @@ def _score_model(
     trigger: TriggerPlan,
     firings: DataFrame,
     count: int,
+    carried: Sequence[str] = (),
 ) -> tuple[DataFrame, DataFrame | None]:
     """Firings of one trigger (``count`` rows) scored by the trigger's alias (features, score, model name and
-    version), and by the model's @shadow when one runs beside it (else None)."""
+    version), and by the model's @shadow when one runs beside it (else None). ``carried``: the groups whose
+    values the firings carry (:func:`firing_features`)."""
     tasks = max(1, math.ceil(count / SCORE_ROWS_PER_TASK))
     key = trigger.entity_key
     version = resolver.version(trigger.model, trigger.alias)
     base = firings.select(key, "trigger", FIRING_TS, "event_id")
+    with_carried = firings.select(key, "trigger", FIRING_TS, "event_id", FEATURES) if carried else base
     if version is None:
         log.warning(
             "trigger %s fired but %s@%s does not exist: firings recorded without a score",
@@ -172,7 +199,7 @@ def _score_model(
         return _unscored(trigger, base), None
     ref = ModelRef(trigger.model, version, trigger.alias)
     spec = resolver.spec(ref)
-    with_features = features_at(spark, work, plan, spec, base, FIRING_TS).coalesce(tasks)
+    with_features = firing_features(spark, work, plan, spec, with_carried, carried).coalesce(tasks)
     scored = _scored(spark, resolver, key, with_features, ref)
     model = plan.models.get(trigger.model)
     shadow = resolver.version(trigger.model, SHADOW) if model and model.spec.promotion.shadow else None
@@ -181,7 +208,7 @@ def _score_model(
     shadow_ref = ModelRef(trigger.model, shadow, SHADOW)
     shadow_spec = resolver.spec(shadow_ref)
     if shadow_spec.groups != spec.groups:  # it reads other features: compute them
-        with_features = features_at(spark, work, plan, shadow_spec, base, FIRING_TS).coalesce(tasks)
+        with_features = firing_features(spark, work, plan, shadow_spec, with_carried, carried).coalesce(tasks)
     return scored, _scored(spark, resolver, key, with_features, shadow_ref)
 
 
@@ -193,8 +220,10 @@ def make_firing_handler(
     redis_client: Any,
     resolver: ModelResolver,
     app_id: str,
+    carried: Sequence[str] = (),
 ) -> Callable[[DataFrame, int], None]:
-    """The ``foreachBatch`` function of a source's trigger query."""
+    """The ``foreachBatch`` function of a source's trigger query; ``carried``: the groups whose values its
+    firings carry (common/triggers/shared_state.py)."""
     by_name = {t.name: t for t in triggers}
     predictions = predictions_path(work, plan.usecase, "stream")
     shadow_predictions = predictions_path(work, plan.usecase, SHADOW)
@@ -211,7 +240,14 @@ def make_firing_handler(
                 return
             parts = [
                 _score_model(
-                    spark, work, plan, resolver, by_name[name], batch.where(F.col("trigger") == name), counts[name]
+                    spark,
+                    work,
+                    plan,
+                    resolver,
+                    by_name[name],
+                    batch.where(F.col("trigger") == name),
+                    counts[name],
+                    carried,
                 )
                 for name in sorted(counts)
             ]

@@ -1,5 +1,9 @@
 """One streaming query per events source that has triggers: bronze (Delta
-stream) -> firings (stateful operator) -> scoring (foreachBatch, exactly once)."""
+stream) -> firings (stateful operator) -> scoring (foreachBatch, exactly once).
+
+When the source feeds events groups of the triggers' entity, the operator holds their tiles too and each
+firing carries those groups' values at its event (common/triggers/shared_state.py): scoring re-reads bronze
+only for the model's other groups."""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from common.lake.stream_start import stream_start_options
 from common.runtime.redis_server import connect
 from common.runtime.state_store import rocksdb_state_store
 from common.settings import Paths
-from common.triggers.operator import STATE_LAYOUT, firings
+from common.triggers.operator import STATE_LAYOUT, TRIGGERS_ONLY_LAYOUT, firings
 from common.triggers.scoring import ModelResolver, make_firing_handler
+from common.triggers.shared_state import carried_groups, firings_with_features
 
 
 def triggers_by_source(plan: Plan) -> dict[str, list[TriggerPlan]]:
@@ -50,7 +55,9 @@ def start_trigger_streams(
     resolver = resolver or ModelResolver(work, model_refresh_s)
     client = connect(redis_url)
     for source, triggers in triggers_by_source(plan).items():
-        name = f"triggers_{source}_{STATE_LAYOUT}"
+        # a first start at "latest" has no history in its state: its firings' features are read from bronze
+        groups = carried_groups(plan, triggers) if starting == "earliest" else []
+        name = f"triggers_{source}_{STATE_LAYOUT if groups else TRIGGERS_ONLY_LAYOUT}"
         table, checkpoint = bronze_path(work, plan.usecase, source), work.checkpoint(plan.usecase, name)
         # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them
         reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
@@ -62,11 +69,13 @@ def start_trigger_streams(
             reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
         events = reader.load(table)
         app_id = f"loom-{plan.usecase}-{name}"  # with the checkpoint: see STATE_LAYOUT
+        fired = firings_with_features(spark, work, groups, events, triggers) if groups else firings(events, triggers)
         writer = (
-            firings(events, triggers)
-            .writeStream.queryName(f"loom_{plan.usecase}_triggers_{source}")
+            fired.writeStream.queryName(f"loom_{plan.usecase}_triggers_{source}")
             .option("checkpointLocation", checkpoint)
-            .foreachBatch(make_firing_handler(spark, work, plan, triggers, client, resolver, app_id))
+            .foreachBatch(
+                make_firing_handler(spark, work, plan, triggers, client, resolver, app_id, [g.name for g in groups])
+            )
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
         with rocksdb_state_store(spark):  # transformWithState needs RocksDB
