@@ -84,6 +84,7 @@ class _KafkaLiveWriter(_LiveWriter):
     def run(self) -> None:
         super().run()
         remaining = self.producer.flush(30)
+        self.producer = None  # dropped: no client left to reconnect once the bench's broker stops
         if (remaining or self.failures) and self.error is None:
             self.error = RuntimeError(f"{remaining + self.failures} events were not written to {TOPIC}")
 
@@ -110,7 +111,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
     """Customers × days of the training data and of the log; seconds of writing and of drain of the live runs."""
     if quick:
         return {"train": (500, 8), "log": (1_000, 2), "files": None, "live": (15.0, 20.0), "warmup": 3.0}
-    return {"train": (500, 8), "log": (2_000, 4), "files": FILES_PER_TRIGGER, "live": (40.0, 40.0), "warmup": 10.0}
+    return {"train": (500, 8), "log": (2_000, 2), "files": FILES_PER_TRIGGER, "live": (40.0, 40.0), "warmup": 10.0}
 
 
 def _side_rows(side: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
