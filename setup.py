@@ -16,7 +16,7 @@ def _shipped_files() -> list[tuple[str, list[str]]]:
     the user's own, see common.spec.loader.metadata_roots)."""
     here = Path(__file__).resolve().parent
     folders: dict[str, list[str]] = {}
-    for pattern in ("spark-conf/*.conf", "metadata/schema.json", "metadata/*/*.yaml"):
+    for pattern in ("spark-conf/*.conf", "metadata/schema.json", "metadata/*/*.yaml", "metadata/*/*.avsc"):
         for path in sorted(here.glob(pattern)):
             relative = path.relative_to(here)
             folders.setdefault(f"share/loom/{relative.parent}", []).append(str(relative))
@@ -54,6 +54,7 @@ setup(
         "orjson==3.13.0",  # REST fast path: JSON in and out
         "treelite==4.8.1",  # fast predictor of tree ensembles (common.models.fast_predict)
         "confluent-kafka==2.16.2",  # the Kafka producer of `loom generate --to kafka` (librdkafka wheel)
+        "fastavro==1.13.1",  # Avro values: the producer's encoder and the check of a source's .avsc file
     ],
     extras_require={
         "dev": [

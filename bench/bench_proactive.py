@@ -234,10 +234,12 @@ def _freshness(
     writer_args: tuple[str, list[str], list[str], float, float],
     warmup_s: float,
     drain_s: float,
+    writer_class: type[_LiveWriter] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline continuously, land events at a fixed rate, and time each firing from event to Redis.
 
     ``writer_args``: tag, customers, pair customers, events/s, seconds (see :class:`_LiveWriter`).
+    ``writer_class``: a :class:`_LiveWriter` that sends its events elsewhere (bench/bench_kafka.py: to Kafka).
     """
     from common.features.online_sink import spark_online_writer
     from common.features.streaming import start_feature_streams
@@ -258,7 +260,7 @@ def _freshness(
     queries += start_feature_streams(spark, work, plan, spark_online_writer(url), interval=INTERVAL)
     queries += start_trigger_streams(spark, work, plan, url, interval=INTERVAL)
     time.sleep(5.0)  # first (empty) micro-batches of every query
-    writer = _LiveWriter(source_folders(spec, work.landing / spec.name)["events"], *writer_args)
+    writer = (writer_class or _LiveWriter)(source_folders(spec, work.landing / spec.name)["events"], *writer_args)
     client = connect(url)
     pending: dict[str, int] = {}
     seen: dict[str, tuple[int, float]] = {}  # customer -> (firing µs, freshness s)

@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"   {events:,} events (landing -> Redis + Delta) in {seconds:.1f}s: {events / seconds:,.0f} events/s")
     done(started)
 
-    failed |= not _kafka_ingest(spark, spec, work, topics)
+    kafka_ok, kafka_lake = _kafka_ingest(spark, spec, work, topics)
+    failed |= not kafka_ok
 
     started = step("4b. compact: offline history, latest written row per key + OPTIMIZE (`loom compact`, nightly)")
     print("   " + render_compaction(compact(spark, work, plan)).replace("\n", "\n   "))
@@ -160,11 +161,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not failed:
         for name in plan.models:
-            failed |= not _model_lifecycle(spark, plan, name, work, url)
+            failed |= not _model_lifecycle(spark, plan, name, work, url, kafka_lake=kafka_lake)
             _monitoring(spark, plan, name, work)
         _schedules(spec, work)
         failed |= not _notebook(spec.name, work)
         failed |= not _snapshot(spark, work, url)
+    if kafka_lake is not None:
+        import shutil
+
+        shutil.rmtree(kafka_lake.home, ignore_errors=True)
 
     print("\n== where everything lives")
     print(f"delta tables:  {work.lake}")
@@ -212,9 +217,10 @@ def _kafka(spark, spec, work: Paths) -> tuple[bool, dict[str, str]]:
     return ok, topics
 
 
-def _kafka_ingest(spark, spec, work: Paths, topics: dict[str, str]) -> bool:
+def _kafka_ingest(spark, spec, work: Paths, topics: dict[str, str]) -> tuple[bool, Paths]:
     """Ingest 3b's topics with ``format: kafka`` variants of the sources (into a lake of their own) and compare
-    their bronze with the file-fed bronze of step 4, origin columns aside; then delete the run's topics."""
+    their bronze with the file-fed bronze of step 4, origin columns aside; then delete the run's topics.
+    Returns the check and the Kafka-fed lake (step 8b computes its features and scores)."""
     import shutil
 
     from confluent_kafka.admin import AdminClient
@@ -251,9 +257,58 @@ def _kafka_ingest(spark, spec, work: Paths, topics: dict[str, str]) -> bool:
     admin = AdminClient(client_settings(os.environ[BOOTSTRAP_ENV]))
     for future in admin.delete_topics(list(topics.values())).values():
         future.result(30)
-    shutil.rmtree(scratch.home, ignore_errors=True)
     done(started)
-    return ok
+    return ok, scratch
+
+
+def _kafka_scores(spark, plan, name: str, work: Paths, kafka_lake: Paths, url: str, now, batch: dict) -> bool:
+    """Step 8b: the Kafka-fed lake of 4a gets its own feature history (backfill of the groups its Kafka sources
+    feed; the other sources and groups are the file run's, copied), its features are checked against Redis (the
+    file run's vectors) and its customers are scored by the same champion as of step 8's time: the same scores."""
+    import shutil
+
+    from common.features.backfill import backfill
+    from common.lake.paths import history_path
+    from common.models.scoring import score_batch
+
+    kafka_fed = {path.name for path in (kafka_lake.lake / plan.usecase / "bronze").iterdir()}  # 4a's sources
+    groups = [g for g in plan.groups.values() if g.source in kafka_fed]
+    started = step(
+        f"8b. kafka: the Kafka-fed lake of 4a -> {', '.join(g.name for g in groups)} history -> "
+        "consistency vs Redis, and scores vs step 8's"
+    )
+    copies = [(bronze_path(work, plan.usecase, s), bronze_path(kafka_lake, plan.usecase, s)) for s in plan.spec.sources]
+    copies += [
+        (history_path(work, g), history_path(kafka_lake, g)) for g in plan.groups.values() if g.source not in kafka_fed
+    ]
+    for source_table, copy in copies:
+        if not Path(copy).exists():  # the sources and groups not fed by Kafka: the file run's tables
+            shutil.copytree(source_table, copy)
+    backfill(spark, kafka_lake, plan, groups=[g.name for g in groups])
+    ok = True
+    store = open_store([g for g in groups if g.online], url)
+    try:
+        for group in (g for g in groups if g.online):
+            check = check_group(spark, kafka_lake, group, store)
+            print(
+                f"   {group.name} from Kafka vs Redis: {check.entities_checked} entities, "
+                f"{check.entities_mismatched} mismatched, {check.missing_online} missing"
+            )
+            ok &= check.ok
+    finally:
+        store.close()
+    if not kafka_lake.mlflow_db.exists():  # one registry: the champion of step 7
+        kafka_lake.mlflow_db.symlink_to(work.mlflow_db)
+    ref, written, _ = score_batch(spark, plan, f"{name}@champion", now, kafka_lake)
+    scores = {row[0]: row["score"] for row in written.collect()}
+    same_keys = scores.keys() == batch.keys()
+    worst = max((abs(scores[k] - batch[k]) for k in batch if k in scores), default=float("inf"))
+    print(
+        f"   {len(scores)} entities scored from Kafka with {ref} "
+        f"({'the same entities' if same_keys else 'NOT the same entities'} as step 8): max |diff| {worst:.2g}"
+    )
+    done(started)
+    return ok and same_keys and worst <= 1e-9
 
 
 def _materialize(spark, plan, work: Paths, url: str) -> bool:
@@ -280,8 +335,9 @@ def _materialize(spark, plan, work: Paths, url: str) -> bool:
     return ok
 
 
-def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
-    """Train -> register -> promote -> batch score -> online score; True when batch and online agree."""
+def _model_lifecycle(spark, plan, name: str, work: Paths, url: str, kafka_lake: Paths | None = None) -> bool:
+    """Train -> register -> promote -> batch score (and the Kafka-fed lake's, step 8b) -> online score; True when
+    batch and online agree (and Kafka and files)."""
     from datetime import UTC, datetime
 
     import mlflow
@@ -318,6 +374,7 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     print(f"   {len(batch)} entities scored with {ref} -> {path}")
     print("   highest: " + ", ".join(f"{key} {score:.3f}" for key, score in top))
     done(started)
+    kafka_same = kafka_lake is None or _kafka_scores(spark, plan, name, work, kafka_lake, url, now, batch)
 
     triggered = [t for t in plan.triggers.values() if t.model == name]
     if triggered:
@@ -365,7 +422,7 @@ def _model_lifecycle(spark, plan, name: str, work: Paths, url: str) -> bool:
     else:
         print(f"   prediction log: no table at {rest_table} (see the log above)")
     done(started)
-    return worst <= 1e-9 and rest_worst <= 1e-9
+    return worst <= 1e-9 and rest_worst <= 1e-9 and kafka_same
 
 
 if __name__ == "__main__":

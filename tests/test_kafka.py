@@ -110,6 +110,16 @@ def test_helpers_name_topics_keys_and_jars():
     assert artifact_of("scala-parallel-collections_2.13-1.2.0.jar") == "scala-parallel-collections_2.13"
     assert artifact_of("zstd-jni-1.5.7-17.jar") == "zstd-jni"
     assert artifact_of("spark-sql-kafka-0-10_2.13-4.2.0.jar") == "spark-sql-kafka-0-10_2.13"
+    assert artifact_of("spark-avro_2.13-4.2.0.jar") == "spark-avro_2.13"
+    # a JSON value goes into an Avro field of its own type only (as ingestion would take it from JSON)
+    from common.generate.avro import AvroEncoder
+
+    encoder = AvroEncoder(ROOT / "metadata" / "churn" / "events.avsc")
+    good = {"event_id": "E1", "customer_id": "C1", "event_type": "payment", "ts": "2026-01-01T10:00:00Z"}
+    assert encoder.encode(json.dumps({**good, "amount": 12}))  # an integer is a number
+    for bad in ({"amount": "12"}, {"amount": True}, {"ts": "yesterday"}, {"ts": 1767261600}, {"event_id": 7}):
+        assert encoder.encode(json.dumps({**good, **bad})) is None, bad
+    assert encoder.encode("{not json") is None and encoder.encode("[1, 2]") is None
     assert artifact_of("netty-transport-native-epoll-4.1.118.Final-linux-x86_64.jar") == "netty-transport-native-epoll"
 
 
@@ -121,6 +131,7 @@ def test_set_up_fetched_the_connector_without_duplicating_pyspark_jars(tmp_path,
 
     names = {artifact_of(jar.name): jar.name for jar in kafka_connector_jars()}
     assert names["spark-sql-kafka-0-10_2.13"] == f"spark-sql-kafka-0-10_2.13-{pyspark.__version__}.jar"
+    assert names["spark-avro_2.13"] == f"spark-avro_2.13-{pyspark.__version__}.jar"  # from_avro, same Spark
     assert {"kafka-clients", "commons-pool2", "spark-token-provider-kafka-0-10_2.13"} <= set(names)
     shipped = {artifact_of(jar.name) for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
     assert not shipped & set(names)  # one version of each library on Spark's classpath
@@ -359,7 +370,14 @@ def test_the_kafka_sample_loads_and_bad_kafka_settings_name_the_field_and_the_fi
 
     message = error(kafka__topic=None)
     assert "sources.events.kafka" in message and "exactly one of topic" in message and "fix" in message
-    assert "not supported yet" in error(kafka__value_format="avro", kafka__avro_schema="events.avsc")
+    message = error(kafka__value_format="avro", kafka__avro_schema="no-such.avsc")
+    assert "sources.events.kafka.avro_schema" in message and "no-such.avsc does not exist" in message
+    assert "needs avro_schema" in error(kafka__value_format="avro")
+    assert "applies to value_format avro only" in error(kafka__avro_schema="events.avsc")
+    message = error(kafka__value_format="avro", kafka__avro_schema="sources.yaml")
+    assert "sources.events.kafka.avro_schema" in message and "is not JSON" in message
+    message = error(kafka__value_format="avro", kafka__avro_schema=str(ROOT / "metadata" / "schema.json"))
+    assert "is not an Avro schema" in message or "not of a record" in message
     message = error(kafka__bootstrap_env="my_servers")
     assert "sources.events.kafka.bootstrap_env" in message and "'my_servers'" in message
     message = error(kafka__startng_offsets="latest")
@@ -469,6 +487,49 @@ def test_kafka_and_files_give_the_same_bronze_history_and_redis_vectors(spark, f
         assert report.entities_checked > 0 and report.ok and report.entities_mismatched == 0, (name, report.examples)
 
 
+def test_kafka_and_files_give_the_same_predictions(spark, files_and_kafka, monkeypatch, tmp_path):
+    """A churn model, trained once on the file-fed lake, scores every customer of both lakes as of the end of
+    the generated day (``loom score``'s batch scoring: point-in-time features -> pyfunc -> predictions table):
+    the same customers, the same scores.
+
+    The module's world is small (15 labels, one churner): the split's guard (20 labels of both classes a side)
+    is lifted for this model, and the model is churn's with a logistic regression after a constant imputer
+    (scikit-learn's HistGradientBoosting refuses a feature column without any value, which 12 training rows
+    have), so that its scores vary with the features, as a comparison needs. A bigger world would cost every
+    test of the module."""
+    from datetime import UTC, datetime
+
+    from common.compile import compile_usecase
+    from common.models import split
+    from common.models.scoring import score_batch
+    from common.models.train import train_model
+    from tests.spec_helpers import mutated_churn
+
+    def linear(documents):
+        model = documents["models.yaml"]["models"]["churn"]
+        imputer = {"strategy": "constant", "fill_value": 0.0, "keep_empty_features": True}
+        model["preprocessing"] = [{"class": "sklearn.impute.SimpleImputer", "params": imputer}]
+        model["preprocessing"].append({"class": "sklearn.preprocessing.StandardScaler"})
+        model["estimator"] = {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}}
+
+    monkeypatch.setattr(split, "_check_sides", lambda *_: None)
+    files, kafka = files_and_kafka.files, files_and_kafka.kafka
+    plan = compile_usecase(load_usecase(mutated_churn(tmp_path, linear)))
+    outcome = train_model(spark, plan, "churn", files.work)
+    assert outcome.version == 1 and outcome.promoted
+    (kafka.work.home / "mlflow.db").symlink_to(files.work.mlflow_db)  # one registry: the same model version
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+
+    def predictions(side) -> list[tuple]:
+        ref, written, _ = score_batch(spark, side.plan, "churn@champion", at, side.work)
+        assert ref.version == outcome.version
+        return sorted((row.customer_id, row.prediction_ts, row.score) for row in written.collect())
+
+    from_files, from_kafka = predictions(files), predictions(kafka)
+    assert len(from_files) >= 15 and len({score for _, _, score in from_files}) > 1
+    assert from_kafka == from_files
+
+
 def test_kafka_records_carry_their_topic_partition_and_offset_as_origin(spark, files_and_kafka):
     from common.lake.paths import bronze_path
 
@@ -542,6 +603,107 @@ def test_malformed_kafka_values_are_quarantined_with_their_offsets_and_the_batch
     }
     big = quarantine.where(F.col("source_file").endswith("/4")).first().raw
     assert len(big) > 1 << 20  # the record itself, kept whole for whoever repairs it
+
+
+AVRO_SCHEMA = ROOT / "metadata" / "churn" / "events.avsc"
+
+
+def test_avro_values_from_loom_generate_give_the_files_bronze_and_bad_bytes_are_quarantined(
+    spark, bootstrap, files_and_kafka, tmp_path
+):
+    """``value_format: avro``: ``loom generate --to kafka`` on the use case whose events source reads Avro writes
+    the module's world (same options, same records) in Avro with the source's schema file (relative to the
+    metadata); bytes that are no Avro record (a truncated record, text, a record sent with another schema,
+    an empty value) follow. Batch ingestion decodes them with Spark's ``from_avro``: bronze equals the
+    file-fed bronze row for row; the records the schema cannot hold (malformed JSON, a value of the wrong type)
+    and the bad bytes are quarantined as malformed Avro with their topic, partition and offset; every other
+    quarantined record has the file run's reason; a record of nulls is a record (missing its required columns)."""
+    import base64
+    import io
+
+    import fastavro
+    from confluent_kafka import Producer
+
+    from common.ingest.readers import MALFORMED_AVRO_PREFIX
+    from common.ingest.stream import ingest_source
+
+    topic = f"loom.test.avro-{uuid.uuid4().hex[:8]}"
+    folder = _kafka_churn(tmp_path / "metadata", topic, value_format="avro", avro_schema="events.avsc")
+    shutil.copy(AVRO_SCHEMA, folder / "events.avsc")
+    spec = load_usecase(folder)
+    assert spec.sources["events"].kafka.avro_schema_file == folder / "events.avsc"
+
+    args = ["--usecase", str(folder), "--customers", "15", "--days", "1", "--seed", "23", "--malformed-rate", "0.05"]
+    args += ["--out", str(tmp_path / "landing"), "--to", "kafka", "--partitions", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "generate", *args],
+        cwd=ROOT,
+        env=_env(tmp_path, **{BOOTSTRAP_ENV: bootstrap, KAFKA_ENV: bootstrap}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    sent = files_and_kafka.sent
+    assert re.search(rf"^{re.escape(topic)}\s+{sent}$", done.stdout, re.M), done.stdout
+    not_encoded = int(re.search(r"(\d+) records the Avro schema cannot hold", done.stdout).group(1))
+    kinds = [e["kind"] for e in read_malformed_log(tmp_path / "landing") if e["source"] == "events"]
+    assert not_encoded == sum(kind in ("malformed_json", "wrong_type") for kind in kinds) > 0
+
+    schema = fastavro.parse_schema(json.loads(AVRO_SCHEMA.read_text()))
+
+    def encoded(record: dict) -> bytes:
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, schema, record)
+        return buffer.getvalue()
+
+    late = {"event_id": "E-avro-1", "customer_id": "C00000001", "event_type": "payment", "amount": 5.25}
+    good = encoded({**late, "ts": datetime_utc("2026-01-01T23:59:59.123456")})
+    other_schema = {"type": "record", "name": "Other", "fields": [{"name": "id", "type": "long"}]}
+    other = io.BytesIO()
+    fastavro.schemaless_writer(other, fastavro.parse_schema(other_schema), {"id": 2**40})
+    extra = [good, good[: len(good) // 2], b"plain text, no Avro", other.getvalue(), b"", encoded({})]
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for value in extra:
+        producer.produce(topic, value=value, key=b"C00000001")
+    assert producer.flush(30) == 0
+
+    work = Paths(tmp_path / "home")
+    os.environ[KAFKA_ENV] = bootstrap
+    try:
+        report = ingest_source(spark, spec, "events", work, "batch")
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+    assert report.read == sent + len(extra)
+
+    files = files_and_kafka.files
+    bronze = _bronze_rows(spark, work, "events")
+    added = [row for row in bronze if row.event_id == "E-avro-1"]
+    assert [row for row in bronze if row.event_id != "E-avro-1"] == _bronze_rows(spark, files.work, "events")
+    assert len(added) == 1 and added[0].ts.isoformat().startswith("2026-01-01T23:59:59.123456")
+
+    quarantine = spark.read.format("delta").load(work.table("churn", "quarantine", "events")).collect()
+    by_origin = {row.source_file: (row.raw, row.reason) for row in quarantine}
+    assert len(by_origin) == len(quarantine)
+    assert all(re.fullmatch(rf"kafka:{re.escape(topic)}/0/\d+", origin) for origin in by_origin)
+    first_extra = sent
+    bad_bytes = {f"kafka:{topic}/0/{first_extra + i}": extra[i] for i in (1, 2, 3, 4)}
+    for origin, value in bad_bytes.items():
+        raw, reason = by_origin.pop(origin)
+        assert reason == "malformed Avro" and raw == MALFORMED_AVRO_PREFIX + base64.b64encode(value).decode()
+    assert by_origin.pop(f"kafka:{topic}/0/{first_extra + 5}")[1] == "missing required column event_id"
+    file_reasons = sorted(reason for _, reason in _quarantine_rows(spark, files.work, "events"))
+    reasons = [reason for _, reason in by_origin.values()]
+    assert reasons.count("malformed Avro") == not_encoded
+    kept = sorted(reason for reason in reasons if reason != "malformed Avro")
+    wrong_type = re.compile(r"^column \w+: .* is not a (string|long|int|double|boolean|timestamp|date)$")
+    assert kept == sorted(r for r in file_reasons if r != "malformed JSON" and not wrong_type.match(r))
+
+
+def datetime_utc(text: str):
+    from datetime import UTC, datetime
+
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def _newest_offset_file(checkpoint: Path, since_ns: int) -> bool:

@@ -32,7 +32,8 @@ without the switch (the drift draws its own random numbers):
   sessions get ``STREAMING_FACTOR_AFTER`` times as long (``streaming_minutes_1d``
   shifts).
 
-Files (names sort in arrival order; folders come from the use case's source paths):
+Files (names sort in arrival order; folders come from the use case's source paths, ``<out>/events`` for an
+events source of ``format: kafka``, whose records ``loom generate --to kafka`` publishes):
 
 * ``customers/customers-<time>-NNN.csv``: the snapshot before the first day, then
   one file per day with a new row version for each ``plan_change`` (``updated_at``
@@ -64,9 +65,9 @@ import numpy as np
 import pandas as pd
 
 from common.errors import ConfigError
-from common.generate.landing import LandingWriter
+from common.generate.landing import LandingWriter, records_folder
 from common.generate.options import GenerateOptions, GenerateSummary
-from common.lake.paths import is_local, landing_folder
+from common.lake.paths import is_local
 from common.spec.usecase import UseCase
 
 EVENT_TYPES = np.array(
@@ -181,14 +182,16 @@ def source_folders(spec: UseCase, out: Path) -> dict[str, Path]:
                 f"use case {spec.name!r} has no source {name!r}, which the churn generator writes. "
                 f"Fix: declare sources.{name} (see metadata/churn/sources.yaml) or use another generator"
             )
-        if source.format != fmt or set(source.columns) != set(columns):
+        # a Kafka source of JSON-shaped events: the generator writes its records as JSON lines to publish
+        kafka_twin = fmt == "json" and source.format == "kafka"
+        if (source.format != fmt and not kafka_twin) or set(source.columns) != set(columns):
             raise ConfigError(
                 f"sources.{name} of use case {spec.name!r} (format {source.format}, columns "
                 f"{sorted(source.columns)}) does not match what the churn generator writes "
                 f"(format {fmt}, columns {sorted(columns)}). "
                 "Fix: align metadata/churn/sources.yaml and common/generate/churn.py"
             )
-        folder = landing_folder(source, out)
+        folder = records_folder(name, source, out)
         if not is_local(folder):
             raise ConfigError(
                 f"sources.{name}.path expands to {folder}, not a local folder; the generator writes local files. "

@@ -15,9 +15,17 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.generate.options import GenerateSummary
+from common.lake.paths import landing_folder
+from common.spec.sources import Source
 
 MANIFEST = "_generated.json"
 MALFORMED_LOG = "_malformed.jsonl"
+
+
+def records_folder(name: str, source: Source, out: Path) -> str:
+    """Where the generator writes the records of source ``name``: its landing folder, or, for a ``format: kafka``
+    source (no folder), ``<out>/<name>``, as the JSON lines ``loom generate --to kafka`` then publishes."""
+    return landing_folder(source, out) if source.path is not None else str(Path(out) / name)
 
 
 class LandingWriter:

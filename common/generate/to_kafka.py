@@ -1,16 +1,21 @@
 """Publishing generated events to Kafka: ``loom generate --usecase churn --to kafka``.
 
 The generator writes its landing files as always (the batch jobs and the file stream read them); then
-every source of ``kind: events`` and ``format: json`` is replayed into a Kafka topic, record by record,
+every source of ``kind: events`` and ``format: json`` (or ``format: kafka``, whose records the generator
+writes to ``<out>/<source>``) is replayed into a Kafka topic, record by record,
 in arrival order (files by name, lines in file order), the malformed records included: they are what
 an upstream system would send, and what the stream must quarantine. So the same events reach Loom
 through files and through Kafka, which is what a files-versus-Kafka comparison needs.
 
-* Topic: ``loom.<usecase>.<source>`` (``loom.churn.events``), created when missing with
+* Topic: ``loom.<usecase>.<source>`` (``loom.churn.events``), a ``format: kafka`` source's own (its first
+  topic), created when missing with
   ``partitions`` partitions (replication 1 on a one-node broker, else the cluster's default).
 * Key: the source entity's key (``customer_id``), so one entity's events keep their order within one
   partition; a record without a readable key (malformed JSON) is sent without a key.
-* Value: the JSON line as written to the landing file (UTF-8), timestamp: the producer's clock.
+* Value: the JSON line as written to the landing file (UTF-8); for a ``format: kafka`` source with
+  ``value_format: avro``, the record in Avro's binary encoding with the source's schema
+  (:mod:`common.generate.avro`), and a record the schema cannot hold (malformed JSON, a value of the wrong
+  type) as its JSON text, which the stream quarantines as malformed Avro. Timestamp: the producer's clock.
 * Delivery: an idempotent producer with ``acks=all``; every delivery report is checked, and the
   publish fails with a :class:`StoreError` naming the first failure if any message was not written.
 * ``rate``: replay at a fixed rate of messages per second (for freshness measurements): message ``i``
@@ -26,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ConfigError, StoreError
-from common.lake.paths import landing_folder
+from common.generate.landing import records_folder
 from common.runtime.kafka_server import client_settings
+from common.spec.sources import Source
 from common.spec.usecase import UseCase
 
 FLUSH_TIMEOUT_S = 60.0
@@ -39,8 +45,32 @@ def topic_name(usecase: str, source: str) -> str:
 
 
 def kafka_sources(spec: UseCase) -> list[str]:
-    """The sources published to Kafka: events sources of JSON records."""
-    return [name for name, source in spec.sources.items() if source.kind == "events" and source.format == "json"]
+    """The sources published to Kafka: events sources of JSON records, and Kafka sources."""
+    return [
+        name for name, source in spec.sources.items() if source.kind == "events" and source.format in ("json", "kafka")
+    ]
+
+
+def source_topic(spec: UseCase, name: str) -> str:
+    """The topic a source is published to: a Kafka source's first topic, else ``loom.<usecase>.<source>``."""
+    source = spec.sources[name]
+    return source.kafka.topic_list[0] if source.kafka is not None else topic_name(spec.name, name)
+
+
+def value_encoder(source: Source):
+    """``line -> (value bytes, encoded)``: the JSON line itself, or its Avro encoding for an Avro source (a
+    record the schema cannot hold: its JSON text, not encoded)."""
+    if source.kafka is None or source.kafka.value_format != "avro":
+        return lambda line: (line.encode("utf-8"), True)
+    from common.generate.avro import AvroEncoder
+
+    encoder = AvroEncoder(source.kafka.avro_schema_file)
+
+    def encode(line: str) -> tuple[bytes, bool]:
+        value = encoder.encode(line)
+        return (value, True) if value is not None else (line.encode("utf-8"), False)
+
+    return encode
 
 
 def landing_records(folder: Path) -> Iterator[str]:
@@ -71,6 +101,7 @@ class PublishSummary:
     messages: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     rate: float | None = None
+    not_encoded: dict[str, int] = field(default_factory=dict)  # topic -> records sent as JSON text to an Avro topic
 
     def render(self) -> str:
         lines = [f"kafka {self.bootstrap}", f"{'topic':<28}{'messages':>12}"]
@@ -79,6 +110,11 @@ class PublishSummary:
         achieved = total / self.seconds if self.seconds > 0 else 0.0
         target = f", target {self.rate:,.0f}/s" if self.rate else ""
         lines.append(f"{total:,} messages in {self.seconds:.2f} s ({achieved:,.0f}/s{target})")
+        lines += [
+            f"{topic}: {count:,} records the Avro schema cannot hold, sent as their JSON text (malformed Avro)"
+            for topic, count in self.not_encoded.items()
+            if count
+        ]
         return "\n".join(lines)
 
 
@@ -152,7 +188,7 @@ def publish(
     connect_timeout: float = 15.0,
     topics: dict[str, str] | None = None,
 ) -> PublishSummary:
-    """Send the landing records of ``spec``'s JSON events sources under ``out`` to their topics.
+    """Send the landing records of ``spec``'s JSON events sources and Kafka sources under ``out`` to their topics.
 
     ``connect_timeout``: how long the first request (the topics' metadata) may wait for the cluster.
     ``topics``: source name -> topic, for sources sent elsewhere than ``loom.<usecase>.<source>`` (e.g. the
@@ -166,10 +202,10 @@ def publish(
     names = sources if sources is not None else kafka_sources(spec)
     if not names:
         raise ConfigError(
-            f"use case {spec.name!r} has no source of kind 'events' and format 'json' to publish to Kafka. "
+            f"use case {spec.name!r} has no source of kind 'events' and format 'json' or 'kafka' to publish to Kafka. "
             "Fix: publish a use case with JSON events sources, or use --to files"
         )
-    topics = {name: (topics or {}).get(name, topic_name(spec.name, name)) for name in names}
+    topics = {name: (topics or {}).get(name, source_topic(spec, name)) for name in names}
     ensure_topics(bootstrap, list(topics.values()), partitions, timeout=connect_timeout)
     failures: list[str] = []
 
@@ -191,13 +227,16 @@ def publish(
     for name in names:
         source = spec.sources[name]
         key_column = spec.entities[source.entity].key if source.entity in spec.entities else None
-        count = 0
-        for line in landing_records(Path(landing_folder(source, out))):
+        encode = value_encoder(source)
+        count = not_encoded = 0
+        for line in landing_records(Path(records_folder(name, source, out))):
             pacer.wait(sent)
             key = record_key(line, key_column) if key_column else None
+            value, encoded = encode(line)
+            not_encoded += not encoded
             while True:
                 try:
-                    producer.produce(topics[name], value=line.encode("utf-8"), key=key, on_delivery=delivered)
+                    producer.produce(topics[name], value=value, key=key, on_delivery=delivered)
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     producer.poll(0.05)
@@ -205,6 +244,7 @@ def publish(
             count += 1
             sent += 1
         summary.messages[topics[name]] = count
+        summary.not_encoded[topics[name]] = not_encoded
     remaining = producer.flush(FLUSH_TIMEOUT_S)
     summary.seconds = time.perf_counter() - pacer.start
     if remaining or failures:

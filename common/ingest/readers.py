@@ -17,7 +17,8 @@ file's modification time:
 * ``parquet``: read with the declared types; a file whose physical types differ
   fails the batch;
 * ``kafka``: Spark's own Kafka source on the source's topics (:func:`read_kafka`): the
-  message value as text in ``value`` (validated like a JSON line), the origin
+  message value as text in ``value`` (validated like a JSON line; an Avro value is decoded with
+  the source's schema and rendered as that JSON line, :func:`avro_values`), the origin
   ``kafka:<topic>/<partition>/<offset>`` in place of the file and the message's
   timestamp in place of the file's time, plus the partition and offset, which order
   the records of one partition for the duplicate check.
@@ -25,17 +26,22 @@ file's modification time:
 
 from __future__ import annotations
 
+import io
+import json
 import os
+from functools import reduce
 from pathlib import Path
 
-from pyspark.sql import DataFrame, DataFrameReader, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameReader, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import DataStreamReader
 
 from common.errors import ConfigError
+from common.ingest.redaction import pii_columns
 from common.ingest.validation import (
     CORRUPT,
     FILE_TIME,
+    KAFKA_TIME_FORMAT,
     ORIGIN_OFFSET,
     ORIGIN_PARTITION,
     SOURCE_FILE,
@@ -134,8 +140,7 @@ def read_kafka(reader: DataFrameReader | DataStreamReader, source: Source) -> Da
     (``failOnDataLoss``): silently skipping events is worse than stopping.
     """
     settings = source.kafka
-    if settings.value_format != "json":  # the spec refuses it already; a guard for models built in code
-        raise ConfigError(f"Kafka value format {settings.value_format!r} is not supported yet. Fix: publish JSON")
+    value = avro_values(F.col("value"), source) if settings.value_format == "avro" else F.col("value").cast("string")
     options = {**spark_options(kafka_bootstrap_of(source)), **KAFKA_TIMEOUTS}
     options["subscribe"] = ",".join(settings.topic_list)
     options["failOnDataLoss"] = "true"
@@ -148,9 +153,75 @@ def read_kafka(reader: DataFrameReader | DataStreamReader, source: Source) -> Da
     frame = reader.format("kafka").options(**options).load()
     origin = F.concat(F.lit("kafka:"), F.col("topic"), F.lit("/"), F.col("partition"), F.lit("/"), F.col("offset"))
     return frame.select(
-        F.col("value").cast("string").alias("value"),
+        value.alias("value"),
         origin.alias(SOURCE_FILE),
         F.col("timestamp").alias(FILE_TIME),
         F.col("partition").alias(ORIGIN_PARTITION),
         F.col("offset").alias(ORIGIN_OFFSET),
     )
+
+
+# What a malformed Avro value becomes: text that is no JSON (so validation quarantines it as malformed Avro),
+# holding the bytes for whoever repairs it, unless the source has PII columns: its bytes then hold PII that
+# cannot be told apart, and the origin (topic, partition, offset) says where to find them.
+MALFORMED_AVRO_PREFIX = "malformed Avro value, base64: "
+MALFORMED_AVRO_PII_NOTE = "<redacted: malformed Avro value of a source with PII columns; see source_file>"
+AVRO_OPTIONS = {"mode": "PERMISSIVE", "datetimeRebaseMode": "CORRECTED"}  # fastavro writes proleptic Gregorian
+JSON_WRITE_OPTIONS = {"timestampFormat": KAFKA_TIME_FORMAT, "timestampNTZFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"}
+
+
+def avro_schema_text(source: Source) -> str:
+    """The text of a Kafka source's Avro schema file (checked when the metadata loaded; read again here)."""
+    path = source.kafka.avro_schema_file
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        topics = ", ".join(source.kafka.topic_list)
+        raise ConfigError(
+            f"kafka.avro_schema of the source of topic(s) {topics}: cannot read {path} ({err.strerror or err}). "
+            "Fix: restore the file, or name the .avsc file the producer writes with"
+        ) from None
+
+
+def _null_record(schema: str) -> bytes | None:
+    """The encoding of a record whose fields are all null, or None when the schema does not allow one."""
+    from fastavro import parse_schema, schemaless_writer
+
+    buffer = io.BytesIO()
+    try:
+        schemaless_writer(buffer, parse_schema(json.loads(schema)), {})
+    except (ValueError, TypeError):  # a field that cannot be null
+        return None
+    return buffer.getvalue()
+
+
+def avro_values(value: Column, source: Source) -> Column:
+    """Each Avro value (binary encoding, the source's schema) as the JSON line of its record, which validation
+    then checks like any JSON value; a value that does not decode as text that is no JSON.
+
+    ``from_avro`` in PERMISSIVE mode gives a record of nulls for bytes that do not decode (a batch never
+    fails on one message). A record of nulls is taken as decoded only when the value is exactly the encoding
+    of such a record. Timestamps keep their microseconds (``KAFKA_TIME_FORMAT``). Avro values have no
+    framing: bytes after a complete record are not seen (docs/ingestion.md#avro-values).
+    """
+    from pyspark.sql.avro.functions import from_avro
+
+    schema = avro_schema_text(source)
+    try:
+        decoded = from_avro(value, schema, AVRO_OPTIONS)
+    except TypeError as err:  # PySpark's word for a JVM class that is not there: spark-avro was not fetched
+        raise ConfigError(
+            "Spark's Avro functions (spark-avro) are not on this session's classpath, so the Avro values of topic(s) "
+            f"{', '.join(source.kafka.topic_list)} cannot be decoded ({err}). Fix: run `make setup` (it fetches "
+            "spark-avro into .cache/kafka/connector) and do not set LOOM_SPARK_KAFKA=0"
+        ) from None
+    names = [field["name"] for field in json.loads(schema)["fields"]]
+    any_field = reduce(lambda a, b: a | b, [decoded[name].isNotNull() for name in names], F.lit(False))
+    null_record = _null_record(schema)
+    if null_record is not None:
+        any_field = any_field | F.coalesce(value == F.lit(null_record), F.lit(False))
+    if pii_columns(source):
+        malformed = F.lit(MALFORMED_AVRO_PII_NOTE)
+    else:
+        malformed = F.concat(F.lit(MALFORMED_AVRO_PREFIX), F.coalesce(F.base64(value), F.lit("")))
+    return F.when(any_field, F.to_json(decoded, JSON_WRITE_OPTIONS)).otherwise(malformed)

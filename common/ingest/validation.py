@@ -10,7 +10,8 @@ Input, by the source's format (as produced by :mod:`common.ingest.readers`):
 * ``csv``: one string column per declared column, plus ``_corrupt_record``
   (the line, when it does not split into the declared fields);
 * ``parquet``: the declared columns (any type);
-* ``kafka``: ``value`` (the message value as text), checked like a JSON line; with
+* ``kafka``: ``value`` (the message value as text; an Avro value as the JSON line of its
+  record, or, when it does not decode, text that is no JSON: ``malformed Avro``), checked like a JSON line; with
   ``event_time_from: kafka_timestamp`` the ``event_time`` column is the message's
   timestamp (``_file_modification_time``), not a field of the value;
 
@@ -87,6 +88,7 @@ ORDER_COLUMNS = (FILE_TIME, ORIGIN_PARTITION, ORIGIN_OFFSET)
 KAFKA_TIME_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"  # ISO-8601 with the offset: what the timestamp check takes
 
 MALFORMED_JSON = "malformed JSON"
+MALFORMED_AVRO = "malformed Avro"  # a Kafka value that does not decode with the source's Avro schema
 MALFORMED_CSV = "malformed CSV record"
 SHOWN_VALUE_CHARS = 200
 
@@ -292,7 +294,8 @@ def _normalize(df: DataFrame, source: Source) -> tuple[DataFrame, dict[str, Colu
             fields[source.event_time] = F.date_format(FILE_TIME, KAFKA_TIME_FORMAT)
         malformed = F.col(_PARSED).isNull() | F.col(_PARSED)[CORRUPT].isNotNull()
         raw = redact_json_text(F.col("value"), pii) if pii else F.col("value")
-        return df, fields, malformed, MALFORMED_JSON, raw
+        avro = source.kafka is not None and source.kafka.value_format == "avro"  # decoded by the reader
+        return df, fields, malformed, MALFORMED_AVRO if avro else MALFORMED_JSON, raw
     if source.format == "csv":
         fields = {name: F.col(name) for name in names}
         corrupt = F.col(CORRUPT) if CORRUPT in df.columns else F.lit(None).cast("string")

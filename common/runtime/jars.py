@@ -5,7 +5,9 @@
 * Apache Kafka's broker (``.cache/kafka/libs``): ``kafka_2.13`` and everything it needs at run time,
   for the local KRaft broker of :mod:`common.runtime.kafka_server`.
 * Spark's Kafka source (``.cache/kafka/connector``): ``spark-sql-kafka-0-10`` of the installed
-  PySpark with its run-time dependencies (kafka-clients, commons-pool2, the token provider), less
+  PySpark with its run-time dependencies (kafka-clients, commons-pool2, the token provider), and
+  ``spark-avro`` (``from_avro``, for Kafka values written in Avro; the Avro library itself ships with
+  PySpark), less
   the jars PySpark already ships (Scala, Hadoop's client, lz4, snappy, ...): two versions of one
   library on a classpath is a bug waiting for its day.
 
@@ -95,10 +97,13 @@ STAMP = ".complete"
 
 
 def kafka_connector_artifacts() -> tuple[str, ...]:
-    """Spark's Kafka source for the installed PySpark (the connector must match Spark exactly)."""
+    """Spark's Kafka source and its Avro functions for the installed PySpark (both must match Spark exactly)."""
     import pyspark
 
-    return (f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY}:{pyspark.__version__}",)
+    return (
+        f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY}:{pyspark.__version__}",
+        f"org.apache.spark:spark-avro_{SCALA_BINARY}:{pyspark.__version__}",
+    )
 
 
 def kafka_cache(cache: Path | None = None) -> Path:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from common.errors import SpecError, SpecErrors, shorten
 from common.settings import RESOURCE_ROOT
 from common.spec import safe_yaml
+from common.spec.avro import check_avro_schemas
 from common.spec.references import check_references
 from common.spec.usecase import UseCase
 
@@ -171,7 +172,9 @@ def load_usecase(name_or_path: str | Path, root: Path | None = None) -> UseCase:
         spec = UseCase.model_validate(document)
     except ValidationError as err:
         raise SpecErrors(translate_errors(err, document, origins)) from None
+    spec._origins = origins.as_dict()
     problems = check_references(spec)
+    problems = problems or check_avro_schemas(spec)  # the files of sources whose references hold
     if problems:
         raise SpecErrors(
             [
@@ -179,7 +182,6 @@ def load_usecase(name_or_path: str | Path, root: Path | None = None) -> UseCase:
                 for p in problems
             ]
         )
-    spec._origins = origins.as_dict()
     return spec
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, PrivateAttr, StringConstraints, model_validator
 
 from common.spec.base import Duration, Name, Strict
 from common.spec.privacy import Policy
@@ -70,9 +71,15 @@ class KafkaSettings(Strict):
     topics: list[Topic] | None = Field(default=None, min_length=1, description="several topics, read as one stream")
     value_format: Literal["json", "avro"] = Field(
         default="json",
-        description="how a message's value is written: one JSON object (avro: declared, not supported yet)",
+        description="how a message's value is written: json, one JSON object; avro, one Avro record in binary "
+        "encoding (no container header, no schema registry prefix) written with the schema of avro_schema",
     )
-    avro_schema: str | None = Field(default=None, description="the .avsc file of value_format avro")
+    avro_schema: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the Avro schema (.avsc, a record) of value_format avro: a path relative to the metadata file "
+        "that declares the source, or absolute",
+    )
     event_time_from: Literal["field", "kafka_timestamp"] = Field(
         default="field",
         description="field: the source's event_time column from the value; kafka_timestamp: the message's "
@@ -92,10 +99,20 @@ class KafkaSettings(Strict):
         description="environment variable that holds the bootstrap servers (host:port[,host:port])",
     )
 
+    # the schema file resolved against the metadata folder by the loader (common.spec.avro)
+    _avro_schema_file: Path | None = PrivateAttr(default=None)
+
     @property
     def topic_list(self) -> list[str]:
         """The topics to subscribe to."""
         return [self.topic] if self.topic is not None else list(self.topics or [])
+
+    @property
+    def avro_schema_file(self) -> Path | None:
+        """The Avro schema file: as the loader resolved it, else ``avro_schema`` as written (a model built in code)."""
+        if self.avro_schema is None:
+            return None
+        return self._avro_schema_file or Path(self.avro_schema)
 
     @model_validator(mode="after")
     def _one_topic_setting(self) -> KafkaSettings:
@@ -103,12 +120,12 @@ class KafkaSettings(Strict):
             raise ValueError(
                 "give exactly one of topic (one topic) or topics (a list); fix: e.g. topic: loom.churn.events"
             )
-        if self.value_format == "avro":
+        if self.value_format == "avro" and self.avro_schema is None:
             raise ValueError(
-                "value_format avro is not supported yet; fix: publish the values as JSON objects and write "
-                "value_format: json (or leave it out)"
+                "value_format avro needs avro_schema, the file of the values' Avro schema; "
+                "fix: add e.g. avro_schema: events.avsc (beside this metadata file)"
             )
-        if self.avro_schema is not None:
+        if self.value_format != "avro" and self.avro_schema is not None:
             raise ValueError("avro_schema applies to value_format avro only; fix: remove avro_schema")
         return self
 
