@@ -42,7 +42,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.runtime.jars import fetch_kafka, kafka_broker_libs, kafka_broker_ready, kafka_cache
-from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded
+from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded, terminate
 from common.runtime.secrets import read_secret
 
 BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"
@@ -251,13 +251,7 @@ class KafkaServer:
 
     def stop(self) -> None:
         """Stop the broker (a controlled shutdown; SIGKILL after :data:`STOP_TIMEOUT_S`)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, STOP_TIMEOUT_S)
         self.process = None
         if self._tmp is not None:
             self._tmp.cleanup()

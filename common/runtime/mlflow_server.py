@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import StoreError
-from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded
+from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded, terminate
 
 START_TIMEOUT_S = 120.0  # the first start creates the store's tables (migrations): 5-20 s on a busy machine
 _LOCK_FIX = "wait for that job to end, or use another folder, or set MLFLOW_TRACKING_URI to a running server"
@@ -79,13 +78,7 @@ class MlflowServer:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # forwarded by `mlflow server` to its uvicorn process
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)  # `mlflow server` forwards SIGTERM to its uvicorn process
         self.process = None
         if self._tmp is not None:
             self._tmp.cleanup()

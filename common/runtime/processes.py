@@ -87,6 +87,18 @@ def spawn_guarded(
     return _SPAWNER.submit(start).result()
 
 
+def terminate(process: subprocess.Popen | None, timeout: float) -> None:
+    """Stop a server process: SIGTERM (its orderly shutdown), then SIGKILL after ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def lock_folder(directory: Path, wait_s: float = LOCK_WAIT_S, *, kind: str, server: str, fix: str) -> int:
     """An open descriptor holding an exclusive ``flock`` on ``directory``; StoreError when a live server holds it.
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ConfigError, StoreError
-from common.runtime.processes import free_port, lock_folder, spawn_guarded
+from common.runtime.processes import free_port, lock_folder, spawn_guarded, terminate
 from common.runtime.secrets import read_secret
 
 _LOCK_FIX = (
@@ -123,12 +123,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process, 10)
         self.process = None
         if self._tmp is not None:
             self._tmp.cleanup()

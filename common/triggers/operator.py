@@ -70,6 +70,16 @@ def condition_events(events: DataFrame, triggers: list[TriggerPlan]) -> DataFram
     )
 
 
+def keep_one_timer(handle: StatefulProcessorHandle, wanted: int | None) -> None:
+    """Leave the key with exactly one timer, at ``wanted`` (ms), or none when ``wanted`` is None."""
+    timers = list(handle.listTimers())
+    for expiry_ms in timers:
+        if expiry_ms != wanted:
+            handle.deleteTimer(expiry_ms)
+    if wanted is not None and wanted not in timers:
+        handle.registerTimer(wanted)
+
+
 class TriggerProcessor(StatefulProcessor):
     """Per entity: the triggers' :class:`TriggerState` in a value state, one event-time timer, the firings.
 
@@ -125,12 +135,7 @@ class TriggerProcessor(StatefulProcessor):
             newest = max((e[0] for s in per_trigger.values() for e in s.events), default=0)
             newest = max([newest] + [f for s in per_trigger.values() for f in s.fired])
             wanted = max(newest + self.horizon_us, watermark_us + 1000) // 1000 + 1
-        timers = list(self.handle.listTimers())
-        for expiry_ms in timers:
-            if expiry_ms != wanted:
-                self.handle.deleteTimer(expiry_ms)
-        if wanted is not None and wanted not in timers:
-            self.handle.registerTimer(wanted)
+        keep_one_timer(self.handle, wanted)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[Row]:
         self.state.clear()  # the watermark passed everything the state could still match

@@ -46,7 +46,7 @@ from common.features.streaming import ROW, tile_rows
 from common.features.tile_state import TileFolder, TileState
 from common.settings import Paths
 from common.triggers.matcher import TriggerState, advance, is_empty
-from common.triggers.operator import FIRING_TS, _rule, condition_events
+from common.triggers.operator import FIRING_TS, _rule, condition_events, keep_one_timer
 
 FEATURES = "_features"  # JSON {group: {feature: value}}: each carried group's values at the firing event
 GROUP = "_group"  # input rows: the group index of a tile row, -1 for a trigger row
@@ -207,12 +207,7 @@ class SharedProcessor(StatefulProcessor):
             newest = max((e[0] for s in per_trigger.values() for e in s.events), default=0)
             newest = max([newest] + [f for s in per_trigger.values() for f in s.fired])
             wanted = max(newest + self.horizon_us, tiles_until_us, watermark_us + 1000) // 1000 + 1
-        timers = list(self.handle.listTimers())
-        for expiry_ms in timers:
-            if expiry_ms != wanted:
-                self.handle.deleteTimer(expiry_ms)
-        if wanted is not None and wanted not in timers:
-            self.handle.registerTimer(wanted)
+        keep_one_timer(self.handle, wanted)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[Row]:
         self.state.clear()  # the watermark passed everything the triggers and the tiles could still matter for
