@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -389,6 +391,16 @@ def test_the_kafka_sample_loads_and_bad_kafka_settings_name_the_field_and_the_fi
     assert "applies to format kafka only" in error(format="json", path="{landing}/events")
 
 
+@contextmanager
+def _kafka_bootstrap(address: str) -> Iterator[None]:
+    """Point every Loom client at ``address`` ($LOOM_KAFKA_BOOTSTRAP) for the block."""
+    os.environ[KAFKA_ENV] = address
+    try:
+        yield
+    finally:
+        os.environ.pop(KAFKA_ENV, None)
+
+
 def _redis_vectors(url: str) -> dict[bytes, bytes]:
     from common.runtime.redis_server import connect
 
@@ -460,12 +472,9 @@ def files_and_kafka(spark, redis_url, bootstrap, tmp_path_factory):
     for name in ("customers", "outcomes"):
         shutil.copytree(files_work.landing / "churn" / name, kafka_work.landing / "churn" / name)
     kafka_spec = load_usecase(_kafka_churn(root / "metadata", topic))
-    os.environ[KAFKA_ENV] = bootstrap
-    try:
+    with _kafka_bootstrap(bootstrap):
         files = _pipeline_run(spark, redis_url, spec, files_work, check=False)
         kafka = _pipeline_run(spark, redis_url, kafka_spec, kafka_work, check=True)
-    finally:
-        os.environ.pop(KAFKA_ENV, None)
     yield SimpleNamespace(files=files, kafka=kafka, topic=topic, sent=sent.messages[topic], kafka_spec=kafka_spec)
     from common.runtime.redis_server import connect
 
@@ -578,11 +587,8 @@ def test_malformed_kafka_values_are_quarantined_with_their_offsets_and_the_batch
 
     spec = load_usecase(_kafka_churn(tmp_path / "metadata", topic, event_time_from="kafka_timestamp"))
     work = Paths(tmp_path / "home")
-    os.environ[KAFKA_ENV] = bootstrap
-    try:
+    with _kafka_bootstrap(bootstrap):
         report = ingest_source(spark, spec, "events", work, "batch")
-    finally:
-        os.environ.pop(KAFKA_ENV, None)
     assert (report.read, report.accepted, report.batches) == (len(values), 2, 1)
 
     bronze = spark.read.format("delta").load(work.table("churn", "bronze", "events"))
@@ -669,11 +675,8 @@ def test_avro_values_from_loom_generate_give_the_files_bronze_and_bad_bytes_are_
     assert producer.flush(30) == 0
 
     work = Paths(tmp_path / "home")
-    os.environ[KAFKA_ENV] = bootstrap
-    try:
+    with _kafka_bootstrap(bootstrap):
         report = ingest_source(spark, spec, "events", work, "batch")
-    finally:
-        os.environ.pop(KAFKA_ENV, None)
     assert report.read == sent + len(extra)
 
     files = files_and_kafka.files
