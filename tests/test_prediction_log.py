@@ -459,3 +459,74 @@ def test_rows_hold_scores_and_names_but_no_feature_values():
     assert [r["score"] for r in rows] == [0.5, None] and [r["known"] for r in rows] == [True, False]
     assert [r["missing"] for r in rows] == [["tenure_days"], ["a", "b"]]
     assert set(rows[0]) == set(COLUMNS)
+
+
+def test_rows_of_many_requests_for_two_models_keep_request_order(monkeypatch):
+    """Requests of two models (other entity key, other feature groups), built in several slices: each
+    row carries its own request's values, its own key column (null in the other's) and its own groups'
+    ``known``, in request order."""
+    from common.serving import prediction_rows
+
+    monkeypatch.setattr(prediction_rows, "ROWS_PER_SLICE", 3)  # 7 requests: slices of 3, 3, 1
+    records = []
+    for i in range(7):
+        churn = i % 3 != 1
+        n = 1 + i % 2
+        stamps = np.array([(-1 if (i + row) % 2 else 10) for row in range(n)])
+        records.append(
+            LoggedRequest(
+                f"r{i}",
+                1768392000000000 + i,
+                "c",
+                "churn" if churn else "upsell",
+                i,
+                "champion" if churn else None,
+                "customer_id" if churn else "account_id",
+                [f"K{i}-{row}" for row in range(n)] if churn else list(range(100 * i, 100 * i + n)),
+                np.arange(n, dtype="float64") + i,
+                {"activity": stamps, "profile": np.full(n, -1)} if churn else {"usage": stamps},
+                [[f"m{i}"]] * n,
+            )
+        )
+    rows = prediction_rows.rows_table(records, logged_at_us=5).to_pylist()
+
+    expected = []
+    for r in records:
+        for row, key in enumerate(r.keys):
+            mine, other = (
+                ("customer_id", "account_id") if r.entity_key == "customer_id" else ("account_id", "customer_id")
+            )
+            expected.append(
+                (
+                    r.request_id,
+                    r.model,
+                    r.version,
+                    r.alias,
+                    str(key),
+                    None,
+                    r.scores[row],
+                    r.missing[row],
+                    any(stamps[row] >= 0 for stamps in r.event_times_us.values()),
+                    mine,
+                    other,
+                )
+            )
+    got = [
+        (
+            x["request_id"],
+            x["model_name"],
+            x["model_version"],
+            x["alias"],
+            x[mine],
+            x[other],
+            x["score"],
+            x["missing"],
+            x["known"],
+            mine,
+            other,
+        )
+        for x, (*_, mine, other) in zip(rows, expected, strict=True)
+    ]
+    assert got == expected
+    assert {x["logged_at"].timestamp() for x in rows} == {5e-6}
+    assert [x["prediction_ts"] for x in rows] == sorted(x["prediction_ts"] for x in rows)

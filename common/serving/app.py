@@ -43,6 +43,7 @@ carries the row's ``request_id`` in the ``X-Request-Id`` header.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -161,6 +162,9 @@ SUPERVISOR_PID_ENV = "LOOM_SERVE_SUPERVISOR_PID"
 """Set by ``loom serve`` to its own pid: a worker process that reads another pid arms its parent-death signal."""
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 def app_from_env() -> FastAPI:
     """The uvicorn factory: config, keys and Redis from the environment (see :mod:`common.serving.config`)."""
     from common.runtime.log import setup_logging
@@ -174,6 +178,11 @@ def app_from_env() -> FastAPI:
     config = ServingConfig.from_env()
     if config.threads > 0:
         limit_threads(config.threads)
+    # The prediction log's writer thread shares the GIL with the event loop. A thread that wants
+    # the GIL asks its holder to let go only after the switch interval (5 ms by default): each
+    # write of the log could then stall requests by 5 ms. 0.5 ms bounds that stall; the cost is
+    # more switches, and only while both threads run.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(config)
     app.state.freeze_gc = True
     return app
