@@ -145,3 +145,26 @@ def test_scoring_missing_values_with_a_model_that_cannot_take_them_is_a_user_err
     x[0, 0] = np.nan
     with pytest.raises(EstimatorError, match=r"model 'm': step 'estimator' \(LogisticRegression\) failed to predict"):
         model.predict_matrix(x)
+
+
+def test_a_feature_with_no_value_in_training_is_named_when_the_fit_fails():
+    """HistGradientBoosting cannot bin a column of NaN; the error names the empty feature, not numpy's window shape."""
+    from common.models.estimators import fit_estimator
+
+    x, y = _data(missing=0.0)
+    x[:, 2] = np.nan
+    hgb = {"class": "sklearn.ensemble.HistGradientBoostingClassifier", "params": {"max_iter": 5}}
+    estimator = build_model(_model([], hgb), "m")
+    with pytest.raises(EstimatorError) as caught:
+        fit_estimator(estimator, x, y, ["a", "b", "c", "d"], model="m")
+    message = str(caught.value)
+    assert message.startswith("model 'm': feature(s) 'c' have no value in any of the 400 training rows")
+    assert "models.m.features" in message and "\n" not in message
+
+    # with an imputer the same data fits, and a failure with no empty feature keeps the estimator's own words
+    imputed = build_model(_model([IMPUTE_SCALE[0]]), "m")
+    fit_estimator(imputed, x, y, ["a", "b", "c", "d"], model="m")
+    x[:, 2] = 1.0
+    x[0, 0] = np.nan
+    with pytest.raises(EstimatorError, match="failed to fit: Input X contains NaN"):
+        fit_estimator(build_model(_model([]), "m"), x, y, ["a", "b", "c", "d"], model="m")

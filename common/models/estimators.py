@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+
+import numpy as np
 
 from common.errors import ConfigError, EstimatorError, SpecError
 from common.spec.models import Estimator, Model, Step
@@ -134,4 +136,28 @@ def run_estimator(predictor: Any, action: str, call: Callable[..., T], *args: An
             fix = f"check models.{model}.preprocessing and models.{model}.estimator (classes and params)"
         raise EstimatorError(
             f"model {model!r}: step {step!r} ({type(obj).__name__}) failed to {action}: {detail[:300]}. Fix: {fix}"
+        ) from None
+
+
+def fit_estimator(predictor: Any, x: np.ndarray, y: np.ndarray, inputs: Sequence[str], *, model: str) -> None:
+    """Fit ``predictor`` on ``x`` (columns named ``inputs``); refusals become :class:`EstimatorError`.
+
+    A feature with no value in any training row is the usual cause of an obscure refusal
+    (scikit-learn's HistGradientBoosting cannot bin a column of NaN: "window shape cannot be
+    larger than input array shape"), and a sign that its events never reach the labels. When
+    the fit fails and such features exist, the error names them instead of the estimator's words.
+    """
+    try:
+        run_estimator(predictor, "fit", predictor.fit, x, y, model=model)
+    except EstimatorError as err:
+        empty = [name for name, column in zip(inputs, x.T, strict=True) if np.isnan(column).all()]
+        if not empty:
+            raise
+        said = str(err.args[0]).split(": ", 2)[-1].split(". Fix: ")[0]  # the estimator's words, without our fix
+        shown = ", ".join(repr(name) for name in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise EstimatorError(
+            f"model {model!r}: feature(s) {shown} have no value in any of the {len(x)} training rows, and the fit "
+            f"failed on them ({said[:120]}). Fix: check that those features' events "
+            f"reach the labels (source, window, entity key), remove them from models.{model}.features, or add an "
+            f"imputer step under models.{model}.preprocessing"
         ) from None

@@ -23,7 +23,7 @@ from common.compile.models import ModelPlan
 from common.compile.plan import Plan
 from common.errors import DataError
 from common.models import registry
-from common.models.estimators import build_model, run_estimator, step_names
+from common.models.estimators import build_model, fit_estimator, run_estimator, step_names
 from common.models.fast_predict import FastPredictor, build_fast_predictor, check_fast_predictor, dumps
 from common.models.lineage import code_version, pip_requirements
 from common.models.metrics import evaluate, improvement
@@ -239,7 +239,7 @@ def fit_model(
     x_train = model_matrix(model.feature_spec, split.train)
     x_test = model_matrix(model.feature_spec, split.holdout)
     y_train, y_test = split.train[LABEL].to_numpy(), split.holdout[LABEL].to_numpy()
-    run_estimator(estimator, "fit", estimator.fit, x_train, y_train, model=model_name)
+    fit_estimator(estimator, x_train, y_train, model.inputs, model=model_name)
     with _one_thread():
         scores = run_estimator(estimator, "predict", estimator.predict_proba, x_test, model=model_name)[:, 1]
         fast, fast_gap = _fast_predictor(estimator, x_test, model_name)
