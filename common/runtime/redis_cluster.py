@@ -18,9 +18,9 @@ from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.runtime.processes import free_port
-from common.runtime.redis_server import RedisServer
+from common.runtime.redis_server import CLUSTER_ENV, RedisServer
 
-CLUSTER_ENV = "LOOM_REDIS_CLUSTER"
+__all__ = ["CLUSTER_ENV", "RedisClusterServers", "cluster_state"]
 START_TIMEOUT_S = 30.0
 
 
