@@ -70,6 +70,8 @@ def test_connect_follows_loom_redis_cluster_and_says_what_is_wrong(cluster, sing
         redis_url()  # Loom starts single servers only: it must not start one for a cluster
     monkeypatch.setenv(CLUSTER_ENV, "0")
     assert type(connect(single.url)) is redis.Redis
+    with pytest.raises(StoreError, match=r"forget: deleting .* Fix: bring Redis back"):
+        forget_redis("redis://127.0.0.1:1/0", "churn", ["C00000001"])  # nobody listens on port 1
     monkeypatch.setenv(CLUSTER_ENV, "perhaps")
     with pytest.raises(ConfigError, match=f"{CLUSTER_ENV}='perhaps' is not a yes/no value"):
         connect(single.url)
