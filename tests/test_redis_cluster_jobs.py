@@ -21,9 +21,9 @@ from common.features.consistency import check_group
 from common.features.online_sink import open_store
 from common.features.publish import materialize
 from common.models.online_features import online_groups
-from common.online.base import get_online_store
+from common.online.base import OnlineGroup, get_online_store
 from common.online.predictions import LatestPrediction, prediction_key, write_latest
-from common.online.redis_store import groups_without_vectors, redis_key
+from common.online.redis_store import RedisOnlineStore, groups_without_vectors, redis_key
 from common.privacy_lifecycle.forget import forget_redis
 from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers
 from common.runtime.redis_server import RedisServer, connect, masters, redis_url
@@ -177,3 +177,31 @@ def test_predictions_and_forget_on_the_cluster(churn_lake, published, cluster, s
         client.exists(redis_key(prefix, kept, "activity"), prediction_key(plan.usecase, plan.version, kept, "churn"))
         == 2
     )
+
+
+def test_a_master_killed_during_a_write_fails_it_clearly_and_the_rewrite_after_its_restart_is_whole(
+    cluster, monkeypatch
+):
+    """Runs last: the killed master comes back empty (the local nodes keep no data, like a cache).
+
+    The write is two calls, as a micro-batch's partitions are: the master dies between them. The second fails
+    with one StoreError; after the restart the same client (an executor keeps its client) writes again, and
+    rewriting everything (`loom materialize`, since the restarted master lost the first call's keys too) gives
+    exactly the clean result."""
+    monkeypatch.setenv(CLUSTER_ENV, "1")
+    group = OnlineGroup("killed", ("x", "y"), ttl_seconds=None)
+    entities = [f"K{i:05d}" for i in range(400)]
+    values = np.column_stack([np.arange(400.0), np.arange(400.0) / 3])
+    times = np.full(400, 1_767_225_600_000_000)
+    with RedisOnlineStore(cluster.url, usecase="killtest", version=1, groups=[group]) as store:
+        assert store.write(group, entities[:200], values[:200], times[:200]).written == 200
+        cluster.nodes[1].process.kill()
+        with pytest.raises(StoreError, match="writing to the Redis online store failed"):
+            store.write(group, entities[200:], values[200:], times[200:])
+        cluster.restart(1)
+        assert store.write(group, entities, values, times).written == 400
+        read = store.read_blocks(entities, [group])["killed"]
+        np.testing.assert_array_equal(read.values, values)
+        np.testing.assert_array_equal(read.event_time_us, times)
+        per_master = [len(list(node.scan_iter(match="loom:killtest:*", count=1000))) for node in masters(store.client)]
+    assert min(per_master) > 0 and sum(per_master) == 400, f"no stale or extra key: {per_master}"
