@@ -115,6 +115,8 @@ def test_cluster_cli_up_status_down(tmp_path):
         state = json.loads((tmp_path / "cluster" / "state.json").read_text())
         assert f"export SPARK_MASTER_URL={state['spark']['master_url']}" in started.stdout
         assert f"export MLFLOW_TRACKING_URI={state['mlflow']['url']}" in started.stdout
+        assert f"export REDIS_URL={state['redis']['url']}" in started.stdout
+        assert "export LOOM_REDIS_CLUSTER=1" in started.stdout
         shown = loom("status")
         assert shown.returncode == 0 and shown.stdout.count("(up)") == 3, shown.stdout
         again = loom("up", "--workers", "1")  # already running: the same engines, nothing new started

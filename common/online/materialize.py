@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 COUNTS_SCHEMA = "written long, skipped long, invalid long"
 
-# Python workers are reused across tasks: one client per (server, credentials) per worker process.
-_CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
+# Python workers are reused across tasks: one client per (server, credentials, cluster) per worker process.
+_CLIENTS: dict[tuple[str, str | None, str | None, bool], Any] = {}
 
 
 def write_features_to_online_store(
@@ -62,11 +62,12 @@ def write_features_to_online_store(
     ``feature_names`` columns (numeric; null is stored as NaN = missing).
     ``redis_url`` defaults to :func:`common.runtime.redis_server.redis_url`; it is
     shipped to the executors with the password from ``REDIS_PASSWORD`` and is never logged.
+    So is the driver's ``LOOM_REDIS_CLUSTER``: executors need none of these variables.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from common.runtime.redis_server import describe
+    from common.runtime.redis_server import cluster_mode, describe
     from common.runtime.redis_server import redis_url as default_url
     from common.runtime.secrets import read_secret
 
@@ -110,6 +111,7 @@ def write_features_to_online_store(
     writer = _PartitionWriter(
         url=url,
         credentials=credentials,
+        cluster=cluster_mode(),
         prefix=prefix or key_prefix(usecase, version),
         group=spec,
         chunk=chunk,
@@ -145,12 +147,14 @@ class _PartitionWriter:
         *,
         url: str,
         credentials: tuple[str | None, str | None],
+        cluster: bool,
         prefix: str,
         group: OnlineGroup,
         chunk: int,
     ) -> None:
         self.url = url
         self.credentials = credentials
+        self.cluster = cluster
         self.prefix = prefix
         self.group = group
         self.chunk = chunk
@@ -162,7 +166,8 @@ class _PartitionWriter:
         import pyarrow as pa
 
         store = RedisOnlineStore(
-            client=_client(self.url, *self.credentials),
+            client=_client(self.url, *self.credentials, self.cluster),
+            cluster=self.cluster,
             prefix=self.prefix,
             groups=[self.group],
             chunk=self.chunk,
@@ -199,12 +204,12 @@ def write_batch(store: RedisOnlineStore, group: OnlineGroup, batch: pa.RecordBat
     return store.write_encoded(group, keys, matrix, times), invalid
 
 
-def _client(url: str, password: str | None, username: str | None) -> Any:
+def _client(url: str, password: str | None, username: str | None, cluster: bool) -> Any:
     from common.runtime.redis_server import connect
 
-    cache_key = (url, password, username)
+    cache_key = (url, password, username, cluster)
     client = _CLIENTS.get(cache_key)
     if client is None:
         kwargs = {k: v for k, v in (("password", password), ("username", username)) if v is not None}
-        client = _CLIENTS[cache_key] = connect(url, **kwargs)
+        client = _CLIENTS[cache_key] = connect(url, cluster=cluster, **kwargs)
     return client

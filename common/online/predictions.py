@@ -41,21 +41,38 @@ def prediction_key(usecase: str, version: int, entity: Any, model: str) -> str:
 def write_latest(
     client: Any, usecase: str, usecase_version: int, rows: Iterable[LatestPrediction], ttl_s: int = 0
 ) -> int:
-    """Write each prediction unless a newer one is stored; returns how many were written."""
-    from redis.exceptions import RedisError
+    """Write each prediction unless a newer one is stored; returns how many were written.
 
-    rows = list(rows)
-    if not rows:
-        return 0
+    ``client`` is a ``redis.Redis`` or a ``redis.RedisCluster`` (:func:`common.runtime.redis_server.connect`):
+    the script is loaded (on every master of a cluster), then one ``EVALSHA`` per key is pipelined, each
+    routed to its key's master. Calls refused with ``NOSCRIPT`` (a master restarted meanwhile) are sent again once.
+    """
+    from redis.exceptions import NoScriptError, RedisError
+
+    calls = [
+        (prediction_key(usecase, usecase_version, row.entity, row.model), row.ts_us, repr(float(row.score)), row)
+        for row in rows
+    ]
+    written = 0
     try:
-        script = client.register_script(_GUARDED_HSET)
-        pipe = client.pipeline(transaction=False)
-        for row in rows:
-            script(
-                keys=[prediction_key(usecase, usecase_version, row.entity, row.model)],
-                args=[row.ts_us, repr(float(row.score)), row.version, row.trigger, ttl_s],
-                client=pipe,
-            )
-        return int(sum(pipe.execute()))
+        for _attempt in range(2):
+            if not calls:
+                return written
+            sha = client.script_load(_GUARDED_HSET)
+            pipe = client.pipeline(transaction=False)
+            for key, ts_us, score, row in calls:
+                pipe.execute_command("EVALSHA", sha, 1, key, ts_us, score, row.version, row.trigger, ttl_s)
+            not_run = []
+            for call, result in zip(calls, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(result, NoScriptError):
+                    not_run.append(call)
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    written += int(result)
+            calls = not_run
     except RedisError as err:
         raise StoreError(f"writing predictions to Redis failed: {err}") from err
+    if calls:
+        raise StoreError("Redis keeps answering NOSCRIPT to the predictions script. Fix: check the server")
+    return written

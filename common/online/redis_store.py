@@ -31,9 +31,10 @@ Redis Cluster (``cluster=True``): a script may only touch keys of one slot, so
 keys are grouped by slot before chunking and each call goes to its slot's
 node through redis-py's cluster pipeline; reads use ``MGET`` per node
 (``mget_nonatomic``). As each entity has its own slot, cluster calls are
-small (a few keys each): correct, but slower than a single node. Only the
-single-node path is tested in the suite (the cluster path was checked by hand
-on a 3-node Redis 7.0 cluster).
+small (a few keys each): correct, but slower than a single node. The mode
+follows the client (:func:`common.runtime.redis_server.connect`, which reads
+``LOOM_REDIS_CLUSTER``); tests/test_redis_cluster_jobs.py runs every job's path
+on a real 3-master cluster.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ Call = tuple[Sequence[bytes], np.ndarray]  # (keys, encoded blobs: one uint8 row
 
 
 class RedisOnlineStore(OnlineStore):
-    """The online store on one Redis server (or a Redis Cluster with ``cluster=True``)."""
+    """The online store on one Redis server, or a Redis Cluster (``cluster=True``; default: ``client``'s kind,
+    else ``LOOM_REDIS_CLUSTER``)."""
 
     def __init__(
         self,
@@ -179,7 +181,7 @@ class RedisOnlineStore(OnlineStore):
         groups: Sequence[OnlineGroup] = (),
         chunk: int = DEFAULT_CHUNK,
         pipeline_depth: int = DEFAULT_PIPELINE_DEPTH,
-        cluster: bool = False,
+        cluster: bool | None = None,
         client: Any = None,
         **connect_kwargs: Any,
     ) -> None:
@@ -198,6 +200,11 @@ class RedisOnlineStore(OnlineStore):
         self.prefix = prefix
         self.chunk = chunk
         self.pipeline_depth = pipeline_depth
+        from common.runtime.redis_server import cluster_mode, is_cluster
+
+        # default: a given client's kind, else LOOM_REDIS_CLUSTER
+        if cluster is None:
+            cluster = is_cluster(client) if client is not None else cluster_mode()
         self.cluster = cluster
         self._owns_client = client is None
         self.client = client if client is not None else _open(url, cluster, connect_kwargs)
@@ -471,21 +478,30 @@ def groups_without_vectors(
 ) -> list[str]:
     """The ``groups`` of which Redis holds no vector at all (SCAN, stopping at the first key of each).
 
-    At most ``max_calls`` SCAN calls of 1,000 keys per group: a group not found within them on a huge
-    keyspace is reported as empty only if the scan finished.
+    At most ``max_calls`` SCAN calls of 1,000 keys per group and master (a Redis Cluster's SCAN sees one
+    master's keys, so each master is scanned): a group not found within them on a huge keyspace is
+    reported as empty only if every scan finished.
     """
+    from common.runtime.redis_server import masters
+
     prefix = _glob_escape(key_prefix(usecase, version))
+    nodes = masters(client)
     empty = []
     for group in groups:
         pattern = f"{prefix}{{*}}:{_glob_escape(group)}"
-        cursor, calls, found = 0, 0, False
-        while not found and calls < max_calls:
-            cursor, keys = client.scan(cursor=cursor, match=pattern, count=1000)
-            calls += 1
-            found = bool(keys)
-            if int(cursor) == 0:
+        found, finished = False, True
+        for node in nodes:
+            cursor, calls = 0, 0
+            while not found and calls < max_calls:
+                cursor, keys = node.scan(cursor=cursor, match=pattern, count=1000)
+                calls += 1
+                found = bool(keys)
+                if int(cursor) == 0:
+                    break
+            finished &= int(cursor) == 0
+            if found:
                 break
-        if not found and int(cursor) == 0:
+        if not found and finished:
             empty.append(group)
     return empty
 
@@ -501,16 +517,6 @@ def _open(url: str | None, cluster: bool, kwargs: dict[str, Any]) -> Any:
     from common.runtime.redis_server import connect, describe, redis_url
 
     target = url or redis_url()
-    if cluster:
-        import redis
-
-        from common.runtime.secrets import read_secret
-
-        password = read_secret("REDIS_PASSWORD", required=False)
-        if password is not None:
-            kwargs.setdefault("password", password)
-        client = redis.RedisCluster.from_url(target, **kwargs)
-    else:
-        client = connect(target, **kwargs)
+    client = connect(target, cluster=cluster, **kwargs)
     log.debug("online store on %s", describe(target))
     return client

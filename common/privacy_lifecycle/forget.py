@@ -50,7 +50,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from common.errors import ConfigError
+from common.errors import ConfigError, StoreError
 from common.lake.files import DeltaTableFiles, delta_tables
 from common.privacy.aggregate import enforce_k_on_table
 from common.privacy.crypto import deterministic_tokens, pseudonyms_under_every_key
@@ -339,10 +339,16 @@ def forget_tables(
 
 
 def forget_redis(url: str, usecase: str, values: Sequence[str]) -> int:
-    """Delete every key of the use case (any version, any group) whose hash tag is one of ``values``."""
+    """Delete every key of the use case (any version, any group) whose hash tag is one of ``values``.
+
+    On a Redis Cluster (``LOOM_REDIS_CLUSTER=1``) the SCAN goes to every master; a person's keys share
+    their hash tag, so one DEL per person stays in one slot.
+    """
+    from redis.exceptions import RedisError
+
     from common.online.redis_store import escape_entity
     from common.privacy_lifecycle.audit import glob_escape
-    from common.runtime.redis_server import connect
+    from common.runtime.redis_server import connect, describe
 
     client = connect(url)
     deleted = 0
@@ -352,6 +358,11 @@ def forget_redis(url: str, usecase: str, values: Sequence[str]) -> int:
             keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:
                 deleted += int(client.delete(*keys))
+    except RedisError as err:
+        raise StoreError(
+            f"forget: deleting the person's keys in Redis at {describe(url)} failed after {deleted} key(s): {err}. "
+            "Fix: bring Redis back and run `loom forget` again (it deletes what is left)"
+        ) from err
     finally:
         client.close()
     return deleted

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.runtime.mlflow_server import MlflowServer, healthy
-from common.runtime.redis_cluster import RedisClusterServers, cluster_state
+from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers, cluster_state
 from common.runtime.spark_standalone import SparkStandalone, alive_workers
 
 STATE_FILE = "state.json"
@@ -35,7 +35,12 @@ def cluster_folder(home: Path) -> Path:
 
 def environment(state: dict[str, Any]) -> dict[str, str]:
     """The variables that point Loom's jobs at the running engines (jobs also need ``--profile standalone``)."""
-    return {"SPARK_MASTER_URL": state["spark"]["master_url"], "MLFLOW_TRACKING_URI": state["mlflow"]["url"]}
+    return {
+        "SPARK_MASTER_URL": state["spark"]["master_url"],
+        "REDIS_URL": state["redis"]["url"],  # any master: the cluster client finds the others
+        CLUSTER_ENV: "1",
+        "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
+    }
 
 
 def read_state(home: Path) -> dict[str, Any] | None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.runtime.processes import free_port
-from common.runtime.redis_server import RedisServer
+from common.runtime.redis_server import CLUSTER_ENV, RedisServer
 
-CLUSTER_ENV = "LOOM_REDIS_CLUSTER"
+__all__ = ["CLUSTER_ENV", "RedisClusterServers", "cluster_state"]
 START_TIMEOUT_S = 30.0
 
 
@@ -90,6 +90,16 @@ class RedisClusterServers:
             if time.monotonic() > deadline:
                 raise StoreError(f"the Redis Cluster on {self.addresses} did not reach cluster_state:ok")
             time.sleep(0.1)
+
+    def restart(self, index: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Start node ``index`` again on its port and folder (after it died: its ``nodes.conf`` rejoins it to the
+        cluster with its slots) and wait for ``cluster_state:ok``. It comes back empty: the nodes keep no data."""
+        old = self.nodes[index]
+        old.stop()  # a live node is stopped; a dead one is only reaped
+        self.nodes[index] = RedisServer(
+            port=old.port, directory=old.directory, stop_at_exit=self.stop_at_exit, extra_args=old.extra_args
+        ).start()
+        self._wait_ok(timeout)
 
     def stop(self) -> None:
         for node in self.nodes:

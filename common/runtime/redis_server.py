@@ -2,7 +2,9 @@
 
 * ``REDIS_URL`` set: connect to it (password, ACL user and TLS via the URL:
   ``rediss://user:pass@host:port/0``; a password may also come from
-  ``REDIS_PASSWORD`` or ``REDIS_PASSWORD_FILE``).
+  ``REDIS_PASSWORD`` or ``REDIS_PASSWORD_FILE``). With ``LOOM_REDIS_CLUSTER=1`` it names any
+  node of a Redis Cluster (redis-py's ``RedisCluster`` finds the others): every job opens
+  its client through :func:`connect`, which reads that switch;
 * otherwise, a persistent local server started by ``loom redis start`` under
   ``$LOOM_HOME/redis`` is used if it is running;
 * otherwise a ``redis-server`` of this process on a free port, stopped when the
@@ -41,6 +43,9 @@ from pathlib import Path
 from common.errors import ConfigError, StoreError
 from common.runtime.processes import free_port, lock_folder, spawn_guarded, terminate
 from common.runtime.secrets import read_secret
+
+CLUSTER_ENV = "LOOM_REDIS_CLUSTER"  # 1: REDIS_URL names a node of a Redis Cluster
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 _LOCK_FIX = (
     "wait for that job to end, or run `loom redis start` once so that every job shares one server, or set REDIS_URL"
@@ -160,6 +165,11 @@ def redis_url(home: Path | None = None) -> str:
     url = os.environ.get("REDIS_URL")
     if url:
         return url
+    if cluster_mode():
+        raise ConfigError(
+            f"{CLUSTER_ENV}=1 but REDIS_URL is not set: Loom starts single servers only. Fix: export "
+            f"REDIS_URL=redis://host:port/0 naming a node of the cluster (`loom cluster up` prints it), or unset {CLUSTER_ENV}"
+        )
     if home is not None:
         local = running_local_server(home)
         if local:
@@ -183,11 +193,25 @@ def configured_or_throwaway() -> Iterator[str]:
         yield server.url
 
 
-def connect(url: str | None = None, **kwargs):
-    """A redis-py client for ``url`` (default: :func:`redis_url`).
+def cluster_mode() -> bool:
+    """Whether ``REDIS_URL`` names a Redis Cluster (``LOOM_REDIS_CLUSTER=1``; unset or 0: one server)."""
+    text = os.environ.get(CLUSTER_ENV, "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(
+        f"{CLUSTER_ENV}={text[:20]!r} is not a yes/no value. Fix: set it to 1 (Redis Cluster) or 0 (one server)"
+    )
 
-    The password comes from the URL, ``REDIS_PASSWORD`` or ``REDIS_PASSWORD_FILE``;
-    it is never logged (redis-py's repr hides it).
+
+def connect(url: str | None = None, *, cluster: bool | None = None, **kwargs):
+    """A redis-py client for ``url`` (default: :func:`redis_url`): the one place Loom opens Redis.
+
+    ``cluster`` (default :func:`cluster_mode`, i.e. ``LOOM_REDIS_CLUSTER``) gives a
+    ``redis.RedisCluster`` that starts from the node of ``url`` and routes each key to its
+    slot's master; otherwise a ``redis.Redis``. The password comes from the URL,
+    ``REDIS_PASSWORD`` or ``REDIS_PASSWORD_FILE``; it is never logged (redis-py's repr hides it).
     """
     import redis
 
@@ -198,7 +222,32 @@ def connect(url: str | None = None, **kwargs):
     username = os.environ.get("REDIS_USERNAME")
     if username and "username" not in kwargs:
         kwargs["username"] = username
-    return redis.Redis.from_url(target, **kwargs)
+    if not (cluster_mode() if cluster is None else cluster):
+        return redis.Redis.from_url(target, **kwargs)
+    try:  # a cluster client asks the node for the slot map now (a plain client connects on first use)
+        return redis.RedisCluster.from_url(target, **kwargs)
+    except (redis.RedisClusterException, redis.RedisError) as err:
+        raise StoreError(
+            f"cannot reach a Redis Cluster at {describe(target)}: {err}. Fix: point REDIS_URL at a node of the "
+            f"cluster (`loom cluster up` prints it), or unset {CLUSTER_ENV} for a single Redis server"
+        ) from err
+
+
+def is_cluster(client) -> bool:
+    """Whether ``client`` is a Redis Cluster client (keys must then be grouped by slot)."""
+    import redis
+
+    return isinstance(client, redis.RedisCluster)
+
+
+def masters(client) -> list:
+    """One single-node client per master: ``client`` itself on one server, each primary's on a cluster.
+
+    For commands that see one node's keyspace only (``SCAN``, ``DBSIZE``): on a cluster they must go to every master.
+    """
+    if not is_cluster(client):
+        return [client]
+    return [client.get_redis_connection(node) for node in client.get_primaries()]
 
 
 def describe(url: str) -> str:

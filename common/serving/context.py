@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from common.models.online_features import online_groups
 from common.online.base import get_online_store
+from common.runtime.redis_server import is_cluster
 from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig, open_redis, resolve_redis_url
 from common.serving.holder import ModelHolder
@@ -72,7 +73,8 @@ def build_context(
     redis_url = resolve_redis_url(config, work.home)
     redis_client = open_redis(redis_url, config.redis_timeout_s)
 
-    reads = DirectReads(redis_client)
+    # a Redis Cluster client routes each key to its master (mget_nonatomic): the direct MGET is for one server
+    reads = redis_client if is_cluster(redis_client) else DirectReads(redis_client)
 
     def store_for(spec: Any) -> Any:
         # One Redis connection pool for every model version; each store only knows its model's groups.
