@@ -54,7 +54,62 @@ def batch_steps(records: list[logging.LogRecord], logger: str) -> tuple[int, dic
         if record.name != logger:
             continue
         batches += 1
-        clock = record.args[-1] if isinstance(record.args, tuple) and record.args else None
-        for name, seconds in getattr(clock, "laps", []):
-            totals[name] += seconds
+        # the batch's Stopwatch: the last argument of ingest and feature lines, one of the middle ones of trigger lines
+        clocks = [arg for arg in record.args if hasattr(arg, "laps")] if isinstance(record.args, tuple) else []
+        for clock in clocks[-1:]:
+            for name, seconds in clock.laps:
+                totals[name] += seconds
     return batches, dict(totals)
+
+
+class ProgressCapture:
+    """Streaming query progress reports (``durationMs`` per phase: latestOffset, getBatch, queryPlanning, addBatch,
+    walCommit, commitOffsets, triggerExecution), summed per phase: what a query's micro-batches spend outside
+    ``foreachBatch`` (addBatch is the batch function; the rest is Spark's own per-batch bookkeeping)."""
+
+    def __init__(self) -> None:
+        from pyspark.sql.streaming import StreamingQueryListener
+
+        capture = self
+
+        class _Listener(StreamingQueryListener):
+            def onQueryStarted(self, event) -> None:
+                pass
+
+            def onQueryProgress(self, event) -> None:
+                capture.add(dict(event.progress.durationMs or {}), event.progress.numInputRows)
+
+            def onQueryIdle(self, event) -> None:
+                pass
+
+            def onQueryTerminated(self, event) -> None:
+                pass
+
+        self.listener = _Listener()
+        self.reset()
+
+    def reset(self) -> None:
+        self.phases: dict[str, float] = defaultdict(float)
+        self.batches = 0
+
+    def add(self, durations: dict[str, int], rows: int) -> None:
+        self.batches += 1
+        for phase, millis in durations.items():
+            self.phases[phase] += millis / 1000
+
+    def take(self) -> tuple[int, dict[str, float]]:
+        """(progress reports, seconds per phase) so far, and start afresh."""
+        taken = self.batches, dict(self.phases)
+        self.reset()
+        return taken
+
+
+@contextmanager
+def progress_captured(spark) -> Iterator[ProgressCapture]:
+    """Capture the session's streaming progress reports while the block runs."""
+    capture = ProgressCapture()
+    spark.streams.addListener(capture.listener)
+    try:
+        yield capture
+    finally:
+        spark.streams.removeListener(capture.listener)

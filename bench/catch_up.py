@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench.batch_log import BatchCapture, batch_steps
+from bench.batch_log import BatchCapture, ProgressCapture, batch_steps, progress_captured
 
 MODEL = "churn"
 LOGGERS = ("common.ingest.writer", "loom.stream", "loom.triggers")
@@ -151,19 +151,36 @@ def catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, 
     Ingest reads the new log's files; features and triggers have not run yet, so they process every
     bronze event (the training data's too): each part's rate is over the events it processed.
     """
-    from common.features.online_sink import spark_online_writer
-    from common.features.streaming import start_feature_streams
-    from common.ingest.stream import ingest_source
-    from common.lake.paths import bronze_path, predictions_path
-    from common.triggers.stream import start_trigger_streams
+    from common.lake.paths import predictions_path
 
-    spec = plan.spec
     stream_table = predictions_path(work, plan.usecase, "stream")
     actions_table = work.table(plan.usecase, "predictions", "actions")
     before = scored_rows(spark, stream_table), scored_rows(spark, actions_table)
     capture.take()
     out: dict[str, Any] = {}
+    with progress_captured(spark) as progress:
+        _timed_parts(spark, plan, work, url, capture, progress, files, out)
+    out["scored"] = scored_rows(spark, stream_table) - before[0]
+    out["actions"] = scored_rows(spark, actions_table) - before[1]
+    return out
 
+
+def _progress(progress: ProgressCapture) -> tuple[int, dict[str, float]]:
+    time.sleep(1.0)  # the listener bus delivers the last progress report after the query ended
+    return progress.take()
+
+
+def _timed_parts(
+    spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, progress: ProgressCapture, files, out
+) -> None:
+    from common.features.online_sink import spark_online_writer
+    from common.features.streaming import start_feature_streams
+    from common.ingest.stream import ingest_source
+    from common.lake.paths import bronze_path
+    from common.triggers.stream import start_trigger_streams
+
+    spec = plan.spec
+    progress.take()
     started = time.perf_counter()
     reports = {
         name: ingest_source(spark, spec, name, work, "batch", max_files_per_trigger=files) for name in spec.sources
@@ -171,8 +188,10 @@ def catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, 
     out["ingest_s"] = time.perf_counter() - started
     out["ingest"] = batch_steps(capture.records, "common.ingest.writer")
     out["events"] = reports["events"].read
+    out["ingest_progress"] = _progress(progress)
     out["bronze"] = spark.read.format("delta").load(bronze_path(work, plan.usecase, "events")).count()
     capture.take()
+    progress.take()
 
     started = time.perf_counter()
     await_all(
@@ -182,20 +201,31 @@ def catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, 
     )
     out["features_s"] = time.perf_counter() - started
     out["features"] = batch_steps(capture.take(), "loom.stream")
+    out["features_progress"] = _progress(progress)
 
     started = time.perf_counter()
     await_all(start_trigger_streams(spark, work, plan, url, available_now=True, max_files_per_trigger=files))
     out["triggers_s"] = time.perf_counter() - started
-    out["trigger_batches"] = trigger_batches(capture.take())
-    out["scored"] = scored_rows(spark, stream_table) - before[0]
-    out["actions"] = scored_rows(spark, actions_table) - before[1]
-    return out
+    records = capture.take()
+    out["trigger_batches"] = trigger_batches(records)
+    out["triggers"] = batch_steps(records, "loom.triggers")
+    out["triggers_progress"] = _progress(progress)
 
 
 def end_to_end(caught: dict[str, Any]) -> float:
     """Events/s through all parts: 1 / the sum of each part's seconds per event."""
     per_event = caught["ingest_s"] / caught["events"] + (caught["features_s"] + caught["triggers_s"]) / caught["bronze"]
     return 1.0 / per_event
+
+
+def shown_progress(progress: tuple[int, dict[str, float]] | None) -> str:
+    """The summed streaming progress phases of a part (its queries' micro-batches)."""
+    if not progress:
+        return "no progress reports"
+    reports, phases = progress
+    order = ("triggerExecution", "latestOffset", "getBatch", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
+    listed = [name for name in order if name in phases] + sorted(set(phases) - set(order))
+    return f"{reports} progress reports: " + ", ".join(f"{name} {phases[name]:.1f}s" for name in listed)
 
 
 def catch_up_rows(
@@ -223,7 +253,10 @@ def catch_up_rows(
             "metric": "catch-up ingest: landing JSON -> bronze + quarantine",
             "value": round(events / caught["ingest_s"], 1),
             "unit": "events/s",
-            "note": f"{base}; {ingest_batches} batches (all sources): {shown(ingest_steps)}",
+            "note": (
+                f"{base}; {ingest_batches} batches (all sources): {shown(ingest_steps)}; "
+                f"query phases: {shown_progress(caught.get('ingest_progress'))}"
+            ),
         },
         {
             "metric": "catch-up features: bronze -> tiles -> Redis + Delta",
@@ -231,7 +264,7 @@ def catch_up_rows(
             "unit": "events/s",
             "note": (
                 f"{processed.format(caught['features_s'])}; {feature_batches} batches (activity + profile): "
-                f"{shown(feature_steps)}"
+                f"{shown(feature_steps)}; query phases: {shown_progress(caught.get('features_progress'))}"
             ),
         },
         {
@@ -241,7 +274,8 @@ def catch_up_rows(
             "note": (
                 f"{processed.format(caught['triggers_s'])}; {len(firing_batches)} batches with firings, "
                 f"foreachBatch {handler_s:.1f}s of {caught['triggers_s']:.1f}s; "
-                f"firings per batch: {per_batch}"
+                f"firings per batch: {per_batch}; steps: {shown(caught['triggers'][1])}; "
+                f"query phases: {shown_progress(caught.get('triggers_progress'))}"
             ),
         },
         {

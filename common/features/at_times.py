@@ -5,7 +5,7 @@ feature stream to write it."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -21,13 +21,23 @@ from common.settings import Paths
 
 
 def features_at(
-    spark: SparkSession, work: Paths, plan: Plan, spec: FeatureSpec, rows: DataFrame, time_column: str
+    spark: SparkSession,
+    work: Paths,
+    plan: Plan,
+    spec: FeatureSpec,
+    rows: DataFrame,
+    time_column: str,
+    bounds: tuple[datetime | None, datetime | None] | None = None,
 ) -> DataFrame:
     """``rows`` plus the model's lookup features as of ``rows[time_column]``, and ``_<group>_ts``
-    (when each group's value was computed). Same semantics as the point-in-time training set."""
+    (when each group's value was computed). Same semantics as the point-in-time training set.
+
+    ``bounds``: the least and greatest ``rows[time_column]`` when the caller knows them already (as
+    ``collect`` returns them), which saves a Spark job; by default they are computed here."""
     key = spec.entity_key
     keys = rows.select(key).distinct()
-    bounds = rows.agg(F.min(time_column), F.max(time_column)).first()
+    if bounds is None:
+        bounds = tuple(rows.agg(F.min(time_column), F.max(time_column)).first())
     inputs = []
     for group in spec.groups:
         group_plan = plan.group(group.name)

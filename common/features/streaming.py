@@ -25,6 +25,7 @@ previous one.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,8 @@ class BatchStats:
     online_skipped: int
     seconds: float
 
+
+ONLINE_ROWS_PER_TASK = 50_000  # entities per task of a batch's online write
 
 ROW = "_row"  # one JSON object per event: the operator reads one column, not one per feature
 OUT = "_values"  # JSON array: newest event µs, then the group's features
@@ -198,7 +201,10 @@ def make_batch_handler(
             clock.lap("state")
             if not entities:
                 return
-            written, skipped = write_online(plan, values) if plan.online else (0, 0)
+            # a few entities per task: every task of the online write opens its Redis connection and loads
+            # its script, which cost more than the writes of a small batch's 4 shuffle partitions
+            online_tasks = max(1, math.ceil(entities / ONLINE_ROWS_PER_TASK))
+            written, skipped = write_online(plan, values.coalesce(online_tasks)) if plan.online else (0, 0)
             clock.lap("online")
             if not resolved:
                 resolved.append(history_app_id(spark, feature_query_name(plan)))

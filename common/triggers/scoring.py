@@ -24,10 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from typing import Any
 
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -35,7 +36,7 @@ from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
 from common.features.at_times import features_at
-from common.lake.append import append_once
+from common.lake.append import DRIVER_ROWS, append_once, append_rows_once
 from common.lake.delta import table_exists
 from common.lake.paths import predictions_path
 from common.models import registry
@@ -48,6 +49,11 @@ from common.triggers.operator import FIRING_TS
 from common.triggers.shared_state import FEATURES
 
 log = logging.getLogger("loom.triggers")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The least and greatest firing time of a trigger's firings in a batch (naive UTC, as collect() returns them)
+Bounds = tuple[datetime | None, datetime | None]
 
 # Firings scored per Spark task: every task of the scoring stage loads the model (``spark_udf`` loads it per
 # partition), so a micro-batch's few firings go to one task, not to one per shuffle partition.
@@ -121,15 +127,22 @@ class ModelResolver:
 
 
 def firing_features(
-    spark: SparkSession, work: Paths, plan: Plan, spec: FeatureSpec, firings: DataFrame, carried: Sequence[str]
+    spark: SparkSession,
+    work: Paths,
+    plan: Plan,
+    spec: FeatureSpec,
+    firings: DataFrame,
+    carried: Sequence[str],
+    bounds: Bounds | None = None,
 ) -> DataFrame:
     """``firings`` plus the features ``spec`` reads as of each firing, and ``_<group>_ts``: from the firing's
     :data:`FEATURES` for the ``carried`` groups (their value at the firing event, whose time is theirs),
-    from bronze for the others (:func:`features_at`; none: no re-read)."""
+    from bronze for the others (:func:`features_at`; none: no re-read). ``bounds``: the firings' least and
+    greatest time, when known (:func:`features_at`)."""
     others = tuple(g for g in spec.groups if g.name not in carried)
     rows = firings
     if others:
-        rows = features_at(spark, work, plan, replace(spec, groups=others), firings, FIRING_TS)
+        rows = features_at(spark, work, plan, replace(spec, groups=others), firings, FIRING_TS, bounds)
     mine = [g for g in spec.groups if g.name in carried]
     if not mine:
         return rows
@@ -180,13 +193,18 @@ def _score_model(
     firings: DataFrame,
     count: int,
     carried: Sequence[str] = (),
+    bounds: Bounds | None = None,
+    clock: Stopwatch | None = None,
 ) -> tuple[DataFrame, DataFrame | None]:
     """Firings of one trigger (``count`` rows) scored by the trigger's alias (features, score, model name and
     version), and by the model's @shadow when one runs beside it (else None). ``carried``: the groups whose
-    values the firings carry (:func:`firing_features`)."""
+    values the firings carry (:func:`firing_features`); ``bounds``: the firings' least and greatest time;
+    ``clock``: the batch's, which gets a lap per step (registry look-ups, plans)."""
+    clock = clock or Stopwatch()
     tasks = max(1, math.ceil(count / SCORE_ROWS_PER_TASK))
     key = trigger.entity_key
     version = resolver.version(trigger.model, trigger.alias)
+    clock.lap("registry")
     base = firings.select(key, "trigger", FIRING_TS, "event_id")
     with_carried = firings.select(key, "trigger", FIRING_TS, "event_id", FEATURES) if carried else base
     if version is None:
@@ -199,17 +217,36 @@ def _score_model(
         return _unscored(trigger, base), None
     ref = ModelRef(trigger.model, version, trigger.alias)
     spec = resolver.spec(ref)
-    with_features = firing_features(spark, work, plan, spec, with_carried, carried).coalesce(tasks)
+    with_features = firing_features(spark, work, plan, spec, with_carried, carried, bounds).coalesce(tasks)
     scored = _scored(spark, resolver, key, with_features, ref)
+    clock.lap("plan")
     model = plan.models.get(trigger.model)
     shadow = resolver.version(trigger.model, SHADOW) if model and model.spec.promotion.shadow else None
+    clock.lap("registry")
     if shadow is None or shadow == version:
         return scored, None
     shadow_ref = ModelRef(trigger.model, shadow, SHADOW)
     shadow_spec = resolver.spec(shadow_ref)
     if shadow_spec.groups != spec.groups:  # it reads other features: compute them
-        with_features = firing_features(spark, work, plan, shadow_spec, with_carried, carried).coalesce(tasks)
-    return scored, _scored(spark, resolver, key, with_features, shadow_ref)
+        with_features = firing_features(spark, work, plan, shadow_spec, with_carried, carried, bounds).coalesce(tasks)
+    shadow_scored = _scored(spark, resolver, key, with_features, shadow_ref)
+    clock.lap("plan")
+    return scored, shadow_scored
+
+
+def _micros(ts: datetime) -> int:
+    """Microseconds since the epoch of a firing time as Arrow returns it (aware, in the session's zone; a naive
+    one is UTC, the session's zone)."""
+    aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    return (aware - EPOCH) // timedelta(microseconds=1)
+
+
+def _append_scored(table: Any, frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
+    """Append the scored firings (``table``, the Arrow rows of ``frame``) once: from the driver when the table
+    exists and the batch is small, as :func:`append_once` would, without collecting them again; else ``frame``
+    through :func:`append_once` (Spark's writer creates the table, or writes a large batch)."""
+    if table.num_rows > DRIVER_ROWS or not append_rows_once(table, path, app_id, batch_id):
+        append_once(frame, path, app_id, batch_id)
 
 
 def make_firing_handler(
@@ -234,7 +271,12 @@ def make_firing_handler(
         clock = Stopwatch()
         batch = batch.cache()
         try:
-            counts = {r["trigger"]: r["count"] for r in batch.groupBy("trigger").count().collect()}
+            # one job: the operator's firings, counted per trigger with their time bounds (features_at's)
+            summary = batch.groupBy("trigger").agg(
+                F.count(F.lit(1)).alias("count"), F.min(FIRING_TS).alias("first"), F.max(FIRING_TS).alias("last")
+            )
+            per_trigger = {r["trigger"]: r for r in summary.collect()}
+            counts = {name: r["count"] for name, r in per_trigger.items()}
             clock.lap("firings")
             if not counts:
                 return
@@ -248,10 +290,11 @@ def make_firing_handler(
                     batch.where(F.col("trigger") == name),
                     counts[name],
                     carried,
+                    (per_trigger[name]["first"], per_trigger[name]["last"]),
+                    clock,
                 )
                 for name in sorted(counts)
             ]
-            clock.lap("plan")
             thresholds = F.create_map(*[x for t in triggers for x in (F.lit(t.name), F.lit(t.threshold))])
 
             def with_action(frames: list[DataFrame]) -> DataFrame:
@@ -262,17 +305,20 @@ def make_firing_handler(
             shadowed = [s for _, s in parts if s is not None]
             if shadowed:  # logged beside the champion's rows, never acted on
                 append_once(with_action(shadowed), shadow_predictions, f"{app_id}-shadow", batch_id)
-            rows = with_action([p for p, _ in parts]).cache()
+            rows = with_action([p for p, _ in parts]).cache()  # for an append through Spark's writer
             try:
-                rows.count()  # features as of each firing and the scores, computed once for what follows
+                # features as of each firing and the scores, computed once and collected: the appends and Redis
+                # read this Arrow table, not a Spark job each
+                table = rows.toArrow()
                 clock.lap("features+score")
-                append_once(rows, predictions, app_id, batch_id)
-                if not table_exists(spark, actions) or rows.where("action").limit(1).count():
-                    append_once(rows.where("action"), actions, app_id, batch_id)
+                _append_scored(table, rows, predictions, app_id, batch_id)
+                acted = table.filter(pc.equal(table["action"], True))  # null (no score) is no action
+                if not table_exists(spark, actions) or acted.num_rows:
+                    _append_scored(acted, rows.where("action"), actions, app_id, batch_id)
                 clock.lap("appends")
-                collected = rows.where(F.col("score").isNotNull()).collect()
             finally:
                 rows.unpersist()
+            collected = table.filter(pc.is_valid(table["score"])).to_pylist()
             key = triggers[0].entity_key
             written = write_latest(
                 redis_client,
@@ -282,7 +328,7 @@ def make_firing_handler(
                     LatestPrediction(
                         r[key],
                         r["model_name"],
-                        int(r[FIRING_TS].replace(tzinfo=UTC).timestamp() * 1_000_000),
+                        _micros(r[FIRING_TS]),
                         r["score"],
                         r["model_version"],
                         r["trigger"],
