@@ -23,6 +23,7 @@ from bench.batch_log import BatchCapture, batch_steps
 
 MODEL = "churn"
 LOGGERS = ("common.ingest.writer", "loom.stream", "loom.triggers")
+PARTS = ("ingest", "features", "triggers")
 FLOOR_SCHEMA = "event_id string, customer_id string, event_type string, ts timestamp, amount double"
 
 
@@ -145,11 +146,20 @@ def scored_rows(spark: Any, path: str) -> int:
     return spark.read.format("delta").load(path).where(F.col("score").isNotNull()).count()
 
 
-def catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, files: int | None) -> dict[str, Any]:
+def catch_up(
+    spark: Any,
+    plan: Any,
+    work: Any,
+    url: str,
+    capture: BatchCapture,
+    files: int | None,
+    parts: tuple[str, ...] = PARTS,
+) -> dict[str, Any]:
     """The timed parts, one after the other; what each processed and took.
 
     Ingest reads the new log's files; features and triggers have not run yet, so they process every
     bronze event (the training data's too): each part's rate is over the events it processed.
+    ``parts`` without ``"triggers"`` (no model trained): its time is 0 and nothing is scored.
     """
     from common.features.online_sink import spark_online_writer
     from common.features.streaming import start_feature_streams
@@ -160,9 +170,10 @@ def catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, 
     spec = plan.spec
     stream_table = predictions_path(work, plan.usecase, "stream")
     actions_table = work.table(plan.usecase, "predictions", "actions")
-    before = scored_rows(spark, stream_table), scored_rows(spark, actions_table)
+    triggers = "triggers" in parts
+    before = (scored_rows(spark, stream_table), scored_rows(spark, actions_table)) if triggers else (0, 0)
     capture.take()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"triggers_s": 0.0, "trigger_batches": [], "scored": 0, "actions": 0}
 
     started = time.perf_counter()
     reports = {
@@ -183,6 +194,8 @@ def catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, 
     out["features_s"] = time.perf_counter() - started
     out["features"] = batch_steps(capture.take(), "loom.stream")
 
+    if not triggers:
+        return out
     started = time.perf_counter()
     await_all(start_trigger_streams(spark, work, plan, url, available_now=True, max_files_per_trigger=files))
     out["triggers_s"] = time.perf_counter() - started
