@@ -1,6 +1,6 @@
 """Stream throughput on local[1], local[2] and a 2-worker Spark standalone cluster, in one run, on the same data.
 
-Issue 15's scale-out bench. One event log (10,000 customers × 21 days, about 740,000 events) is generated
+Issue 15's scale-out bench. One event log (10,000 customers × 21 days, about 760,000 events) is generated
 once; each run gets a fresh Loom home whose landing folder holds the same files (hard links) and runs, in a
 separate process (:mod:`bench.scaleout_run`, a fresh driver JVM), the catch-up's **ingest + features** parts
 (landing JSON -> bronze + quarantine; bronze -> the windowed features -> Redis + offline history) in
