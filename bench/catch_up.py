@@ -23,6 +23,7 @@ from bench.batch_log import BatchCapture, ProgressCapture, batch_steps, progress
 
 MODEL = "churn"
 LOGGERS = ("common.ingest.writer", "loom.stream", "loom.triggers")
+PARTS = ("ingest", "features", "triggers")
 FLOOR_SCHEMA = "event_id string, customer_id string, event_type string, ts timestamp, amount double"
 
 
@@ -145,23 +146,34 @@ def scored_rows(spark: Any, path: str) -> int:
     return spark.read.format("delta").load(path).where(F.col("score").isNotNull()).count()
 
 
-def catch_up(spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, files: int | None) -> dict[str, Any]:
+def catch_up(
+    spark: Any,
+    plan: Any,
+    work: Any,
+    url: str,
+    capture: BatchCapture,
+    files: int | None,
+    parts: tuple[str, ...] = PARTS,
+) -> dict[str, Any]:
     """The timed parts, one after the other; what each processed and took.
 
     Ingest reads the new log's files; features and triggers have not run yet, so they process every
     bronze event (the training data's too): each part's rate is over the events it processed.
+    ``parts`` without ``"triggers"`` (no model trained): its time is 0 and nothing is scored.
     """
     from common.lake.paths import predictions_path
 
     stream_table = predictions_path(work, plan.usecase, "stream")
     actions_table = work.table(plan.usecase, "predictions", "actions")
-    before = scored_rows(spark, stream_table), scored_rows(spark, actions_table)
+    triggers = "triggers" in parts
+    before = (scored_rows(spark, stream_table), scored_rows(spark, actions_table)) if triggers else (0, 0)
     capture.take()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"triggers_s": 0.0, "trigger_batches": [], "scored": 0, "actions": 0}
     with progress_captured(spark) as progress:
-        _timed_parts(spark, plan, work, url, capture, progress, files, out)
-    out["scored"] = scored_rows(spark, stream_table) - before[0]
-    out["actions"] = scored_rows(spark, actions_table) - before[1]
+        _timed_parts(spark, plan, work, url, capture, progress, files, out, triggers=triggers)
+    if triggers:
+        out["scored"] = scored_rows(spark, stream_table) - before[0]
+        out["actions"] = scored_rows(spark, actions_table) - before[1]
     return out
 
 
@@ -171,7 +183,16 @@ def _progress(progress: ProgressCapture) -> tuple[int, dict[str, float]]:
 
 
 def _timed_parts(
-    spark: Any, plan: Any, work: Any, url: str, capture: BatchCapture, progress: ProgressCapture, files, out
+    spark: Any,
+    plan: Any,
+    work: Any,
+    url: str,
+    capture: BatchCapture,
+    progress: ProgressCapture,
+    files: int | None,
+    out: dict[str, Any],
+    *,
+    triggers: bool = True,
 ) -> None:
     from common.features.online_sink import spark_online_writer
     from common.features.streaming import start_feature_streams
@@ -203,6 +224,8 @@ def _timed_parts(
     out["features"] = batch_steps(capture.take(), "loom.stream")
     out["features_progress"] = _progress(progress)
 
+    if not triggers:
+        return
     started = time.perf_counter()
     await_all(start_trigger_streams(spark, work, plan, url, available_now=True, max_files_per_trigger=files))
     out["triggers_s"] = time.perf_counter() - started
