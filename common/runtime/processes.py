@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -89,14 +90,22 @@ def spawn_guarded(
 
 def terminate(process: subprocess.Popen | None, timeout: float) -> None:
     """Stop a server process: SIGTERM (its orderly shutdown), then SIGKILL after ``timeout`` seconds."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    terminate_all([process], timeout)
+
+
+def terminate_all(processes: Sequence[subprocess.Popen | None], timeout: float) -> None:
+    """:func:`terminate` for several processes at once: SIGTERM to each, in order, then one ``timeout`` for all
+    before SIGKILL, so their shutdowns overlap."""
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def lock_folder(directory: Path, wait_s: float = LOCK_WAIT_S, *, kind: str, server: str, fix: str) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ConfigError, StoreError
-from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded
+from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded, terminate_all
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -148,16 +147,7 @@ class SparkStandalone:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the workers, then the master (SIGTERM, then SIGKILL after ``timeout``)."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate_all(list(reversed(self.processes)), timeout)
         self.processes = []
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
 
@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from common.compile.event_time import to_micros
 from common.compile.feature_spec import FeatureSpec
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
@@ -49,8 +50,6 @@ from common.triggers.operator import FIRING_TS
 from common.triggers.shared_state import FEATURES
 
 log = logging.getLogger("loom.triggers")
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The least and greatest firing time of a trigger's firings in a batch (naive UTC, as collect() returns them)
 Bounds = tuple[datetime | None, datetime | None]
@@ -234,13 +233,6 @@ def _score_model(
     return scored, shadow_scored
 
 
-def _micros(ts: datetime) -> int:
-    """Microseconds since the epoch of a firing time as Arrow returns it (aware, in the session's zone; a naive
-    one is UTC, the session's zone)."""
-    aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-    return (aware - EPOCH) // timedelta(microseconds=1)
-
-
 def _append_scored(table: Any, frame: DataFrame, path: str, app_id: str, batch_id: int) -> None:
     """Append the scored firings (``table``, the Arrow rows of ``frame``) once: from the driver when the table
     exists and the batch is small, as :func:`append_once` would, without collecting them again; else ``frame``
@@ -328,7 +320,7 @@ def make_firing_handler(
                     LatestPrediction(
                         r[key],
                         r["model_name"],
-                        _micros(r[FIRING_TS]),
+                        to_micros(r[FIRING_TS]),  # aware, or naive UTC: as Arrow returns it
                         r["score"],
                         r["model_version"],
                         r["trigger"],
