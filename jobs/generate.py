@@ -1,8 +1,9 @@
 """``loom generate --usecase churn``: write synthetic landing files (numpy/pandas, no Spark).
 
-``--to kafka`` also publishes the events sources to Kafka (``common.generate.to_kafka``): to
-``$LOOM_KAFKA_BOOTSTRAP``, else the broker of ``loom kafka start``, else a broker of this command
-(data in ``$LOOM_HOME/kafka``, stopped at its end). ``--rate N`` replays them at N events per second.
+``--to kafka`` also publishes the events sources to Kafka (``common.generate.to_kafka``): a
+``format: kafka`` source that names its own ``bootstrap_env`` to that variable's cluster; every other
+source to ``$LOOM_KAFKA_BOOTSTRAP``, else the broker of ``loom kafka start``, else a broker of this
+command (data in ``$LOOM_HOME/kafka``, stopped at its end). ``--rate N`` replays them at N events per second.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from common.errors import ConfigError
 from common.generate import GenerateOptions, generate_landing
-from common.generate.to_kafka import publish
+from common.generate.to_kafka import publish, sources_by_cluster
 from common.runtime.kafka_server import BOOTSTRAP_ENV, kafka_bootstrap, running_local_broker
 from common.settings import paths
 from common.spec import load_usecase
@@ -73,13 +74,20 @@ def run(args: argparse.Namespace) -> int:
     summary = generate_landing(spec, work, options, out=args.out, overwrite=args.overwrite)
     print(summary.render())
     if args.to == "kafka":
-        own = not os.environ.get(BOOTSTRAP_ENV) and running_local_broker(work.home) is None
-        bootstrap = kafka_bootstrap(work.home)
-        if own:
-            print(f"kafka: started a broker for this command at {bootstrap}; `loom kafka start` keeps one running")
         out = args.out if args.out is not None else work.landing / spec.name
-        print(publish(spec, out, bootstrap, rate=args.rate, partitions=args.partitions).render())
+        for bootstrap, names in sources_by_cluster(spec, lambda: _default_bootstrap(work.home)).items():
+            summary = publish(spec, out, bootstrap, rate=args.rate, partitions=args.partitions, sources=names)
+            print(summary.render())
     return 0
+
+
+def _default_bootstrap(home: Path) -> str:
+    """``$LOOM_KAFKA_BOOTSTRAP``, else the broker of ``loom kafka start``, else one started for this command."""
+    own = not os.environ.get(BOOTSTRAP_ENV) and running_local_broker(home) is None
+    bootstrap = kafka_bootstrap(home)
+    if own:
+        print(f"kafka: started a broker for this command at {bootstrap}; `loom kafka start` keeps one running")
+    return bootstrap
 
 
 if __name__ == "__main__":

@@ -200,3 +200,45 @@ def test_the_telco_snapshot_has_blanks_dirt_and_a_learnable_label(tmp_path):
     assert summary.facts["true_roc_auc"] > 0.8
     logged = read_malformed_log(tmp_path / "landing" / "telco")
     assert len(logged) == sum(summary.malformed["customers"].values()) > 0
+
+
+def _churn_with_kafka_events(tmp_path: Path, bootstrap_env: str) -> Path:
+    import yaml
+
+    sample = Path(__file__).resolve().parent.parent / "metadata" / "churn" / "sources.kafka.yaml.sample"
+    events = yaml.safe_load(sample.read_text())["sources"]["events"]
+    events["kafka"]["bootstrap_env"] = bootstrap_env
+
+    def mutate(documents):
+        documents["sources.yaml"]["sources"]["events"] = events
+
+    return mutated_churn(tmp_path, mutate)
+
+
+def test_generate_to_kafka_publishes_a_source_to_the_cluster_its_bootstrap_env_names(tmp_path, monkeypatch):
+    """A ``format: kafka`` source with its own ``bootstrap_env`` is published where its stream reads it, not to
+    ``$LOOM_KAFKA_BOOTSTRAP``'s cluster; unset, the publish stops with the reader's message; the default cluster
+    is asked for only when a source uses it."""
+    from common.generate.to_kafka import sources_by_cluster
+
+    asked: list[str] = []
+
+    def default() -> str:
+        asked.append("default")
+        return "127.0.0.1:9092"
+
+    own = load_usecase(_churn_with_kafka_events(tmp_path / "own", "LOOM_TEST_PARTNER_KAFKA"))
+    monkeypatch.setenv("LOOM_TEST_PARTNER_KAFKA", "127.0.0.1:19092")
+    assert sources_by_cluster(own, default) == {"127.0.0.1:19092": ["events"]}
+    assert asked == []
+
+    monkeypatch.delenv("LOOM_TEST_PARTNER_KAFKA")
+    with pytest.raises(
+        ConfigError, match=r"\$LOOM_TEST_PARTNER_KAFKA, which is not set.*export LOOM_TEST_PARTNER_KAFKA="
+    ):
+        sources_by_cluster(own, default)
+
+    shared = load_usecase(_churn_with_kafka_events(tmp_path / "shared", "LOOM_KAFKA_BOOTSTRAP"))
+    assert sources_by_cluster(shared, default) == {"127.0.0.1:9092": ["events"]}
+    assert sources_by_cluster(load_usecase("churn"), default) == {"127.0.0.1:9092": ["events"]}
+    assert asked == ["default", "default"]  # once per call, only for sources on the default cluster

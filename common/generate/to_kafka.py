@@ -7,6 +7,8 @@ in arrival order (files by name, lines in file order), the malformed records inc
 an upstream system would send, and what the stream must quarantine. So the same events reach Loom
 through files and through Kafka, which is what a files-versus-Kafka comparison needs.
 
+* Cluster: a ``format: kafka`` source's own ``bootstrap_env`` when it names one (:func:`sources_by_cluster`),
+  else ``$LOOM_KAFKA_BOOTSTRAP`` or a local broker (``jobs/generate.py``).
 * Topic: ``loom.<usecase>.<source>`` (``loom.churn.events``), a ``format: kafka`` source's own (its first
   topic), created when missing with
   ``partitions`` partitions (replication 1 on a one-node broker, else the cluster's default).
@@ -26,14 +28,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.generate.landing import records_folder
 from common.runtime.kafka_server import client_settings
-from common.spec.sources import Source
+from common.spec.sources import DEFAULT_BOOTSTRAP_ENV, Source
 from common.spec.usecase import UseCase
 
 FLUSH_TIMEOUT_S = 60.0
@@ -55,6 +57,27 @@ def source_topic(spec: UseCase, name: str) -> str:
     """The topic a source is published to: a Kafka source's first topic, else ``loom.<usecase>.<source>``."""
     source = spec.sources[name]
     return source.kafka.topic_list[0] if source.kafka is not None else topic_name(spec.name, name)
+
+
+def sources_by_cluster(spec: UseCase, default: Callable[[], str]) -> dict[str, list[str]]:
+    """The sources to publish, grouped by the bootstrap servers each one's readers use.
+
+    A ``format: kafka`` source that names its own ``bootstrap_env`` goes to that variable's cluster (the
+    variable must be set: the stream reads it from there too, :func:`common.ingest.readers.kafka_bootstrap_of`);
+    every other source goes to ``default()``, called once and only when some source needs it."""
+    clusters: dict[str, list[str]] = {}
+    default_bootstrap: str | None = None
+    for name in kafka_sources(spec):
+        source = spec.sources[name]
+        if source.kafka is not None and source.kafka.bootstrap_env != DEFAULT_BOOTSTRAP_ENV:
+            from common.ingest.readers import kafka_bootstrap_of  # Spark's modules only on this path
+
+            bootstrap = kafka_bootstrap_of(source)
+        else:
+            default_bootstrap = default_bootstrap or default()
+            bootstrap = default_bootstrap
+        clusters.setdefault(bootstrap, []).append(name)
+    return clusters
 
 
 def value_encoder(source: Source):
