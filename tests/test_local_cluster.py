@@ -19,6 +19,7 @@ from redis.crc import key_slot
 
 from common.online import OnlineGroup
 from common.online.redis_store import RedisOnlineStore
+from common.runtime.processes import alive
 from common.runtime.redis_cluster import RedisClusterServers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,19 +27,11 @@ GROUP = OnlineGroup("activity", ("calls_7d", "avg_payment_30d"), ttl_seconds=Non
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1]
-    except OSError:
-        return False
-    return not state.startswith("Z")
-
-
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.2)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 def test_online_store_on_a_redis_cluster_spreads_entities_and_keeps_each_on_one_slot(tmp_path):
@@ -92,7 +85,7 @@ def test_engines_die_with_their_owner_under_sigkill(tmp_path):
         started = json.loads(pids_file.read_text())
         # master, worker, 3 Redis nodes, `mlflow server` and its uvicorn
         assert started["workers"] == 1 and len(started["pids"]) == 7
-        assert all(_alive(pid) for pid in started["pids"])
+        assert all(alive(pid) for pid in started["pids"])
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

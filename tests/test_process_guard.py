@@ -20,20 +20,12 @@ from pathlib import Path
 import pytest
 
 from common.errors import StoreError
-from common.runtime.processes import free_port
+from common.runtime.processes import alive, free_port
 from common.runtime.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 # Test key, not a secret: generated for this test only.
 API_KEYS = "guard:guard-test-key-5e1a7c3b9d2f4a6c"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
 
 
 def _redis_pid(home: Path, owner: int, timeout: float = 120) -> int:
@@ -75,10 +67,10 @@ def _serve(home: Path) -> subprocess.Popen:
 def _gone_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.05)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 # slow: a server end to end (`loom serve` and its redis-server in a subprocess, then the signal); 8-9 s each
@@ -88,7 +80,7 @@ def test_the_redis_server_of_loom_serve_dies_with_it(tmp_path, how):
     job = _serve(tmp_path)
     try:
         redis_pid = _redis_pid(tmp_path, job.pid)
-        assert _alive(redis_pid)
+        assert alive(redis_pid)
         # while it runs, a second server on the same folder is refused, with the fix
         with pytest.raises(StoreError, match=r"in use by another redis-server .*loom redis start"):
             RedisServer(directory=tmp_path / "redis", persistent=True, stop_at_exit=True).start()

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from common.errors import ConfigError, StoreError
 from common.runtime.jars import fetch_kafka, kafka_broker_libs, kafka_broker_ready, kafka_cache
-from common.runtime.processes import LOCK_WAIT_S, free_port, lock_folder, spawn_guarded, terminate
+from common.runtime.processes import LOCK_WAIT_S, alive, free_port, lock_folder, spawn_guarded, terminate
 from common.runtime.secrets import read_secret
 
 BOOTSTRAP_ENV = "LOOM_KAFKA_BOOTSTRAP"
@@ -456,9 +456,9 @@ def stop_persistent(home: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
     if stopped:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while stopped and _alive(pid) and time.monotonic() < deadline:
+    while stopped and alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if stopped and _alive(pid):
+    if stopped and alive(pid):
         os.kill(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     (folder / "bootstrap").unlink(missing_ok=True)
@@ -471,15 +471,3 @@ def _is_broker_of(pid: int, folder: Path) -> bool:
     except OSError:
         return False
     return b"kafka.Kafka" in command and any(str(folder.resolve()).encode() in part for part in command)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (our own child that exited) counts as gone
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.runtime.mlflow_server import MlflowServer, healthy
+from common.runtime.processes import alive
 from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers, cluster_state
 from common.runtime.spark_standalone import SparkStandalone, alive_workers
 
@@ -106,7 +107,7 @@ def down(home: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in ours) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in ours) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in ours:
         with contextlib.suppress(ProcessLookupError):
@@ -124,11 +125,3 @@ def _runs_in(pid: int, folder: Path) -> bool:
     except OSError:
         return False
     return root in command or cwd.startswith(root)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not stat.split(") ", 1)[1].startswith("Z")  # a zombie has exited

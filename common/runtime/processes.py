@@ -134,3 +134,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running: not gone, and not a zombie (a child of ours that exited but was not
+    reaped yet has stopped all the same)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat.rsplit(") ", 1)[1].startswith("Z")  # the name in parentheses may itself hold ") "
