@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,27 @@ REPO = Path(__file__).resolve().parent.parent
 # the groups change nothing.
 LAKE_GROUP = "spark-churn-lake"
 
+# The groups that take minutes, longest first (clean-clone CI and a loaded run on 2 cores agree on the order):
+# the scheduler hands them out first, so the short ones fill in at the end. xdist's own order (groups by number
+# of tests) gave single-test groups such as the retraining loop (~100 s) last, and one worker waited for it.
+# A group not listed follows these, by number of tests, as xdist would order it.
+LONG_GROUPS = (
+    LAKE_GROUP,
+    "tests/test_kafka.py",
+    "tests/test_notebooks.py",
+    "tests/test_privacy_lifecycle.py",
+    "tests/test_pipeline.py",
+    "tests/test_ingest.py",
+    "tests/test_retraining_loop.py",
+    "tests/test_monitoring.py",
+    "tests/test_cli.py",
+    "tests/test_local_cluster.py",
+    "tests/test_shadow.py",
+    "tests/test_materialize.py",
+    "tests/test_process_guard.py",
+    "tests/test_telco.py",
+)
+
 
 def xdist_group(item) -> str:
     """The xdist group of a test: the churn lake's when it uses the lake, else its module."""
@@ -41,19 +63,44 @@ def xdist_group(item) -> str:
     return item.nodeid.split("::")[0]
 
 
+def _by_group(config) -> bool:
+    return config.getoption("dist", default="no") == "loadgroup"
+
+
+def pytest_configure(config):
+    """Under ``--dist loadgroup`` the groups go out in the order of the collection, which
+    :func:`pytest_collection_modifyitems` sets (:data:`LONG_GROUPS` first), not xdist's by number of tests."""
+    if _by_group(config):
+        config.option.loadscopereorder = False
+
+
+def scheduling_order(items, group_of) -> list:
+    """``items`` with whole groups in :data:`LONG_GROUPS` order, then the other groups by number of tests (most
+    first); the collection order within a group and between groups that tie (a stable sort)."""
+    groups = [group_of(item) for item in items]
+    sizes = Counter(groups)
+    rank = {group: index for index, group in enumerate(LONG_GROUPS)}
+    keys = [(rank.get(group, len(rank)), -sizes[group]) for group in groups]
+    return [item for _, item in sorted(zip(keys, items, strict=True), key=lambda pair: pair[0])]
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
     """Mark ``spark`` every test that uses the session SparkSession, directly or through another fixture,
-    and give every test its xdist group (:func:`xdist_group`).
+    and give every test its xdist group (:func:`xdist_group`); under ``--dist loadgroup``, order the groups
+    longest first (:func:`scheduling_order`).
 
     ``item.fixturenames`` is the test's whole fixture closure, so a test that only asks for ``churn_lake``
     is marked too. Tests that start Spark another way (spark-submit, ``loom`` subprocesses that run Spark
     jobs, notebooks) carry an explicit ``@pytest.mark.spark``. ``make test-fast`` deselects both tiers.
+    Without groups the order stays the collection's: a module split in two would set up its fixtures twice.
     """
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.spark)
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    if _by_group(config):
+        items[:] = scheduling_order(items, xdist_group)
 
 
 @pytest.fixture(scope="session")
