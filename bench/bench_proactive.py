@@ -226,6 +226,59 @@ class _LiveWriter(threading.Thread):
             self.ended_at = time.time()
 
 
+class _LiveProgress:
+    """The progress reports (``durationMs`` per phase) of the live run's micro-batches that had input, per part
+    (ingest, features, triggers, by query name): what one small batch costs, phase by phase."""
+
+    def __init__(self) -> None:
+        from pyspark.sql.streaming import StreamingQueryListener
+
+        self.reports: dict[str, list[dict[str, int]]] = {"ingest": [], "features": [], "triggers": []}
+        reports = self.reports
+
+        class _Listener(StreamingQueryListener):
+            def onQueryStarted(self, event) -> None:
+                pass
+
+            def onQueryProgress(self, event) -> None:
+                progress = event.progress
+                if not progress.numInputRows:
+                    return
+                name = progress.name or ""
+                part = "ingest" if "_ingest_" in name else "features" if "_features_" in name else "triggers"
+                reports[part].append(dict(progress.durationMs or {}))
+
+            def onQueryIdle(self, event) -> None:
+                pass
+
+            def onQueryTerminated(self, event) -> None:
+                pass
+
+        self.listener = _Listener()
+
+    def summary(self) -> str:
+        """Per part: batches with input, and the median seconds of a batch, of its planning, of ``addBatch``
+        (the foreachBatch function) and of the rest (offsets, WAL and commit files)."""
+        shown = []
+        for part, reports in self.reports.items():
+            if not reports:
+                continue
+
+            def median(phase: str, reports: list[dict[str, int]] = reports) -> float:
+                return float(np.median([r.get(phase, 0) for r in reports])) / 1000
+
+            rest = float(
+                np.median(
+                    [r.get("triggerExecution", 0) - r.get("queryPlanning", 0) - r.get("addBatch", 0) for r in reports]
+                )
+            )
+            shown.append(
+                f"{part} {len(reports)} batches, median {median('triggerExecution'):.2f}s (planning "
+                f"{median('queryPlanning'):.2f}s, addBatch {median('addBatch'):.2f}s, rest {rest / 1000:.2f}s)"
+            )
+        return "; ".join(shown) or "no progress reports"
+
+
 def _freshness(
     spark: Any,
     plan: Any,
@@ -253,6 +306,8 @@ def _freshness(
     spec = plan.spec
     trigger = next(iter(plan.triggers.values()))
     reports = {name: IngestReport(name) for name in spec.sources}
+    progress = _LiveProgress()
+    spark.streams.addListener(progress.listener)
     queries = [
         start_ingest_stream(spark, spec, name, work, mode="stream", trigger_interval=INTERVAL, report=reports[name])
         for name in spec.sources
@@ -306,6 +361,8 @@ def _freshness(
             if query.isActive:
                 stop_gracefully(query, grace_s=10.0)
         client.close()
+        time.sleep(1.0)  # the listener bus delivers the last progress reports after the queries stopped
+        spark.streams.removeListener(progress.listener)
     duration = writer.ended_at - writer.started_at
     cutoff_us = (writer.started_at + warmup_s) * 1e6
     steady = [f for ts, f in seen.values() if ts >= cutoff_us]
@@ -329,6 +386,7 @@ def _freshness(
         "p50": float(np.percentile(samples, 50)),
         "p99": float(np.percentile(samples, 99)),
         "max": float(np.max(samples)),
+        "per_batch": progress.summary(),
     }
 
 
@@ -472,7 +530,8 @@ def _freshness_rows(
                 f"{fresh['written'] - fresh['backlog']:,} of {fresh['written']:,} events in {fresh['window']:.0f}s "
                 f"(the drain waits for the firings: below the offered rate even when all was ingested); "
                 f"ingest {ingest_batches} batches: {shown(ingest_steps)}; "
-                f"features {feature_batches} batches: {shown(feature_steps)}"
+                f"features {feature_batches} batches: {shown(feature_steps)}; "
+                f"query phases per batch with input: {fresh.get('per_batch', 'not measured')}"
             ),
         },
         {
