@@ -22,22 +22,29 @@ def plan():
 
 
 def _history(spark, plan):
+    """History rows (key, time, value, write order); a key written twice: the later write wins, a write
+    without an order (from before the column existed) is the oldest."""
     rows = [
-        ("a", T0, 1.0),
-        ("a", T0 + timedelta(minutes=30), 2.0),
-        ("a", T0 + timedelta(hours=5), 3.0),
-        ("b", T0 + timedelta(minutes=10), 7.0),
+        ("a", T0, 1.0, 1),
+        ("a", T0 + timedelta(minutes=30), 2.5, 7),
+        ("a", T0 + timedelta(minutes=30), 2.0, 3),
+        ("a", T0 + timedelta(hours=5), 3.5, 1),
+        ("a", T0 + timedelta(hours=5), 3.0, None),
+        ("b", T0 + timedelta(minutes=10), 7.0, 2),
     ]
-    data = [(k, t, v, *([0.0] * (len(plan.feature_names) - 1))) for k, t, v in rows]
-    schema = ", ".join(["customer_id string", "feature_ts timestamp"] + [f"{n} double" for n in plan.feature_names])
+    data = [(k, t, w, v, *([0.0] * (len(plan.feature_names) - 1))) for k, t, v, w in rows]
+    schema = ", ".join(
+        ["customer_id string", "feature_ts timestamp", "_write_order long"]
+        + [f"{n} double" for n in plan.feature_names]
+    )
     return spark.createDataFrame(data, schema), rows
 
 
 def _naive(rows, entity, t, ttl):
-    before = [(ts, v) for k, ts, v in rows if k == entity and ts <= t]
+    before = [(ts, -1 if w is None else w, v) for k, ts, v, w in rows if k == entity and t is not None and ts <= t]
     if not before:
         return None
-    ts, v = max(before)
+    ts, _, v = max(before)
     return v if (t - ts) <= ttl else None
 
 
@@ -54,6 +61,7 @@ def test_as_of_matches_a_naive_scan(spark, plan):
         ("b", T0 + timedelta(hours=1)),
         ("c", T0 + timedelta(hours=1)),  # unknown entity: null
         ("a", T0 + timedelta(minutes=30)),  # duplicate query rows stay two rows
+        ("a", None),  # no time: null
     ]
     labels = spark.createDataFrame(
         [(k, t, i) for i, (k, t) in enumerate(queries)], "customer_id string, label_ts timestamp, label int"
@@ -63,7 +71,9 @@ def test_as_of_matches_a_naive_scan(spark, plan):
     out = {r.label: r for r in found}
     assert len(out) == len(queries)
     for i, (entity, t) in enumerate(queries):
-        assert out[i][first] == _naive(rows, entity, t, timedelta(hours=2)), (entity, t)
+        expected = _naive(rows, entity, t, timedelta(hours=2))
+        assert out[i][first] == expected, (entity, t)
+        assert (out[i].f_ts is None) == (expected is None), (entity, t)
 
 
 def test_unknown_feature_is_a_clear_error(spark, plan):
