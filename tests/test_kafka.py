@@ -42,6 +42,7 @@ from common.runtime.kafka_server import (
     configured_or_throwaway,
     port_open,
 )
+from common.runtime.processes import alive
 from common.settings import Paths
 from common.spec import load_usecase
 
@@ -49,19 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TOPIC = topic_name("churn", "events")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _gone_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.05)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
