@@ -20,7 +20,7 @@ from common.errors import ConfigError
 from common.features.online_sink import spark_online_writer
 from common.features.streaming import start_feature_streams
 from common.ingest.report import IngestReport
-from common.ingest.stream import ingest_source, run_until_stopped, start_ingest_stream
+from common.ingest.stream import ingest_source, raise_failure, run_until_stopped, start_ingest_stream
 from common.privacy import require_keys
 from common.settings import Paths
 from common.triggers.scoring import ModelResolver
@@ -121,8 +121,8 @@ def run_continuously(
     require_keys(plan.spec.sources)
     resolver, warming = _warm_models(spark, plan, work, parts, model_refresh_s)
     reports = {name: IngestReport(name) for name in plan.spec.sources if "ingest" in parts}
-    queries: list[StreamingQuery] = [
-        start_ingest_stream(
+    ingest = {
+        name: start_ingest_stream(
             spark,
             plan.spec,
             name,
@@ -130,10 +130,11 @@ def run_continuously(
             mode="stream",
             trigger_interval=interval,
             max_files_per_trigger=max_files_per_trigger,
-            report=reports[name],
+            report=report,
         )
-        for name in reports
-    ]
+        for name, report in reports.items()
+    }
+    queries: list[StreamingQuery] = list(ingest.values())
     if "features" in parts:
         queries += start_feature_streams(spark, work, plan, spark_online_writer(redis_url), interval=interval)
     if "triggers" in parts:
@@ -143,6 +144,8 @@ def run_continuously(
         )
     log.info("streaming %d queries every %s; stop with Ctrl-C or SIGTERM", len(queries), interval)
     run_until_stopped(queries, stop)
+    for name, query in ingest.items():
+        raise_failure(query, reports[name], plan.spec)
     for query in queries:
         if query.exception() is not None:
             raise query.exception()

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                     if query.isActive:
                         stop_gracefully(query)
         for query, report in zip(queries, reports, strict=True):
-            raise_failure(query, report)
+            raise_failure(query, report, spec)
     print(render_reports(reports))
     for report in reports:
         report.check()

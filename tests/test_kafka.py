@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -778,21 +779,31 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_stream_waits_for_a_broker_that_went_away_and_loses_nothing(spark, tmp_path):
-    """The broker of a running ``format: kafka`` ingestion stream is stopped for a few seconds and started again
-    on its folder and port: the stream waits (it does not fail), then takes the messages sent after the restart;
-    bronze holds every event once."""
+def test_a_broker_outage_is_waited_out_or_stops_the_job_clearly_and_nothing_is_lost(
+    spark, tmp_path, monkeypatch, capsys
+):
+    """The broker of a running ``format: kafka`` ingestion stream goes away twice.
+
+    A short outage (shorter than the source's ``broker_timeout``): the stream waits, then takes the messages
+    sent after the broker is back on its folder and port. A longer one, under ``loom stream``: the job stops
+    with one message naming the source, the broker and the fix (exit code 2, no stack trace); run again once the
+    broker is back, it resumes from its checkpoint. Bronze holds every event once."""
     from confluent_kafka import Producer
 
+    import jobs.stream
     from common.ingest.report import IngestReport
     from common.ingest.stream import start_ingest_stream, stop_gracefully
+    from common.runtime.python_daemon import PRELOAD_ENV
+    from jobs.runner import main_for
 
     topic = "loom.test.outage"
     folder = tmp_path / "broker"
+    sent = 0
 
-    def send(bootstrap: str, first: int, count: int) -> None:
+    def send(bootstrap: str, count: int) -> None:
+        nonlocal sent
         producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-        for number in range(first, first + count):
+        for number in range(sent, sent + count):
             event = {
                 "event_id": f"E{number}",
                 "customer_id": "C1",
@@ -801,33 +812,77 @@ def test_a_stream_waits_for_a_broker_that_went_away_and_loses_nothing(spark, tmp
             }
             producer.produce(topic, value=json.dumps(event).encode(), key=b"C1")
         assert producer.flush(30) == 0
+        sent += count
 
     server = KafkaServer(directory=folder).start()
+    port, controller = server.port, server.controller_port
     query = None
-    os.environ[KAFKA_ENV] = server.bootstrap
+    monkeypatch.setenv(KAFKA_ENV, server.bootstrap)
     try:
-        send(server.bootstrap, 0, 20)
-        spec = load_usecase(_kafka_churn(tmp_path / "metadata", topic))
+        send(server.bootstrap, 20)
+        spec = load_usecase(_kafka_churn(tmp_path / "patient", topic, broker_timeout="1 minute"))
         report = IngestReport("events")
         work = Paths(tmp_path / "home")
         query = start_ingest_stream(spark, spec, "events", work, trigger_interval="1 second", report=report)
         _wait_for(lambda: report.read >= 20, 180, "the first 20 events")
-        port, controller = server.port, server.controller_port
         server.stop()
-        time.sleep(8)  # several triggers find no broker
+        time.sleep(3)  # several triggers find no broker
         assert query.isActive, query.exception()
         server = KafkaServer(directory=folder, port=port, controller_port=controller).start()
-        send(server.bootstrap, 20, 20)
+        send(server.bootstrap, 20)
         _wait_for(lambda: report.read >= 40 or not query.isActive, 240, "the 20 events sent after the restart")
         assert query.isActive, query.exception()
         stop_gracefully(query)
         assert report.failure is None and (report.read, report.accepted) == (40, 40)
+
+        # the long outage, under the job (the same checkpoint, a short broker_timeout): the broker stops once
+        # the job has run a batch, and stays away
+        metadata = _kafka_churn(tmp_path / "impatient", topic, broker_timeout="5 seconds")
+        job_ended, trouble = threading.Event(), []
+        commits = Path(work.checkpoint("churn", "ingest_events")) / "commits"
+        committed = len([p for p in commits.iterdir() if p.name.isdigit()])
+
+        def stop_broker_once_streaming() -> None:
+            try:
+                deadline = time.monotonic() + 180
+                while not (commits / str(committed)).exists():  # the job's first batch
+                    if time.monotonic() > deadline or job_ended.is_set():
+                        raise AssertionError("the job ran no batch within 180 s")
+                    time.sleep(0.2)
+                server.stop()
+                if not job_ended.wait(180):
+                    raise AssertionError("the job did not stop within 180 s of the outage")
+            except BaseException as error:  # reported by the test's thread; SIGTERM ends the job (stop_on_signals)
+                trouble.append(error)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setenv("LOOM_HOME", str(work.home))
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # ingestion alone writes no Redis
+        monkeypatch.delenv(PRELOAD_ENV, raising=False)  # the job sets it; it must not outlive the test
+        stopper = threading.Thread(target=stop_broker_once_streaming, daemon=True)
+        send(server.bootstrap, 5)  # a first batch for the job to take before the broker goes
+        capsys.readouterr()
+        stopper.start()
+        stream = ["--usecase", str(metadata), "--only", "ingest", "--trigger-interval", "1 second"]
+        code = main_for("stream", jobs.stream, stream)
+        job_ended.set()
+        stopper.join()
+        assert not trouble, trouble
+        err = capsys.readouterr().err
+        assert code == 2, err[-3000:]
+        message = [line for line in err.splitlines() if line.startswith("loom stream: error:")]
+        assert len(message) == 1 and "Traceback" not in err, err[-3000:]
+        for part in ("'events'", f"${KAFKA_ENV}", f"127.0.0.1:{port}", "broker_timeout (5 seconds)", "Fix:"):
+            assert part in message[0], message[0]
+
+        server = KafkaServer(directory=folder, port=port, controller_port=controller).start()
+        send(server.bootstrap, 20)
+        assert main_for("stream", jobs.stream, ["--usecase", str(metadata), "--only", "ingest", "--available-now"]) == 0
         ids = [
             row.event_id for row in spark.read.format("delta").load(work.table("churn", "bronze", "events")).collect()
         ]
-        assert sorted(ids) == sorted(f"E{n}" for n in range(40))
+        assert sorted(ids) == sorted(f"E{n}" for n in range(sent)) and sent == 65
     finally:
-        os.environ.pop(KAFKA_ENV, None)
         if query is not None and query.isActive:
             query.stop()
         server.stop()

@@ -51,17 +51,27 @@ from common.ingest.validation import (
 from common.lake.paths import is_local
 from common.runtime.kafka_server import BOOTSTRAP_ENV, running_local_broker, spark_options
 from common.settings import loom_home
-from common.spec.sources import Source
+from common.spec.base import duration_seconds
+from common.spec.sources import KafkaSettings, Source
 
-# How long the Kafka source waits for an unreachable broker before the query fails
-# (docs/ingestion.md#events-from-kafka): one request up to 30 s, an admin call up to 60 s, three tries of an
-# offset look-up 2 s apart. A short outage is waited out (tests/test_kafka.py stops the broker for seconds).
-KAFKA_TIMEOUTS = {
-    "kafka.request.timeout.ms": "30000",
-    "kafka.default.api.timeout.ms": "60000",
-    "fetchOffset.numRetries": "3",
-    "fetchOffset.retryIntervalMs": "2000",
-}
+# A request to the broker never waits longer than this; a shorter broker_timeout shortens it.
+KAFKA_REQUEST_TIMEOUT_MS = 30_000
+
+
+def kafka_timeouts(settings: KafkaSettings) -> dict[str, str]:
+    """The Kafka source's options that make a stream wait ``broker_timeout`` for an unreachable broker, then fail.
+
+    One offset look-up (Kafka's admin client retries inside it until its API timeout) and one fetch of a batch's
+    records both wait that long; the job then stops with common.ingest.broker_health's message. A shorter
+    outage is waited out (docs/ingestion.md#events-from-kafka).
+    """
+    wait_ms = duration_seconds(settings.broker_timeout) * 1000
+    return {
+        "kafka.request.timeout.ms": str(min(KAFKA_REQUEST_TIMEOUT_MS, wait_ms)),
+        "kafka.default.api.timeout.ms": str(wait_ms),
+        "fetchOffset.numRetries": "1",
+        "kafkaConsumer.pollTimeoutMs": str(wait_ms),
+    }
 
 
 def read_landing(reader: DataFrameReader | DataStreamReader, source: Source, folder: str) -> DataFrame:
@@ -141,7 +151,7 @@ def read_kafka(reader: DataFrameReader | DataStreamReader, source: Source) -> Da
     """
     settings = source.kafka
     value = avro_values(F.col("value"), source) if settings.value_format == "avro" else F.col("value").cast("string")
-    options = {**spark_options(kafka_bootstrap_of(source)), **KAFKA_TIMEOUTS}
+    options = {**spark_options(kafka_bootstrap_of(source)), **kafka_timeouts(settings)}
     options["subscribe"] = ",".join(settings.topic_list)
     options["failOnDataLoss"] = "true"
     if isinstance(reader, DataStreamReader):

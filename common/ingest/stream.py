@@ -24,6 +24,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from common.errors import ConfigError
+from common.ingest.broker_health import broker_outage
 from common.ingest.readers import read_landing_stream
 from common.ingest.report import IngestReport
 from common.ingest.writer import BatchWriter, check_dedup_columns, ensure_tables
@@ -136,18 +137,23 @@ def ingest_source(
     finally:
         if query.isActive:
             stop_gracefully(query)
-    raise_failure(query, report)
+    raise_failure(query, report, spec)
     report.check()
     return report
 
 
-def raise_failure(query: StreamingQuery, report: IngestReport) -> None:
-    """Re-raise why ``query`` failed: the LoomError of a batch, else Spark's exception."""
+def raise_failure(query: StreamingQuery, report: IngestReport, spec: UseCase) -> None:
+    """Re-raise why ``query`` failed: the LoomError of a batch, the error of a Kafka broker that stopped
+    answering (common.ingest.broker_health), else Spark's exception."""
     if report.failure is not None:
         raise report.failure
     error = query.exception()
-    if error is not None:
-        raise error
+    if error is None:
+        return
+    outage = broker_outage(report.source, spec.sources[report.source])
+    if outage is not None:
+        raise outage from error
+    raise error
 
 
 def stop_gracefully(query: StreamingQuery, grace_s: float = STOP_GRACE_S, poll_s: float = 0.2) -> None:

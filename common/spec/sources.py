@@ -98,6 +98,11 @@ class KafkaSettings(Strict):
         default=DEFAULT_BOOTSTRAP_ENV,
         description="environment variable that holds the bootstrap servers (host:port[,host:port])",
     )
+    broker_timeout: Duration = Field(
+        default="3 minutes",
+        description="how long a stream waits for a broker that does not answer; then the job stops with an "
+        "error naming the broker, and run again it resumes from its checkpoint's offsets",
+    )
 
     # the schema file resolved against the metadata folder by the loader (common.spec.avro)
     _avro_schema_file: Path | None = PrivateAttr(default=None)
