@@ -379,10 +379,44 @@ def test_the_kafka_sample_loads_and_bad_kafka_settings_name_the_field_and_the_fi
     message = error(kafka__startng_offsets="latest")
     assert "unknown key 'startng_offsets'" in message and "starting_offsets" in message
     assert "value not allowed" in error(kafka__starting_offsets="2026-01-01")
+    message = error(kafka__broker_timeout="forever")
+    assert (
+        "sources.events.kafka.broker_timeout" in message and "'forever'" in message and "e.g. '30 minutes'" in message
+    )
     assert "remove path" in error(path="{landing}/events")
     assert "needs a kafka: section" in error(kafka=None)
     assert "kind 'events'" in error(kind="table")
     assert "applies to format kafka only" in error(format="json", path="{landing}/events")
+
+
+def test_a_broker_counts_as_gone_only_when_no_bootstrap_server_accepts_a_connection(tmp_path, monkeypatch):
+    import socket
+
+    from common.ingest.broker_health import broker_outage, unreachable
+    from common.ingest.readers import kafka_timeouts
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        alive_at = f"127.0.0.1:{listening.getsockname()[1]}"
+        with socket.create_server(("127.0.0.1", 0)) as closing:
+            gone_at = f"127.0.0.1:{closing.getsockname()[1]}"
+        assert not unreachable(alive_at) and not unreachable(f"{gone_at},{alive_at}")
+        assert unreachable(gone_at) and unreachable("no-port-here") and unreachable("")
+        spec = load_usecase(_kafka_churn(tmp_path / "metadata", "loom.test.probe", broker_timeout="5 seconds"))
+        monkeypatch.setenv(KAFKA_ENV, alive_at)
+        assert broker_outage("events", spec.sources["events"]) is None
+        monkeypatch.setenv(KAFKA_ENV, gone_at)
+        message = str(broker_outage("events", spec.sources["events"]))
+        assert gone_at in message and "broker_timeout (5 seconds)" in message and "Fix:" in message
+        assert broker_outage("customers", spec.sources["customers"]) is None  # files: no broker to lose
+    assert kafka_timeouts(spec.sources["events"].kafka) == {
+        "kafka.request.timeout.ms": "5000",
+        "kafka.default.api.timeout.ms": "5000",
+        "fetchOffset.numRetries": "1",
+        "kafkaConsumer.pollTimeoutMs": "5000",
+    }
+    default = load_usecase(_kafka_churn(tmp_path / "default", "loom.test.probe")).sources["events"].kafka
+    assert kafka_timeouts(default)["kafka.request.timeout.ms"] == "30000"  # one request never waits longer
+    assert kafka_timeouts(default)["kafka.default.api.timeout.ms"] == "180000"
 
 
 @contextmanager
