@@ -294,6 +294,7 @@ def test_validate_records_gives_one_reason_per_bad_record(spark):
         json.dumps(_event("E10", event_type="teleport", ts="yesterday")),
         json.dumps(_event("E11", amount=12)),
         json.dumps(_event("E12", ts="2026-01-01T11:00:00+02:00", channel=None)),
+        json.dumps(_event("E13"))[:-1] + ', "customer_id": 7}',  # a key twice: which value counts is ambiguous
     ]
     accepted, quarantined = validate_records(_json_batch(spark, lines), EVENTS)
     reasons = {_event_id_or_raw(r.raw): r.reason for r in quarantined.collect()}
@@ -307,6 +308,7 @@ def test_validate_records_gives_one_reason_per_bad_record(spark):
         "E8": "missing required column customer_id",
         "E9": "column event_type: value teleport not in allowed values",
         "E10": "column ts: yesterday is not a timestamp",
+        "E13": "malformed JSON",
     }
     rows = {r.event_id: r for r in accepted.collect()}
     assert sorted(rows) == ["E1", "E11", "E12"]

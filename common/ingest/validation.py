@@ -281,18 +281,20 @@ def _normalize(df: DataFrame, source: Source) -> tuple[DataFrame, dict[str, Colu
     if source.format in ("json", "kafka"):
         df = df.withColumn(_PARSED, F.from_json("value", string_schema(source, corrupt_column=True), JSON_OPTIONS))
         fields = {name: F.col(_PARSED)[name] for name in names}
-        texts = [name for name in names if source.columns[name].type == "string"]
-        if texts:
-            # from_json turns 12345, true, [..] and {..} into text; the JSON type tells them from "12345"
-            document = F.try_parse_json("value")
-            for name in texts:
+        malformed = F.col(_PARSED).isNull() | F.col(_PARSED)[CORRUPT].isNotNull()
+        # An object from_json reads but the strict parser refuses has a key twice ({"id": "a", "id": 7}):
+        # which value counts is ambiguous (and its types could not be checked below), so it is malformed.
+        document = F.try_parse_json("value")
+        malformed = malformed | document.isNull()
+        for name in names:
+            if source.columns[name].type == "string":
+                # from_json turns 12345, true, [..] and {..} into text; the JSON type tells them from "12345"
                 kind = F.schema_of_variant(F.try_variant_get(document, f"$.{name}", "variant"))
                 fields[name] = F.when(kind.isin("STRING", "VOID") | kind.isNull(), fields[name]).otherwise(
                     _not_text(fields[name])
                 )
         if source.event_time_from_kafka and FILE_TIME in df.columns:
             fields[source.event_time] = F.date_format(FILE_TIME, KAFKA_TIME_FORMAT)
-        malformed = F.col(_PARSED).isNull() | F.col(_PARSED)[CORRUPT].isNotNull()
         raw = redact_json_text(F.col("value"), pii) if pii else F.col("value")
         avro = source.kafka is not None and source.kafka.value_format == "avro"  # decoded by the reader
         return df, fields, malformed, MALFORMED_AVRO if avro else MALFORMED_JSON, raw
