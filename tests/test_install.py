@@ -103,7 +103,8 @@ def installed(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_validate_and_ingest_in_the_users_project_folder(installed, tmp_path):
     venv = installed
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOM_", "PYSPARK_", "REDIS_"))}
+    # nothing of the working tree on the path (a developer's PYTHONPATH would shadow the installed wheel)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOOM_", "PYSPARK_", "REDIS_", "PYTHONPATH"))}
     env["LOOM_JAR_CACHE"] = str(REPO / ".cache" / "jars")
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
 
