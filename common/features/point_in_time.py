@@ -30,7 +30,16 @@ driver JVM CPU, against 13.8 and 17.8 s, 12.8 and 14.2 s for this join; and
 at 1M labels × 10.1M rows (load 2.6) 19.9 s and 38.5 CPU s against 17.7 s and
 34.4 CPU s. Its narrow shuffle, sort and window alone took about 11 s, so
 carrying the wide rows through the sort is not most of this join's cost
-(prototype: branch ``issue-21-narrow-prototype``).
+(prototype: branch ``issue-21-narrow-prototype``). Measured and slower at 300k
+labels × 3.03M history rows (stop 24, load 3–6): no sort of the history at all,
+each history row assigned to the first label time at or after it (per entity, the
+sorted label times), the latest row per (entity, label) kept by a hash aggregate
+of longs, carried forward over the 300k label slots, the winners' wide rows
+fetched by a join. With the index computed by a lambda over the label-time array
+(interpreted, not code-generated), the whole join took 31–36 s against 8.7–16 s
+for this one; with a broadcast join on entity and a range condition instead, the
+label times, intervals, assignment and aggregate alone took about 7 s, before the
+fetch and the joins back to the labels.
 """
 
 from __future__ import annotations
