@@ -39,10 +39,12 @@ from pyspark.sql.types import BinaryType, StructField, StructType
 from common.compile.plan import EVENT_ID, FEATURE_TS, TS_MICROS, GroupPlan, Plan
 from common.features import offline
 from common.features.backfill import join_tables
-from common.features.prepare import prepare
+from common.features.join_cache import current_rows, refreshing
+from common.features.prepare import join_rows, prepare
 from common.features.snapshots import snapshot_latest
 from common.features.tile_state import TileFolder, TileState
 from common.features.windows import value_column, with_row_values
+from common.lake.delta import read_bronze
 from common.lake.paths import bronze_path, history_path
 from common.lake.snapshot_read import read_bronze_between
 from common.lake.stream_start import stream_start_options
@@ -72,13 +74,29 @@ OUT = "_values"  # JSON array: newest event µs, then the group's features
 TILES_STATE = StructType([StructField("tiles", BinaryType())])  # the entity's TileState, as orjson
 
 
+def stream_join_rows(spark: SparkSession, work: Paths, plan: GroupPlan) -> dict[str, DataFrame]:
+    """The current rows of each table the group joins, for a streaming plan: cached while the table is unchanged
+    (:mod:`common.features.join_cache`), not re-read and re-ranked in every micro-batch."""
+    return {
+        join.source: current_rows(
+            spark,
+            bronze_path(work, plan.usecase, join.source),
+            lambda join=join: join_rows(plan, join, read_bronze(spark, work, plan.usecase, join.source)),
+            plan.entity_key,
+            join.event_time,
+            list(join.columns),
+        )
+        for join in plan.joins
+    }
+
+
 def tile_rows(spark: SparkSession, work: Paths, plan: GroupPlan, stream: DataFrame) -> DataFrame:
     """Bronze rows -> (entity, the event as JSON: µs, id and each feature's row value): the operator's input.
 
     Python rows cost per column: one text column keeps the operator's cost flat whatever the number of
     features.
     """
-    prepared = with_row_values(plan, prepare(plan, stream, join_tables(spark, work, plan)))
+    prepared = with_row_values(plan, prepare(plan, stream, current=stream_join_rows(spark, work, plan)))
     fields = [F.col(TS_MICROS).alias("t"), F.col(EVENT_ID).alias("i")]
     fields += [F.col(value_column(agg)).alias(f"v{index}") for index, agg in enumerate(plan.aggregations)]
     return prepared.select(plan.entity_key, F.to_json(F.struct(*fields)).alias(ROW))
@@ -267,7 +285,7 @@ def start_feature_streams(
             stream.writeStream.queryName(feature_query_name(group))
             .outputMode("update" if stateful else "append")
             .option("checkpointLocation", feature_checkpoint(work, group))
-            .foreachBatch(make_batch_handler(spark, work, group, write_online))
+            .foreachBatch(refreshing(spark, make_batch_handler(spark, work, group, write_online)))
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
         with rocksdb_state_store(spark, enabled=stateful):
