@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from common.compile.plan import EVENT_ID, TILE, TS_MICROS, GroupPlan, JoinPlan
+from common.compile.plan import EVENT_ID, TILE, TS_MICROS, GroupPlan
 from common.compile.transforms import columns_for
 
 
@@ -24,29 +24,17 @@ def latest_rows(df: DataFrame, key: str, event_time: str | None) -> DataFrame:
     return first_per_key(df, [key], [F.col(event_time).desc_nulls_last()])
 
 
-def join_rows(plan: GroupPlan, join: JoinPlan, table: DataFrame) -> DataFrame:
-    """A join table's current rows: from its bronze DataFrame (all versions), the newest row per entity, with
-    the entity key and the join's columns."""
-    return latest_rows(table, plan.entity_key, join.event_time).select(plan.entity_key, *join.columns)
-
-
-def enrich(
-    plan: GroupPlan,
-    df: DataFrame,
-    tables: dict[str, DataFrame],
-    current: Mapping[str, DataFrame] | None = None,
-) -> DataFrame:
+def enrich(plan: GroupPlan, df: DataFrame, tables: dict[str, DataFrame]) -> DataFrame:
     """Stream-static joins: add the joined columns of each table's current row.
 
     ``tables[source]`` is the table source's bronze DataFrame (all versions);
     its newest row per entity is joined, in batch and in streaming alike.
-    ``current[source]``, when given, are those rows already (:func:`join_rows`; the stream's cached copy).
     """
     for join in plan.joins:
+        current = latest_rows(tables[join.source], plan.entity_key, join.event_time)
         wanted = [c for c in join.columns if c not in df.columns]
         if wanted:
-            rows = current[join.source] if current else join_rows(plan, join, tables[join.source])
-            df = df.join(rows.select(plan.entity_key, *wanted), on=plan.entity_key, how="left")
+            df = df.join(current.select(plan.entity_key, *wanted), on=plan.entity_key, how="left")
     return df
 
 
@@ -72,15 +60,9 @@ def add_time_columns(plan: GroupPlan, df: DataFrame) -> DataFrame:
     )
 
 
-def prepare(
-    plan: GroupPlan,
-    df: DataFrame,
-    tables: dict[str, DataFrame] | None = None,
-    current: Mapping[str, DataFrame] | None = None,
-) -> DataFrame:
-    """Source rows -> rows ready for aggregation (same function in batch and streaming); ``current``: the join
-    tables' current rows, instead of ``tables`` (see :func:`enrich`)."""
-    df = enrich(plan, df, tables or {}, current)
+def prepare(plan: GroupPlan, df: DataFrame, tables: dict[str, DataFrame] | None = None) -> DataFrame:
+    """Source rows -> rows ready for aggregation (same function in batch and streaming)."""
+    df = enrich(plan, df, tables or {})
     df = apply_transforms(plan, df)
     df = add_time_columns(plan, df)
     if plan.event_time is not None:

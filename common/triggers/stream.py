@@ -14,7 +14,6 @@ from pyspark.sql.streaming import StreamingQuery
 
 from common.compile.plan import Plan
 from common.compile.triggers import TriggerPlan
-from common.features.join_cache import refreshing
 from common.lake.paths import bronze_path
 from common.lake.stream_start import stream_start_options
 from common.runtime.redis_server import connect
@@ -75,12 +74,7 @@ def start_trigger_streams(
             fired.writeStream.queryName(f"loom_{plan.usecase}_triggers_{source}")
             .option("checkpointLocation", checkpoint)
             .foreachBatch(
-                refreshing(
-                    spark,
-                    make_firing_handler(
-                        spark, work, plan, triggers, client, resolver, app_id, [g.name for g in groups]
-                    ),
-                )
+                make_firing_handler(spark, work, plan, triggers, client, resolver, app_id, [g.name for g in groups])
             )
         )
         writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=interval)
