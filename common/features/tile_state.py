@@ -21,6 +21,7 @@ event older than that horizon is not folded (it still is in bronze; the backfill
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,10 +231,16 @@ class TileFolder:
     def values(self, state: TileState) -> list[float | None]:
         """Each feature's value at the entity's newest event."""
         newest_tile = self.tile_of(state.newest_us)
+        # tiles in time order whatever order they were created in: float sums then do not depend on it. Sorted
+        # once, each window a slice of them (one per window length), not a sort and a scan per aggregation
+        starts = sorted(state.tiles)
+        end = bisect_right(starts, newest_tile)
+        windows: dict[int, list[Tile]] = {}
         out = []
         for index, agg in enumerate(self.aggregations):
-            start = newest_tile + self.slide_s - agg.window_s
-            # tiles in time order whatever order they were created in: float sums then do not depend on it
-            inside = (state.tiles[at] for at in sorted(state.tiles) if start <= at <= newest_tile)
+            inside = windows.get(agg.window_s)
+            if inside is None:
+                first = bisect_left(starts, newest_tile + self.slide_s - agg.window_s, 0, end)
+                inside = windows[agg.window_s] = [state.tiles[at] for at in starts[first:end]]
             out.append(_finish(agg, _merge_window(agg, index, inside)))
         return out
