@@ -399,7 +399,7 @@ def test_a_broker_counts_as_gone_only_when_no_bootstrap_server_accepts_a_connect
         alive_at = f"127.0.0.1:{listening.getsockname()[1]}"
         with socket.create_server(("127.0.0.1", 0)) as closing:
             gone_at = f"127.0.0.1:{closing.getsockname()[1]}"
-        assert not unreachable(alive_at) and not unreachable(f"{gone_at},{alive_at}")
+        assert not unreachable(alive_at) and not unreachable(f"{gone_at}, PLAINTEXT://{alive_at}")
         assert unreachable(gone_at) and unreachable("no-port-here") and unreachable("")
         spec = load_usecase(_kafka_churn(tmp_path / "metadata", "loom.test.probe", broker_timeout="5 seconds"))
         monkeypatch.setenv(KAFKA_ENV, alive_at)

@@ -18,9 +18,10 @@ PROBE_TIMEOUT_S = 2.0
 
 
 def _servers(bootstrap: str) -> list[tuple[str, int]]:
+    """``host:port`` pairs of a bootstrap list (a listener prefix such as ``SASL_SSL://`` dropped)."""
     found = []
     for item in bootstrap.split(","):
-        host, _, port = item.strip().rpartition(":")
+        host, _, port = item.strip().rpartition("://")[2].rpartition(":")
         if host and port.isdigit():
             found.append((host.strip("[]"), int(port)))
     return found
