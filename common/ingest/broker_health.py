@@ -8,10 +8,9 @@ that nothing is lost, and how to resume.
 
 from __future__ import annotations
 
-import socket
-
 from common.errors import ConfigError, shorten
 from common.ingest.readers import kafka_bootstrap_of
+from common.runtime.kafka_server import port_open
 from common.spec.sources import Source
 
 PROBE_TIMEOUT_S = 2.0
@@ -29,13 +28,7 @@ def _servers(bootstrap: str) -> list[tuple[str, int]]:
 
 def unreachable(bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """Whether no ``host:port`` of ``bootstrap`` accepts a TCP connection (a malformed list counts as unreachable)."""
-    for address in _servers(bootstrap):
-        try:
-            with socket.create_connection(address, timeout=timeout_s):
-                return False
-        except OSError:
-            continue
-    return True
+    return not any(port_open(port, host, timeout_s) for host, port in _servers(bootstrap))
 
 
 def broker_outage(name: str, source: Source) -> ConfigError | None:
