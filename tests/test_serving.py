@@ -242,6 +242,35 @@ def test_key_file_and_bad_key_configs(tmp_path, monkeypatch):
         assert OPS_KEY not in str(caught.value)
 
 
+def test_a_worker_started_while_its_redis_cluster_is_away_is_not_ready_then_serves(
+    trained_churn, latest_rows, tmp_path, monkeypatch
+):
+    """With LOOM_REDIS_CLUSTER on and the seed node of REDIS_URL down, the app still starts: /healthz 200,
+    /readyz and predictions 503 + Retry-After. Once the node is back, the same worker serves, with the
+    features written to the cluster."""
+    from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers
+    from common.serving import redis_reads
+
+    monkeypatch.setenv(CLUSTER_ENV, "1")
+    monkeypatch.setattr(redis_reads, "RETRY_OPEN_AFTER_S", 0.0)  # each call below tries the cluster again
+    keys = _keys(latest_rows, 3)
+    entities = [{"customer_id": k} for k in keys]
+    with RedisClusterServers(directory=tmp_path / "cluster") as cluster:
+        cluster.nodes[0].stop()  # REDIS_URL names this node: the client cannot learn the slot map at start
+        with serving(trained_churn.work, cluster.url, redis_timeout_s=0.3, retry_after_s=2) as client:
+            assert client.get("/healthz").status_code == 200
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["redis"] is False
+            down = _predict(client, entities)
+            assert down.status_code == 503 and down.headers["retry-after"] == "2", down.text
+            cluster.restart(0)
+            _fill(cluster.url, trained_churn.plan, latest_rows)
+            assert client.get("/readyz").status_code == 200
+            served = _predict(client, entities)
+    assert served.status_code == 200, served.text
+    assert all(p["known"] for p in served.json()["predictions"])
+
+
 def test_redis_acl_user_password_file_outage_and_recovery(
     trained_churn, latest_rows, tmp_path, monkeypatch, caplog, capsys
 ):

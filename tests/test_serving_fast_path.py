@@ -181,3 +181,38 @@ def test_batched_metrics_reach_prometheus_on_their_own_on_a_running_loop(monkeyp
         assert line in generate_latest(metrics.registry)
 
     asyncio.run(serve())
+
+
+def test_a_pending_cluster_client_is_made_on_first_use_and_retried_at_most_once_a_pause(monkeypatch):
+    """The service's Redis Cluster client (common.serving.redis_reads.PendingCluster): while the cluster is
+    away, a use raises redis-py's ConnectionError (the store's StoreError, the service's 503), and a new
+    attempt is made only after the pause; once made, the client is kept."""
+    import pytest
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from common.errors import StoreError
+    from common.serving import redis_reads
+
+    now = [100.0]
+    monkeypatch.setattr(redis_reads.time, "monotonic", lambda: now[0])
+    attempts, reachable = [], [False]
+    client = SimpleNamespace(ping=lambda: True, close=lambda: attempts.append("closed"))
+
+    def open_cluster():
+        attempts.append("open")
+        if not reachable[0]:
+            raise StoreError("cannot reach a Redis Cluster at 127.0.0.1:1")
+        return client
+
+    pending = redis_reads.PendingCluster(open_cluster)
+    pending.close()  # never made: nothing to close
+    with pytest.raises(RedisConnectionError, match="cannot reach a Redis Cluster"):
+        pending.ping()
+    reachable[0] = True
+    with pytest.raises(RedisConnectionError):  # within the pause: no new attempt
+        pending.ping()
+    assert attempts == ["open"]
+    now[0] += redis_reads.RETRY_OPEN_AFTER_S
+    assert pending.ping() is True and pending.ping() is True
+    pending.close()
+    assert attempts == ["open", "open", "closed"]

@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from common.models.online_features import online_groups
 from common.online.base import get_online_store
-from common.runtime.redis_server import is_cluster
+from common.runtime.redis_server import cluster_mode
 from common.serving.auth import ApiKeys
 from common.serving.config import ServingConfig, open_redis, resolve_redis_url
 from common.serving.holder import ModelHolder
@@ -31,7 +31,7 @@ from common.serving.predict_service import PredictService
 from common.serving.prediction_log import PredictionLogger
 from common.serving.prediction_sink import DeltaPredictionSink, PredictionSink
 from common.serving.prediction_spool import SPOOL_FOLDER
-from common.serving.redis_reads import DirectReads
+from common.serving.redis_reads import DirectReads, PendingCluster
 from common.settings import Paths, paths
 
 log = logging.getLogger(__name__)
@@ -71,16 +71,21 @@ def build_context(
     keys = keys or ApiKeys.from_env()
     metrics = ServingMetrics()
     redis_url = resolve_redis_url(config, work.home)
-    redis_client = open_redis(redis_url, config.redis_timeout_s)
+    cluster = cluster_mode()
+    if cluster:  # made on first use: a worker starts, not ready, while the cluster is away (PendingCluster)
+        redis_client = PendingCluster(lambda: open_redis(redis_url, config.redis_timeout_s))
+    else:
+        redis_client = open_redis(redis_url, config.redis_timeout_s)
 
     # a Redis Cluster client routes each key to its master (mget_nonatomic): the direct MGET is for one server
-    reads = redis_client if is_cluster(redis_client) else DirectReads(redis_client)
+    reads = redis_client if cluster else DirectReads(redis_client)
 
     def store_for(spec: Any) -> Any:
         # One Redis connection pool for every model version; each store only knows its model's groups.
         return get_online_store(
             "redis",
             client=reads,
+            cluster=cluster,
             usecase=spec.usecase,
             version=spec.usecase_version,
             groups=online_groups(spec),
