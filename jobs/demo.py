@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         _schedules(spec, work)
         failed |= not _notebook(spec.name, work)
         failed |= not _snapshot(spark, work, url)
+        failed |= not _scale_out(plan, work, url)
     if kafka_lake is not None:
         import shutil
 
@@ -531,3 +532,57 @@ def _snapshot(spark, work: Paths, url: str) -> bool:
     )
     done(started)
     return gap <= 1e-9
+
+
+def _scale_out(plan, work: Paths, url: str) -> bool:
+    """The same job on the distributed engines `loom cluster up` starts (here owned by the demo: they die
+    with it): `loom materialize --profile standalone` runs on a Spark standalone master with two 1-core
+    workers and writes into a Redis Cluster of three masters. True when every key landed, spread over the
+    masters, with the value the single Redis holds."""
+    import shutil
+    import subprocess
+    import sys
+
+    from common.online.redis_store import key_prefix
+    from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers
+    from common.runtime.redis_server import masters
+    from common.runtime.spark_standalone import SparkStandalone, alive_workers
+
+    started = step(
+        "17. scale-out: `loom materialize --profile standalone` on 2 Spark workers -> 3-master Redis Cluster"
+    )
+    folder = work.home / "demo-cluster"
+    shutil.rmtree(folder, ignore_errors=True)
+    with (
+        SparkStandalone(directory=folder / "spark", workers=2) as spark_cluster,
+        RedisClusterServers(directory=folder / "redis") as redis_cluster,
+    ):
+        print(f"   spark {spark_cluster.master_url}: {alive_workers(spark_cluster.ui_url)} workers")
+        env = {
+            **os.environ,
+            "SPARK_MASTER_URL": spark_cluster.master_url,
+            "PYSPARK_PYTHON": sys.executable,
+            "REDIS_URL": redis_cluster.url,
+            CLUSTER_ENV: "1",
+        }
+        command = [sys.executable, "-m", "jobs.materialize", "--usecase", plan.usecase, "--profile", "standalone"]
+        job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        print("   " + "\n   ".join(job.stdout.strip().splitlines()[-len(plan.groups) - 1 :]))
+        if job.returncode != 0:
+            print(f"   loom materialize on the cluster FAILED (exit {job.returncode}):\n{job.stderr[-2000:]}")
+            return False
+        cluster = connect(redis_cluster.url, cluster=True)
+        pattern = f"{key_prefix(plan.usecase, plan.version)}*"
+        per_master = [sum(1 for _ in node.scan_iter(match=pattern, count=1000)) for node in masters(cluster)]
+        keys = [key for node in masters(cluster) for key in node.scan_iter(match=pattern, count=1000)]
+        single = connect(url, cluster=False)
+        differ = sum(a != b for a, b in zip(cluster.mget_nonatomic(keys), single.mget(keys), strict=True))
+        cluster.close()
+        single.close()
+    print(
+        f"   {len(keys):,} vectors on the cluster, per master {per_master}; "
+        f"{differ} differ from the single Redis's ({'OK' if not differ else 'MISMATCH'})"
+    )
+    print("   `loom cluster up|status|down` starts these engines (and an MLflow server) for your own jobs")
+    done(started)
+    return bool(keys) and min(per_master) > 0 and differ == 0
