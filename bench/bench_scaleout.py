@@ -1,10 +1,13 @@
 """Stream throughput on local[1], local[2] and a 2-worker Spark standalone cluster, in one run, on the same data.
 
 Issue 15's scale-out bench. One event log (10,000 customers × 21 days, about 760,000 events) is generated
-once; each run gets a fresh Loom home whose landing folder holds the same files (hard links) and runs, in a
-separate process (:mod:`bench.scaleout_run`, a fresh driver JVM), the catch-up's **ingest + features** parts
-(landing JSON -> bronze + quarantine; bronze -> the windowed features -> Redis + offline history) in
-micro-batches of ``FILES_PER_TRIGGER`` files, with its own throwaway Redis:
+once, and churn@champion is trained once (:func:`bench.scaleout_run.prepare`, in a MLflow store every run
+reads through ``MLFLOW_TRACKING_URI``, on training data that ends where the log begins); each run gets a
+fresh Loom home whose landing folder holds the same files (hard links) and runs, in a separate process
+(:mod:`bench.scaleout_run`, a fresh driver JVM), the whole stream's catch-up (landing JSON -> bronze +
+quarantine; bronze -> the windowed features -> Redis + offline history; bronze -> triggers -> churn@champion
+through ``spark_udf`` on the executors -> predictions + actions + Redis) in micro-batches of
+``FILES_PER_TRIGGER`` files, with its own throwaway Redis:
 
 * ``local[1]`` and ``local[2]``: the ``local`` profile with ``spark.master`` overridden;
 * ``standalone``: the ``standalone`` profile as a user gets it, ``SPARK_MASTER_URL`` pointing at
@@ -13,8 +16,7 @@ micro-batches of ``FILES_PER_TRIGGER`` files, with its own throwaway Redis:
 * ``standalone, 4 shuffle partitions``: a fresh cluster again, with the local profile's 4 shuffle
   partitions (the standalone profile has 64): what the cluster itself costs, apart from its profile.
 
-The triggers + scoring part is left out: it needs a trained champion in each home. Rates are end to end
-over the two parts (1 / the sum of each part's seconds per event, as :func:`bench.catch_up.end_to_end`);
+Rates are end to end over the three parts (1 / the sum of each part's seconds per event, as :func:`bench.catch_up.end_to_end`);
 CPU seconds are those of the run's whole process tree (driver, Python workers, Redis; for the standalone
 run also the master, workers and executors). A row gives the ceiling those put on local[2] / local[1]:
 the machine's cores over the cores local[1] kept busy (its driver's threads, Python workers and Redis run
@@ -30,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -67,19 +69,39 @@ def _run(home: Path, profile: str, conf: dict[str, str], env: dict[str, str], pi
     return result
 
 
+def _prepare_champion(home: Path, log_start: date, env: dict[str, str]) -> str:
+    """Train churn@champion once, in ``home``'s MLflow store; its tracking URI, for every run."""
+    from common.runtime.tracking import tracking_uri
+    from common.settings import Paths
+
+    command = [sys.executable, "-m", "bench.scaleout_run", "--prepare", str(home), log_start.isoformat()]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training the champion failed ({done.returncode}): {done.stderr[-3000:]}")
+    return tracking_uri(Paths(home))
+
+
+def _seconds(caught: dict[str, Any]) -> float:
+    """The timed parts' seconds (JVM start, planning before the first batch and the stop not included)."""
+    return caught["ingest_s"] + caught["features_s"] + caught["triggers_s"]
+
+
 def _row(label: str, caught: dict[str, Any]) -> dict[str, Any]:
-    total = caught["ingest_s"] + caught["features_s"]
+    total = _seconds(caught)
     ingest_batches, ingest_steps = caught["ingest"]
     feature_batches, feature_steps = caught["features"]
+    trigger_batches, trigger_steps = caught["triggers"]
     return {
-        "metric": f"{label}: ingest + features end to end",
+        "metric": f"{label}: the whole stream end to end",
         "value": round(end_to_end(caught), 1),
         "unit": "events/s",
         "note": (
             f"master {caught['master']}, {caught['executors']} executor(s), shuffle partitions "
             f"{caught['shuffle_partitions']}; {caught['events']:,} events -> {caught['bronze']:,} bronze in "
             f"{total:.1f}s (ingest {caught['ingest_s']:.1f}s, {ingest_batches} batches: {shown(ingest_steps)}; "
-            f"features {caught['features_s']:.1f}s, {feature_batches} batches: {shown(feature_steps)}); "
+            f"features {caught['features_s']:.1f}s, {feature_batches} batches: {shown(feature_steps)}; "
+            f"triggers {caught['triggers_s']:.1f}s, {trigger_batches} batches: {shown(trigger_steps)}, "
+            f"{caught['scored']:,} firings scored); "
             f"CPU {caught['cpu_s']:.1f}s = {caught['cpu_s'] / total:.2f} cores busy; "
             f"process with JVM start and stop {caught['process_s']:.1f}s"
         ),
@@ -108,6 +130,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     try:
         summary = generate_landing(load_usecase("churn"), Paths(root / "data"), options, overwrite=True)
+        env["MLFLOW_TRACKING_URI"] = _prepare_champion(root / "champion", start, env)
         for index, (label, profile, conf) in enumerate(RUNS):
             home = root / f"run-{index}"
             shutil.copytree(root / "data" / "landing", home / "landing", copy_function=os.link)
@@ -141,7 +164,7 @@ def ratio_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each run's row, the ratios between runs, and the ceiling local[1]'s CPU use puts on local[2]'s speed-up."""
     rates = {label: end_to_end(caught) for label, caught in results.items()}
     rows = [_row(label, caught) for label, caught in results.items()]
-    busy = results["local[1]"]["cpu_s"] / (results["local[1]"]["ingest_s"] + results["local[1]"]["features_s"])
+    busy = results["local[1]"]["cpu_s"] / _seconds(results["local[1]"])
     cpu = {label: caught["cpu_s"] / caught["events"] * 1e6 for label, caught in results.items()}
     rows += [
         {

@@ -1,12 +1,16 @@
 """One run of the ``scaleout`` bench, in a process of its own, so each Spark master gets a fresh JVM.
 
-``python -m bench.scaleout_run HOME PROFILE CONF FILES [PID ...]``: the catch-up's ingest and features
-parts (:func:`bench.catch_up.catch_up` without triggers) over ``HOME``'s landing files, with a throwaway
-Redis of this process; ``CONF`` is a JSON object of Spark settings over the profile's (``spark.master``
-for the local runs; the ``standalone`` profile takes its master from ``$SPARK_MASTER_URL``). It
-writes ``HOME/result.json``: the parts' seconds and counts, the CPU seconds of the timed parts and the
-executors the application had. CPU time is that of this process's tree (driver JVM, Python workers, Redis)
-and of the trees of ``PID``s (a standalone cluster's master and workers, whose executors run the tasks).
+``python -m bench.scaleout_run HOME PROFILE CONF FILES [PID ...]``: the whole catch-up (:func:`bench.catch_up.
+catch_up`: ingest, features, triggers scored with churn@champion) over ``HOME``'s landing files, with a
+throwaway Redis of this process; ``CONF`` is a JSON object of Spark settings over the profile's
+(``spark.master`` for the local runs; the ``standalone`` profile takes its master from ``$SPARK_MASTER_URL``);
+the champion comes from ``$MLFLOW_TRACKING_URI``. It writes ``HOME/result.json``: the parts' seconds and
+counts, the CPU seconds of the timed parts and the executors the application had. CPU time is that of this
+process's tree (driver JVM, Python workers, Redis) and of the trees of ``PID``s (a standalone cluster's master
+and workers, whose executors run the tasks).
+
+``python -m bench.scaleout_run --prepare HOME END``: train and register churn@champion in ``HOME``'s own
+MLflow store, on training data that ends on ``END`` (an ISO date), where the runs' event log begins.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.batch_log import captured
-from bench.catch_up import LOGGERS, catch_up
+from bench.catch_up import LOGGERS, PARTS, catch_up, prepare_champion
 
-PARTS = ("ingest", "features")
+TRAIN_CUSTOMERS, TRAIN_DAYS = 500, 8  # the champion's training data (bench_proactive's)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -47,7 +51,30 @@ def tree_cpu_seconds(roots: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def prepare(home: str, end: str) -> int:
+    """churn@champion in ``home``'s MLflow store (a local[2] session; not timed)."""
+    from datetime import date
+
+    from common.compile import compile_usecase
+    from common.runtime.spark import build_session
+    from common.settings import Paths
+    from common.spec import load_usecase
+
+    plan = compile_usecase(load_usecase("churn"))
+    spark = build_session("local", app_name="loom-bench-scaleout-champion")
+    try:
+        outcome, _ = prepare_champion(
+            spark, plan, Paths(Path(home)), TRAIN_CUSTOMERS, TRAIN_DAYS, date.fromisoformat(end)
+        )
+    finally:
+        spark.stop()
+    print(f"churn v{outcome.version}: {outcome.decision}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--prepare"]:
+        return prepare(*argv[1:])
     from common.compile import compile_usecase
     from common.runtime.redis_server import RedisServer
     from common.runtime.spark import build_session
