@@ -43,6 +43,8 @@ def silent_nodes(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
                 continue  # it answers: a credentials problem is not an outage
             except (redis.ConnectionError, redis.TimeoutError):  # loading its data counts too (BusyLoadingError)
                 silent.append(_address(node.connection_pool.connection_kwargs))
+            except redis.RedisError:
+                continue  # it answers, with an error: not an outage, and the query's own error is the one to show
     finally:
         client.close()
     return silent
