@@ -4,14 +4,19 @@ and bronze -> triggers -> scores -> predictions (Delta) + Redis.
 Ingestion and features are separate Structured Streaming queries chained by
 the bronze Delta tables (the medallion pattern): each has its own checkpoint,
 so either can be stopped, restarted or replayed without the other.
+
+A feature or trigger query that fails while a Redis node of the online store does not answer stops the job
+with one StoreError naming the node (common.online.redis_health), not Spark's stack traces.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable
 
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
@@ -20,7 +25,8 @@ from common.errors import ConfigError
 from common.features.online_sink import spark_online_writer
 from common.features.streaming import start_feature_streams
 from common.ingest.report import IngestReport
-from common.ingest.stream import ingest_source, raise_failure, run_until_stopped, start_ingest_stream
+from common.ingest.stream import ingest_source, raise_failure, run_until_stopped, start_ingest_stream, stop_gracefully
+from common.online.redis_health import store_outage
 from common.privacy import require_keys
 from common.settings import Paths
 from common.triggers.scoring import ModelResolver
@@ -98,9 +104,11 @@ def catch_up(
             resolver=resolver,
         )
     for query in queries:
-        query.awaitTermination()
+        with contextlib.suppress(StreamingQueryException):
+            query.awaitTermination()  # a failure is raised below, as a store outage when it is one
         if query.exception() is not None:
-            raise query.exception()
+            break
+    raise_query_failure(queries, redis_url, plan.usecase)
     return reports
 
 
@@ -146,7 +154,22 @@ def run_continuously(
     run_until_stopped(queries, stop)
     for name, query in ingest.items():
         raise_failure(query, reports[name], plan.spec)
-    for query in queries:
-        if query.exception() is not None:
-            raise query.exception()
+    raise_query_failure(queries, redis_url, plan.usecase)
     return reports
+
+
+def raise_query_failure(queries: list[StreamingQuery], redis_url: str, usecase: str) -> None:
+    """Raise why the first failed query of ``queries`` failed, after stopping the others (between their
+    micro-batches): a :class:`StoreError` when a node of the online store at ``redis_url`` does not answer
+    (common.online.redis_health), else Spark's exception."""
+    failed = next((query for query in queries if query.exception() is not None), None)
+    if failed is None:
+        return
+    for query in queries:
+        if query.isActive:
+            stop_gracefully(query)
+    error = failed.exception()
+    outage = store_outage(redis_url, failed.name, usecase)
+    if outage is not None:
+        raise outage from error
+    raise error

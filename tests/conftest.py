@@ -53,6 +53,7 @@ LONG_GROUPS = (
     "tests/test_materialize.py",
     "tests/test_process_guard.py",
     "tests/test_telco.py",
+    "tests/test_redis_cluster_stream.py",
 )
 
 

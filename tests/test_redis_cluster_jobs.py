@@ -23,6 +23,7 @@ from common.features.publish import materialize
 from common.models.online_features import online_groups
 from common.online.base import OnlineGroup, get_online_store
 from common.online.predictions import LatestPrediction, prediction_key, write_latest
+from common.online.redis_health import silent_nodes, store_outage
 from common.online.redis_store import RedisOnlineStore, groups_without_vectors, redis_key
 from common.privacy_lifecycle.forget import forget_redis
 from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers
@@ -72,6 +73,11 @@ def test_connect_follows_loom_redis_cluster_and_says_what_is_wrong(cluster, sing
     assert type(connect(single.url)) is redis.Redis
     with pytest.raises(StoreError, match=r"forget: deleting .* Fix: bring Redis back"):
         forget_redis("redis://127.0.0.1:1/0", "churn", ["C00000001"])  # nobody listens on port 1
+    # a stream query that failed while its Redis does not answer: one error naming the server (common.pipeline)
+    assert store_outage(single.url, "q", "churn") is None
+    outage = str(store_outage("redis://127.0.0.1:1/0", "loom_churn_features_activity", "churn"))
+    assert outage.startswith("the online store's Redis server 127.0.0.1:1 (REDIS_URL redis://127.0.0.1:1/0)")
+    assert "query 'loom_churn_features_activity'" in outage and "loom materialize --usecase churn" in outage
     monkeypatch.setenv(CLUSTER_ENV, "perhaps")
     with pytest.raises(ConfigError, match=f"{CLUSTER_ENV}='perhaps' is not a yes/no value"):
         connect(single.url)
@@ -198,7 +204,9 @@ def test_a_master_killed_during_a_write_fails_it_clearly_and_the_rewrite_after_i
         cluster.nodes[1].process.kill()
         with pytest.raises(StoreError, match="writing to the Redis online store failed"):
             store.write(group, entities[200:], values[200:], times[200:])
+        assert silent_nodes(cluster.url) == [cluster.addresses[1]]  # what a failed stream names (common.pipeline)
         cluster.restart(1)
+        assert silent_nodes(cluster.url) == []
         assert store.write(group, entities, values, times).written == 400
         read = store.read_blocks(entities, [group])["killed"]
         np.testing.assert_array_equal(read.values, values)

@@ -21,6 +21,9 @@ def setup_logging(level: str | None = None) -> None:
     root.setLevel(chosen)
     for noisy in ("py4j", "urllib3", "alembic", "mlflow.store", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # py4j logs the traceback of every exception a foreachBatch function raises, then hands the same text to
+    # Spark, which fails the query with it: the job reports it once (one line for a LoomError), not twice
+    logging.getLogger("py4j.clientserver").setLevel(logging.CRITICAL)
 
 
 class Stopwatch:

@@ -5,6 +5,11 @@ Each node is a :class:`~common.runtime.redis_server.RedisServer` (its guards: th
 a ``flock`` on its folder), started with cluster mode on; the 16,384 hash slots are then spread evenly over
 the masters. Loom's online store reaches it with ``REDIS_URL`` set to any node and ``LOOM_REDIS_CLUSTER=1``
 (redis-py's ``RedisCluster`` discovers the others).
+
+By default the nodes keep no data, like a cache: a node started again comes back empty. With
+``persistent=True`` each node keeps an append-only file synced on every write (``--appendonly yes
+--appendfsync always``), so a node killed and started again (:meth:`RedisClusterServers.restart`) comes back
+with every write it acknowledged, as a production node with persistence does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from common.runtime.redis_server import CLUSTER_ENV, RedisServer
 
 __all__ = ["CLUSTER_ENV", "RedisClusterServers", "cluster_state"]
 START_TIMEOUT_S = 30.0
+# after RedisServer's own "--appendonly no": the later option wins. "always": a write is on disk before its reply
+APPEND_ONLY = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 @dataclass
@@ -31,6 +38,7 @@ class RedisClusterServers:
     directory: Path | None = None
     masters: int = 3
     stop_at_exit: bool = True  # False for `loom cluster up`: it outlives the command
+    persistent: bool = False  # an append-only file per node, synced on every write (see the module docstring)
     nodes: list[RedisServer] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -60,6 +68,7 @@ class RedisClusterServers:
                     extra_args=(
                         *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
                         *("--cluster-port", str(free_port())),
+                        *(APPEND_ONLY if self.persistent else ()),
                     ),
                 )
                 self.nodes.append(node.start())
@@ -93,7 +102,8 @@ class RedisClusterServers:
 
     def restart(self, index: int, timeout: float = START_TIMEOUT_S) -> None:
         """Start node ``index`` again on its port and folder (after it died: its ``nodes.conf`` rejoins it to the
-        cluster with its slots) and wait for ``cluster_state:ok``. It comes back empty: the nodes keep no data."""
+        cluster with its slots) and wait for ``cluster_state:ok``. It comes back empty, or with ``persistent``
+        with every write it acknowledged (its append-only file is replayed before it answers)."""
         old = self.nodes[index]
         old.stop()  # a live node is stopped; a dead one is only reaped
         self.nodes[index] = RedisServer(
