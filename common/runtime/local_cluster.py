@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ def environment(state: dict[str, Any]) -> dict[str, str]:
     """The variables that point Loom's jobs at the running engines (jobs also need ``--profile standalone``)."""
     return {
         "SPARK_MASTER_URL": state["spark"]["master_url"],
+        # the executors run the Python the driver names (else `python3` of the PATH, often one without Loom):
+        # the workers are on this machine, so the interpreter of this installation
+        "PYSPARK_PYTHON": state["spark"].get("python", sys.executable),
         "REDIS_URL": state["redis"]["url"],  # any master: the cluster client finds the others
         CLUSTER_ENV: "1",
         "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
@@ -86,6 +90,7 @@ def up(home: Path, workers: int = 2, masters: int = 3) -> dict[str, Any]:
             "master_url": spark.master_url,
             "ui_url": spark.ui_url,
             "workers": workers,
+            "python": sys.executable,
             "pids": [p.pid for p in spark.processes],
         },
         "redis": {"url": redis.url, "addresses": redis.addresses, "pids": [n.process.pid for n in redis.nodes]},
