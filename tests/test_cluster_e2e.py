@@ -61,7 +61,9 @@ def _tail(done: subprocess.CompletedProcess) -> str:
 def _loom(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``loom ARGS`` (the console script's module) in a process of its own; a failure shows its output's tail."""
     command = [sys.executable, "-m", "jobs.cli", *args]
+    started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    print(f"loom {' '.join(args[:2])}: {time.monotonic() - started:.1f}s", file=sys.stderr)  # shown on a failure
     if check:
         assert done.returncode == 0, f"loom {' '.join(args)}: {_tail(done)}"
     return done
@@ -225,6 +227,7 @@ def test_the_pipeline_on_the_local_cluster_gives_the_predictions_of_local_2(spar
         state = _read_state(home)
         exports = _exports(out)
         assert exports["SPARK_MASTER_URL"] == state["spark"]["master_url"]
+        assert exports["SPARK_CONF_DIR"] == state["spark"]["conf_dir"]
         assert exports["REDIS_URL"] == state["redis"]["url"] and exports[CLUSTER_ENV] == "1"
         assert exports["MLFLOW_TRACKING_URI"] == state["mlflow"]["url"]
         assert exports["PYSPARK_PYTHON"] == sys.executable, "the workers run on this machine: this interpreter"
