@@ -40,6 +40,7 @@ LAKE_GROUP = "spark-churn-lake"
 # A group not listed follows these, by number of tests, as xdist would order it.
 LONG_GROUPS = (
     LAKE_GROUP,
+    "tests/test_cluster_e2e.py",
     "tests/test_kafka.py",
     "tests/test_notebooks.py",
     "tests/test_privacy_lifecycle.py",

@@ -1,5 +1,6 @@
 """The local distributed topology (issue 15's engines): a Spark standalone cluster, a Redis Cluster and an
-MLflow tracking server, each the real server, on 127.0.0.1, and ``loom cluster up|down|status``."""
+MLflow tracking server, each the real server, on 127.0.0.1. ``loom cluster up|down|status`` is tested with the
+whole pipeline on them, in tests/test_cluster_e2e.py."""
 
 from __future__ import annotations
 
@@ -90,33 +91,3 @@ def test_engines_die_with_their_owner_under_sigkill(tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert _wait_gone(started["pids"], timeout=60) == []
-
-
-@pytest.mark.slow
-@pytest.mark.spark
-def test_cluster_cli_up_status_down(tmp_path):
-    env = {**os.environ, "LOOM_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
-
-    def loom(*args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "jobs.cli", "cluster", *args]
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-    assert loom("status").returncode == 1
-    started = loom("up", "--workers", "1")
-    try:
-        assert started.returncode == 0, started.stderr[-2000:]
-        state = json.loads((tmp_path / "cluster" / "state.json").read_text())
-        assert f"export SPARK_MASTER_URL={state['spark']['master_url']}" in started.stdout
-        assert f"export MLFLOW_TRACKING_URI={state['mlflow']['url']}" in started.stdout
-        assert f"export REDIS_URL={state['redis']['url']}" in started.stdout
-        assert "export LOOM_REDIS_CLUSTER=1" in started.stdout
-        shown = loom("status")
-        assert shown.returncode == 0 and shown.stdout.count("(up)") == 3, shown.stdout
-        again = loom("up", "--workers", "1")  # already running: the same engines, nothing new started
-        assert again.returncode == 0 and json.loads((tmp_path / "cluster" / "state.json").read_text()) == state
-    finally:
-        stopped = loom("down")
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout
-    pids = [pid for engine in ("spark", "redis", "mlflow") for pid in state[engine]["pids"]]
-    assert _wait_gone(pids, timeout=10) == []
-    assert loom("status").returncode == 1

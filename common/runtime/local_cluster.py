@@ -6,6 +6,9 @@ the command that started them, like ``loom redis start``; ``down`` stops them. `
 what runs (addresses and process ids): ``down`` signals only processes whose command line or working
 folder is inside this folder, so a stale file never stops a stranger.
 
+``up`` also writes ``spark/conf/spark-defaults.conf`` (exported as ``SPARK_CONF_DIR``): the cluster's own
+defaults for the jobs, sized to its few cores, under the keys the ``standalone`` profile leaves to the cluster.
+
 The Redis Cluster keeps no data across ``down``/``up`` (its nodes run without persistence, like a cache:
 ``loom materialize`` refills it); the MLflow store and artifacts are kept.
 """
@@ -17,17 +20,30 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from common.runtime.jvm import QUICK_KEY
 from common.runtime.mlflow_server import MlflowServer, healthy
 from common.runtime.processes import alive
 from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers, cluster_state
+from common.runtime.spark import read_profile
 from common.runtime.spark_standalone import SparkStandalone, alive_workers
 
 STATE_FILE = "state.json"
 STOP_TIMEOUT_S = 30.0
+SPARK_DEFAULTS = """\
+# Written by `loom cluster up`: this cluster's own defaults for the Spark jobs pointed at it (SPARK_CONF_DIR),
+# sized to its {slots} cores on one machine, as a real cluster's spark-defaults.conf sizes its own. A profile's
+# keys win. Delta's state reconstruction: 50 tasks a table read by default (spark-conf/local.conf sets 2 too).
+spark.databricks.delta.snapshotPartitions    {slots}
+# Every job starts a driver and fresh executors (JVMs) that live for that job only, on the same few cores: the
+# quick start of Loom's short local jobs (common/runtime/jvm.py), the C1 compiler and one GC thread.
+spark.driver.extraJavaOptions                {jvm}
+spark.executor.extraJavaOptions              {jvm}
+"""
 
 
 def cluster_folder(home: Path) -> Path:
@@ -38,6 +54,10 @@ def environment(state: dict[str, Any]) -> dict[str, str]:
     """The variables that point Loom's jobs at the running engines (jobs also need ``--profile standalone``)."""
     return {
         "SPARK_MASTER_URL": state["spark"]["master_url"],
+        "SPARK_CONF_DIR": state["spark"]["conf_dir"],  # spark-submit (pyspark's too) reads its spark-defaults.conf
+        # the executors run the Python the driver names (else `python3` of the PATH, often one without Loom):
+        # the workers are on this machine, so the interpreter of this installation
+        "PYSPARK_PYTHON": state["spark"].get("python", sys.executable),
         "REDIS_URL": state["redis"]["url"],  # any master: the cluster client finds the others
         CLUSTER_ENV: "1",
         "MLFLOW_TRACKING_URI": state["mlflow"]["url"],
@@ -81,11 +101,18 @@ def up(home: Path, workers: int = 2, masters: int = 3) -> dict[str, Any]:
         for engine in reversed(started):
             engine.stop()
         raise
+    conf_dir = folder / "spark" / "conf"
+    conf_dir.mkdir(exist_ok=True)
+    (conf_dir / "spark-defaults.conf").write_text(
+        SPARK_DEFAULTS.format(slots=workers * spark.cores, jvm=read_profile("local")[QUICK_KEY])
+    )
     state = {
         "spark": {
             "master_url": spark.master_url,
+            "conf_dir": str(conf_dir),
             "ui_url": spark.ui_url,
             "workers": workers,
+            "python": sys.executable,
             "pids": [p.pid for p in spark.processes],
         },
         "redis": {"url": redis.url, "addresses": redis.addresses, "pids": [n.process.pid for n in redis.nodes]},
