@@ -544,6 +544,7 @@ def _scale_out(plan, work: Paths, url: str) -> bool:
     import sys
 
     from common.online.redis_store import key_prefix
+    from common.runtime.local_cluster import write_spark_defaults
     from common.runtime.redis_cluster import CLUSTER_ENV, RedisClusterServers
     from common.runtime.redis_server import masters
     from common.runtime.spark_standalone import SparkStandalone, alive_workers
@@ -561,6 +562,8 @@ def _scale_out(plan, work: Paths, url: str) -> bool:
         env = {
             **os.environ,
             "SPARK_MASTER_URL": spark_cluster.master_url,
+            # the cluster's own defaults (shuffle partitions for its 2 cores), as `loom cluster up` writes them
+            "SPARK_CONF_DIR": str(write_spark_defaults(folder / "spark-conf", slots=2)),
             "PYSPARK_PYTHON": sys.executable,
             "REDIS_URL": redis_cluster.url,
             CLUSTER_ENV: "1",

@@ -18,8 +18,8 @@ names this checkout, whose code the executors import (a clean clone has it insta
 
 Time (2 cores, load 2-3 from other work): 310-330 s. The reference and ``up`` take 65-95 s together; each of
 the six Spark jobs 21-73 s, most of it fixed: a driver, then two fresh executor JVMs and their Python
-workers for every application. The stream is the longest (73 s): its stateful queries keep the
-``standalone`` profile's 64 shuffle partitions (39 s with 4).
+workers for every application. The stream is the longest: its stateful queries ran 61-73 s with the 64
+shuffle partitions the ``standalone`` profile used to set, 39 s with the 4 of the cluster's defaults now.
 """
 
 from __future__ import annotations

@@ -37,13 +37,26 @@ STOP_TIMEOUT_S = 30.0
 SPARK_DEFAULTS = """\
 # Written by `loom cluster up`: this cluster's own defaults for the Spark jobs pointed at it (SPARK_CONF_DIR),
 # sized to its {slots} cores on one machine, as a real cluster's spark-defaults.conf sizes its own. A profile's
-# keys win. Delta's state reconstruction: 50 tasks a table read by default (spark-conf/local.conf sets 2 too).
+# keys win (spark-conf/standalone.conf leaves these to the cluster).
+# Shuffle partitions, 2 per core: the stream's stateful queries keep the count of their first run (one state
+# store each) for the life of their checkpoint, so it must fit the cluster from the start.
+spark.sql.shuffle.partitions                 {partitions}
+# Delta's state reconstruction: 50 tasks a table read by default (spark-conf/local.conf sets 2 too).
 spark.databricks.delta.snapshotPartitions    {slots}
 # Every job starts a driver and fresh executors (JVMs) that live for that job only, on the same few cores: the
 # quick start of Loom's short local jobs (common/runtime/jvm.py), the C1 compiler and one GC thread.
 spark.driver.extraJavaOptions                {jvm}
 spark.executor.extraJavaOptions              {jvm}
 """
+
+
+def write_spark_defaults(conf_dir: Path, slots: int) -> Path:
+    """The ``spark-defaults.conf`` of a local standalone cluster of ``slots`` cores, in ``conf_dir`` (the
+    folder to export as ``SPARK_CONF_DIR``); returns the folder."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    text = SPARK_DEFAULTS.format(partitions=2 * slots, slots=slots, jvm=read_profile("local")[QUICK_KEY])
+    (conf_dir / "spark-defaults.conf").write_text(text)
+    return conf_dir
 
 
 def cluster_folder(home: Path) -> Path:
@@ -101,11 +114,7 @@ def up(home: Path, workers: int = 2, masters: int = 3) -> dict[str, Any]:
         for engine in reversed(started):
             engine.stop()
         raise
-    conf_dir = folder / "spark" / "conf"
-    conf_dir.mkdir(exist_ok=True)
-    (conf_dir / "spark-defaults.conf").write_text(
-        SPARK_DEFAULTS.format(slots=workers * spark.cores, jvm=read_profile("local")[QUICK_KEY])
-    )
+    conf_dir = write_spark_defaults(folder / "spark" / "conf", workers * spark.cores)
     state = {
         "spark": {
             "master_url": spark.master_url,
