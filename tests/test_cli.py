@@ -120,3 +120,25 @@ def test_compact_bad_input_is_one_message_and_exit_2(args, says):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "loom compact: error:" in done.stderr and says in done.stderr
+
+
+def test_the_job_log_follows_stderr_when_a_caller_swaps_and_closes_it(monkeypatch):
+    """Jobs run in-process (notebooks, tests capturing output) swap sys.stderr and close the old stream; Loom's
+    log handler, made once per process, must write to the current one, never fail on a closed one."""
+    import io
+    import logging
+
+    from common.runtime.log import setup_logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # this process's handler list, restored after the test
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging("INFO")
+    logging.getLogger("loom.test").info("to the first stream")
+    monkeypatch.setattr(sys, "stderr", second)
+    first.close()
+    setup_logging("INFO")  # a second job in the same process: the same handler
+    logging.getLogger("loom.test").info("to the second stream")
+    assert "to the second stream" in second.getvalue()
+    assert "Logging error" not in second.getvalue() and len(root.handlers) == 1

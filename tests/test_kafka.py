@@ -892,7 +892,9 @@ def test_a_broker_outage_is_waited_out_or_stops_the_job_clearly_and_nothing_is_l
 
         monkeypatch.setenv("LOOM_HOME", str(work.home))
         monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # ingestion alone writes no Redis
-        monkeypatch.delenv(PRELOAD_ENV, raising=False)  # the job sets it; it must not outlive the test
+        # the job sets it; it must not outlive the test (set first: a delenv of an absent variable records nothing)
+        monkeypatch.setenv(PRELOAD_ENV, "")
+        monkeypatch.delenv(PRELOAD_ENV)
         stopper = threading.Thread(target=stop_broker_once_streaming, daemon=True)
         send(server.bootstrap, 5)  # a first batch for the job to take before the broker goes
         capsys.readouterr()

@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+
+
+class CurrentStderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is at each record, not as it was when the handler was made.
+
+    The root logger keeps Loom's handler for the life of the process. A job run in-process (a notebook, a test
+    that captures its output) may swap ``sys.stderr`` and close the old stream; a handler bound to it would
+    then fail on every record ("I/O operation on closed file")."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler assigns it; the current sys.stderr is always used
+        pass
 
 
 def setup_logging(level: str | None = None) -> None:
@@ -14,7 +34,7 @@ def setup_logging(level: str | None = None) -> None:
     formatter.converter = time.gmtime
     root = logging.getLogger()
     if not any(getattr(h, "_loom", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+        handler = CurrentStderrHandler()
         handler.setFormatter(formatter)
         handler._loom = True  # type: ignore[attr-defined]
         root.addHandler(handler)
