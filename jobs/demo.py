@@ -576,8 +576,9 @@ def _scale_out(plan, work: Paths, url: str) -> bool:
             return False
         cluster = connect(redis_cluster.url, cluster=True)
         pattern = f"{key_prefix(plan.usecase, plan.version)}*"
-        per_master = [sum(1 for _ in node.scan_iter(match=pattern, count=1000)) for node in masters(cluster)]
-        keys = [key for node in masters(cluster) for key in node.scan_iter(match=pattern, count=1000)]
+        on_master = [list(node.scan_iter(match=pattern, count=1000)) for node in masters(cluster)]
+        per_master = [len(found) for found in on_master]
+        keys = [key for found in on_master for key in found]
         single = connect(url, cluster=False)
         differ = sum(a != b for a, b in zip(cluster.mget_nonatomic(keys), single.mget(keys), strict=True))
         cluster.close()
