@@ -58,6 +58,7 @@ def mlflow_round_trip(experiment_name: str) -> str:
     """Log a tiny sklearn model, load it back and predict; returns its runs:/ URI."""
     import mlflow
     import numpy as np
+    import sklearn
     from sklearn.linear_model import LogisticRegression
 
     from common.errors import StoreError
@@ -69,7 +70,10 @@ def mlflow_round_trip(experiment_name: str) -> str:
     model = LogisticRegression().fit(x, y)
     with mlflow.start_run(experiment_id=experiment_id, run_name="smoke") as run:
         mlflow.log_param("kind", "smoke")
-        mlflow.sklearn.log_model(model, name="model", input_example=x[:2])
+        # pinned requirements: MLflow would otherwise infer them in a subprocess that loads the model (seconds)
+        mlflow.sklearn.log_model(
+            model, name="model", input_example=x[:2], pip_requirements=[f"scikit-learn=={sklearn.__version__}"]
+        )
     uri = f"runs:/{run.info.run_id}/model"
     loaded = mlflow.pyfunc.load_model(uri)
     if list(loaded.predict(x)) != list(model.predict(x)):
