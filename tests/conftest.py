@@ -137,24 +137,13 @@ def quick_jvm_env() -> dict[str, str]:
     return {"JDK_JAVA_OPTIONS": options} if options else {}
 
 
-# C2 (the optimizing JIT) only for methods ten times hotter than the JVM's default thresholds: see spark()
-SESSION_JIT_OPTIONS = (
-    "-XX:Tier4InvocationThreshold=50000 -XX:Tier4MinInvocationThreshold=6000"
-    " -XX:Tier4CompileThreshold=150000 -XX:Tier4BackEdgeThreshold=400000"
-)
-
-
 @pytest.fixture(scope="session")
 def spark():
     """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI.
 
-    Not :func:`quick_jvm_options`: the session lives the whole run, and with C1 only its Spark work ran about
-    1.5 times slower (clean-clone CI at load 2-3: the notebooks, privacy lifecycle and pipeline set-ups). But
-    C2 with its default thresholds spends much of the session's CPU compiling: every test plans new queries,
-    so new generated classes keep reaching C2 (``jstat -compiler``: 43,676 methods compiled in the first
-    120 s of test_pipeline.py and test_triggers.py). :data:`SESSION_JIT_OPTIONS` keeps C2 for what is really
-    hot. Measured on one module each, alone, JVM CPU: test_pipeline.py 144 -> 127 s, test_ingest.py
-    119 -> 109 s (load 2-3); the suite is CPU-bound on 2 cores, so CPU is what its wall time follows.
+    The JVM's defaults, not :func:`quick_jvm_options`: the session lives the whole run, and with C1 only its
+    Spark work ran about 1.5 times slower (clean-clone CI at load 2-3: the notebooks, privacy lifecycle and
+    pipeline set-ups).
     """
     from common.runtime.spark import build_session
 
@@ -164,7 +153,6 @@ def spark():
         "spark.default.parallelism": "2",
         "spark.ui.enabled": "false",
         "spark.driver.memory": "3g",
-        "spark.driver.extraJavaOptions": SESSION_JIT_OPTIONS,
     }
     session = build_session("local", app_name="loom-tests", overrides=overrides)
     yield session
