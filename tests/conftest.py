@@ -139,7 +139,7 @@ def quick_jvm_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def spark():
-    """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI.
+    """The one SparkSession of the test run: local[2], 2 shuffle partitions, no UI, no generated code.
 
     The JVM's defaults, not :func:`quick_jvm_options`: the session lives the whole run, and with C1 only its
     Spark work ran about 1.5 times slower (clean-clone CI at load 2-3: the notebooks, privacy lifecycle and
@@ -158,7 +158,8 @@ def spark():
         # operators once for all of them. Full suite in this checkout: 1,265 s and 2,296 CPU s (load 2.28)
         # with code generation, 1,115 s and 2,008 CPU s (load 2.13) without. Spark's interpreted path gives
         # the same results (its own suites run both). The `loom`, `loom stream` and spark-submit
-        # subprocesses keep the product's defaults: in their short C1-compiled JVMs it made no difference.
+        # subprocesses keep the product's defaults (in a small `loom ingest`, on its quick C1-compiled JVM,
+        # codegen off made no difference).
         "spark.sql.codegen.wholeStage": "false",
         "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     }
