@@ -81,3 +81,26 @@ def test_unknown_feature_is_a_clear_error(spark, plan):
     labels = spark.createDataFrame([("a", T0)], "customer_id string, label_ts timestamp")
     with pytest.raises(CompileError, match="has no feature"):
         as_of_join(labels, [HistoryInput(plan, history, ("nope",))], "label_ts")
+
+
+def test_times_far_from_1970_keep_their_order(spark, plan):
+    """Times before 1970 and after 2106 (beyond the pre-sort's 32 bits of seconds) still get the naive
+    scan's answers, and the pre-sort's bit arithmetic raises nothing in ANSI mode."""
+    far = [datetime(1900, 1, 1), datetime(2000, 1, 1), datetime(2200, 1, 1), datetime(2300, 6, 1)]
+    rows = [(k, t, float(i), 1) for i, t in enumerate(far) for k in ("a", "b", "zz")]
+    data = [(k, t, w, v, *([0.0] * (len(plan.feature_names) - 1))) for k, t, v, w in rows]
+    schema = ", ".join(
+        ["customer_id string", "feature_ts timestamp", "_write_order long"]
+        + [f"{n} double" for n in plan.feature_names]
+    )
+    history = spark.createDataFrame(data, schema)
+    queries = [(k, t + delta) for t in far for k in ("a", "zz") for delta in (timedelta(0), timedelta(hours=1))]
+    queries.append(("b", far[0] - timedelta(seconds=1)))
+    labels = spark.createDataFrame(
+        [(k, t, i) for i, (k, t) in enumerate(queries)], "customer_id string, label_ts timestamp, label int"
+    )
+    first = plan.feature_names[0]
+    found = {
+        r.label: r[first] for r in as_of_join(labels, [HistoryInput(plan, history, (first,))], "label_ts").collect()
+    }
+    assert found == {i: _naive(rows, k, t, timedelta(hours=2)) for i, (k, t) in enumerate(queries)}

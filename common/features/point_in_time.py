@@ -143,6 +143,8 @@ def _radix_order(entity: Column) -> Column:
     Spark sorts a single long from its prefix alone, by radix, without reading the rows; the window's own
     sort (by entity hash, key, time, write order) then meets rows already in its order but for ties
     within a second and hash collisions, and costs a pass. Only speed depends on it: the window's sort
-    alone decides the order, so times outside 1970-2106 are still exact.
+    alone decides the order, so times outside 1970-2106 (whose seconds the low 32 bits wrap) are still
+    exact. Bit operations, not arithmetic: they cannot overflow, which ANSI mode would raise.
     """
-    return entity.cast("long") * F.lit(2**32) + F.unix_seconds(F.col(_T))
+    seconds = F.unix_seconds(F.col(_T)).bitwiseAND(F.lit(2**32 - 1))
+    return F.shiftleft(entity.cast("long"), 32).bitwiseOR(seconds)
