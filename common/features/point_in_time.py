@@ -119,8 +119,11 @@ def as_of_join(rows: DataFrame, inputs: Sequence[HistoryInput], time_column: str
         others = [F.lit(None).cast(types[g]).alias(g) for g in facts if g != name]
         both = both.unionByName(df.select(key, _T, _W, null_row.alias(_ROW), name, *others))
     entity = F.hash(F.col(key))
-    partitions = 2 * int(rows.sparkSession.conf.get("spark.sql.shuffle.partitions"))
-    presorted = both.repartition(partitions, F.col(key)).sortWithinPartitions(_radix_order(entity))
+    # Twice the session's shuffle partitions: each task holds both sorts' rows at once. Databricks may say
+    # "auto" instead of a number: then Spark's own choice.
+    partitions = rows.sparkSession.conf.get("spark.sql.shuffle.partitions") or ""
+    spread = [2 * int(partitions)] if partitions.isdigit() else []
+    presorted = both.repartition(*spread, F.col(key)).sortWithinPartitions(_radix_order(entity))
     upto = Window.partitionBy(entity, F.col(key)).orderBy(_T, _W).rowsBetween(Window.unboundedPreceding, 0)
     found = presorted.select(
         F.col(_T), F.col(_ROW), *[F.last(g, ignorenulls=True).over(upto).alias(g) for g in facts]
