@@ -32,12 +32,17 @@ def _history(spark, plan):
         ("a", T0 + timedelta(hours=5), 3.0, None),
         ("b", T0 + timedelta(minutes=10), 7.0, 2),
     ]
+    return _history_frame(spark, plan, rows), rows
+
+
+def _history_frame(spark, plan, rows):
+    """A history table of ``rows`` (key, time, first feature's value, write order); other features 0."""
     data = [(k, t, w, v, *([0.0] * (len(plan.feature_names) - 1))) for k, t, v, w in rows]
     schema = ", ".join(
         ["customer_id string", "feature_ts timestamp", "_write_order long"]
         + [f"{n} double" for n in plan.feature_names]
     )
-    return spark.createDataFrame(data, schema), rows
+    return spark.createDataFrame(data, schema)
 
 
 def _naive(rows, entity, t, ttl):
@@ -88,12 +93,7 @@ def test_times_far_from_1970_keep_their_order(spark, plan):
     scan's answers, and the pre-sort's bit arithmetic raises nothing in ANSI mode."""
     far = [datetime(1900, 1, 1), datetime(2000, 1, 1), datetime(2200, 1, 1), datetime(2300, 6, 1)]
     rows = [(k, t, float(i), 1) for i, t in enumerate(far) for k in ("a", "b", "zz")]
-    data = [(k, t, w, v, *([0.0] * (len(plan.feature_names) - 1))) for k, t, v, w in rows]
-    schema = ", ".join(
-        ["customer_id string", "feature_ts timestamp", "_write_order long"]
-        + [f"{n} double" for n in plan.feature_names]
-    )
-    history = spark.createDataFrame(data, schema)
+    history = _history_frame(spark, plan, rows)
     queries = [(k, t + delta) for t in far for k in ("a", "zz") for delta in (timedelta(0), timedelta(hours=1))]
     queries.append(("b", far[0] - timedelta(seconds=1)))
     labels = spark.createDataFrame(
