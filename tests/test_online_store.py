@@ -23,7 +23,7 @@ from common.online.encoding import (
     encode_one,
     schema_fingerprint,
 )
-from common.online.materialize import write_features_to_online_store
+from common.online.materialize import write_arrow_to_online_store, write_features_to_online_store
 from common.online.redis_store import RedisOnlineStore, escape_entity, redis_key, slot_chunks
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
@@ -252,8 +252,18 @@ def _frame(spark, rows):
     )
 
 
-def _materialize(df, redis_url, **kwargs):
-    return write_features_to_online_store(
+@pytest.fixture(params=["executors", "driver"])
+def path(request):
+    """Where the materializer writes from: Spark's executors (a DataFrame) or the driver (its rows as Arrow,
+    a small streaming batch)."""
+    return request.param
+
+
+def _materialize(df, redis_url, path="executors", **kwargs):
+    write = write_features_to_online_store
+    if path == "driver":
+        df, write = df.toArrow(), write_arrow_to_online_store
+    return write(
         df,
         usecase="churn",
         version=1,
@@ -267,37 +277,37 @@ def _materialize(df, redis_url, **kwargs):
     )
 
 
-def test_materializer_writes_the_expected_bytes(spark, redis_client, redis_url):
+def test_materializer_writes_the_expected_bytes(spark, redis_client, redis_url, path):
     t = datetime(2026, 1, 1, tzinfo=UTC)
     rows = [("C1", t, 3, 12.5, None), ("we{ir}d", t, 0, None, 1.0)]
-    assert _materialize(_frame(spark, rows), redis_url) == (2, 0)
+    assert _materialize(_frame(spark, rows), redis_url, path) == (2, 0)
     version = ACTIVITY.schema_version
     assert redis_client.get("loom:churn:v1:{C1}:activity") == encode_one([3.0, 12.5, None], T0, version)
     assert redis_client.get("loom:churn:v1:{we%7Bir%7Dd}:activity") == encode_one([0.0, None, 1.0], T0, version)
     assert 0 < redis_client.ttl("loom:churn:v1:{C1}:activity") <= 600
 
 
-def test_materializer_honours_the_guard_against_newer_values(spark, redis_client, redis_url, store):
+def test_materializer_honours_the_guard_against_newer_values(spark, redis_client, redis_url, store, path):
     store.write(ACTIVITY, ["C1"], [[7.0, 7.0, 7.0]], [T0 + 1])  # e.g. written by the stream
     t = datetime(2026, 1, 1, tzinfo=UTC)
     older = _frame(spark, [("C1", t, 1, 1.0, 1.0), ("C2", t, 2, 2.0, 2.0)])
-    assert _materialize(older, redis_url) == (1, 1)
+    assert _materialize(older, redis_url, path) == (1, 1)
     assert store.read(["C1"], ["activity"])[("C1", "activity")].values.tolist() == [7.0, 7.0, 7.0]
     same_time = _frame(spark, [("C1", t.replace(microsecond=1), 8, 8.0, 8.0)])
-    assert _materialize(same_time, redis_url) == (1, 0)
+    assert _materialize(same_time, redis_url, path) == (1, 0)
     assert store.read(["C1"], ["activity"])[("C1", "activity")].values.tolist() == [8.0, 8.0, 8.0]
 
 
-def test_materializer_reports_rows_without_key_or_time(spark, redis_client, redis_url):
+def test_materializer_reports_rows_without_key_or_time(spark, redis_client, redis_url, path):
     t = datetime(2026, 1, 1, tzinfo=UTC)
     df = _frame(
         spark, [("C1", t, 1, 1.0, 1.0), (None, t, 2, 2.0, 2.0), ("C3", None, 3, 3.0, 3.0), ("", t, 4, 4.0, 4.0)]
     )
     with pytest.raises(DataError, match="3 row"):
-        _materialize(df, redis_url)
+        _materialize(df, redis_url, path)
     assert redis_client.exists("loom:churn:v1:{C1}:activity") == 1  # the valid rows were written
-    assert _materialize(df, redis_url, on_invalid="skip") == (1, 0)
+    assert _materialize(df, redis_url, path, on_invalid="skip") == (1, 0)
     with pytest.raises(DataError, match=r"columns \['logins_1d'\] are missing"):
-        _materialize(df.drop("logins_1d"), redis_url)
+        _materialize(df.drop("logins_1d"), redis_url, path)
     with pytest.raises(DataError, match=r"features \['logins_1d \(string\)'\] are not numeric"):
-        _materialize(df.withColumn("logins_1d", df.logins_1d.cast("string")), redis_url)
+        _materialize(df.withColumn("logins_1d", df.logins_1d.cast("string")), redis_url, path)

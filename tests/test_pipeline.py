@@ -5,6 +5,7 @@ and through the batch backfill; every entity and feature agrees."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import pytest
 from pyspark.sql import functions as F
@@ -53,6 +54,62 @@ def test_the_stream_ran_several_micro_batches(spark, pipeline):
     work, plan, _, reports = pipeline
     assert reports["events"].batches >= 3
     assert offline.read_history(spark, work, plan.group("activity")).count() > 0
+
+
+def _history_engines(path: str) -> list[str]:
+    """The writer of each commit of a Delta table: ``delta-rs`` (the driver) or ``spark``."""
+    import json
+
+    engines = []
+    for commit in sorted((Path(path) / "_delta_log").glob("*.json")):
+        actions = [json.loads(line) for line in commit.read_text().splitlines() if line.strip()]
+        info = next(a["commitInfo"] for a in actions if "commitInfo" in a)
+        engines.append("delta-rs" if "delta-rs" in str(info.get("engineInfo", "")) else "spark")
+    return engines
+
+
+def test_batches_written_from_the_driver_or_by_spark_give_the_same_stores(spark, redis_url, pipeline, tmp_path):
+    """A small feature batch is collected to the driver once, which writes Redis and appends the history
+    (``common.features.streaming.write_values``); a batch of more than ``DRIVER_ROWS`` entities goes through
+    Spark's writers. The module's bronze, two files a batch, both ways: the same history rows, and online
+    stores that agree with the batch computation."""
+    import shutil
+
+    from common.features import streaming
+    from common.lake import append
+    from common.lake.paths import history_path
+
+    work, plan, _, _ = pipeline
+    runs = {}
+    for number, (way, limit) in enumerate((("driver", streaming.DRIVER_ROWS), ("spark", 0))):
+        home = Paths(tmp_path / way)
+        shutil.copytree(work.lake / "churn" / "bronze", home.lake / "churn" / "bronze")
+        url = urlunparse(urlparse(redis_url)._replace(path=f"/{8 + number}"))  # a database of its own
+        connect(url).flushdb()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(streaming, "DRIVER_ROWS", limit)
+            patch.setattr(append, "DRIVER_ROWS", limit)  # the history append's own limit
+            catch_up(spark, plan, home, url, max_files_per_trigger=2, parts=("features",))
+        runs[way] = home, url
+    activity = history_path(runs["driver"][0], plan.group("activity"))
+    engines = _history_engines(activity)
+    assert engines[0] == "spark" and engines.count("delta-rs") >= 2, engines  # Spark creates the table
+    assert set(_history_engines(history_path(runs["spark"][0], plan.group("activity")))) == {"spark"}
+    for group in plan.groups.values():
+        by_driver, by_spark = (
+            offline.load_history(spark, history_path(home, group)).drop(offline.WRITE_ORDER)
+            for home, _ in runs.values()
+        )
+        assert by_driver.count() > 0, group.name
+        assert by_spark.exceptAll(by_driver).isEmpty() and by_driver.exceptAll(by_spark).isEmpty(), group.name
+    for home, url in runs.values():
+        store = open_store(list(plan.groups.values()), url)
+        try:
+            for group in plan.groups.values():
+                report = check_group(spark, home, group, store)
+                assert report.entities_checked >= 30 and report.ok and report.behind == 0, (group.name, report.examples)
+        finally:
+            store.close()
 
 
 def test_a_changed_feature_value_is_caught(spark, redis_url, pipeline):

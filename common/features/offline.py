@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import time
 from datetime import date
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from common.compile.plan import FEATURE_TS, GroupPlan
 from common.features.prepare import first_per_key
-from common.lake.append import append_once
+from common.lake.append import append_once, append_rows_once
 from common.lake.delta import table_exists
 from common.lake.paths import history_path
 from common.settings import Paths
@@ -97,6 +98,13 @@ def append(spark: SparkSession, plan: GroupPlan, rows: DataFrame, path: str, app
     ``batch_id`` (a retried or replayed batch adds nothing). No read of the table, no rewrite."""
     # mergeSchema: a history written before `_write_order` existed gains the column
     append_once(with_storage_columns(plan, rows), path, app_id, batch_id, partition_by=[PARTITION], merge_schema=True)
+
+
+def append_collected(rows: Any, path: str, app_id: str, batch_id: int) -> bool:
+    """:func:`append` for a batch already collected to the driver as Arrow, with :func:`with_storage_columns`'
+    columns: a delta-rs commit, no Spark job. False (nothing written) when the table is not a local one that
+    exists: then :func:`append` the DataFrame."""
+    return append_rows_once(rows, path, app_id, batch_id, merge_schema=True)
 
 
 def with_write_order(history: DataFrame) -> DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyspark.sql import DataFrame
 
 from common.compile.plan import FEATURE_TS, GroupPlan
@@ -25,22 +27,44 @@ def open_store(plan_groups: list[GroupPlan], redis_url: str, backend: str = "red
     )
 
 
-def spark_online_writer(redis_url: str):
-    """An OnlineWriter for the streaming job: Spark executors write their partitions."""
-    from common.online.materialize import write_features_to_online_store
+class RedisFeatureWriter:
+    """The streaming job's writer of a group's values to the Redis online store (an ``OnlineWriter``):
+    called with a DataFrame, Spark's executors write its partitions; :meth:`write_arrow` writes rows already
+    collected to the driver (a small micro-batch), with no Spark job."""
 
-    def write(plan: GroupPlan, values: DataFrame) -> tuple[int, int]:
-        result = write_features_to_online_store(
-            values,
-            usecase=plan.usecase,
-            version=plan.usecase_version,
-            group=plan.name,
-            feature_names=plan.feature_names,
-            entity_column=plan.entity_key,
-            event_time_column=FEATURE_TS,
-            redis_url=redis_url,
-            ttl_seconds=plan.ttl_s,
-        )
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    def __repr__(self) -> str:  # no URL: it may carry a password
+        return "RedisFeatureWriter()"
+
+    def __call__(self, plan: GroupPlan, values: DataFrame) -> tuple[int, int]:
+        from common.online.materialize import write_features_to_online_store
+
+        result = write_features_to_online_store(values, redis_url=self.redis_url, **_target(plan))
         return int(result[0]), int(result[1])
 
-    return write
+    def write_arrow(self, plan: GroupPlan, values: Any) -> tuple[int, int]:
+        """Write the Arrow table ``values`` (entity key, ``feature_ts``, the features) from this process."""
+        from common.online.materialize import write_arrow_to_online_store
+
+        result = write_arrow_to_online_store(values, redis_url=self.redis_url, **_target(plan))
+        return int(result[0]), int(result[1])
+
+
+def _target(plan: GroupPlan) -> dict[str, Any]:
+    return {
+        "usecase": plan.usecase,
+        "version": plan.usecase_version,
+        "group": plan.name,
+        "feature_names": plan.feature_names,
+        "entity_column": plan.entity_key,
+        "event_time_column": FEATURE_TS,
+        "ttl_seconds": plan.ttl_s,
+    }
+
+
+def spark_online_writer(redis_url: str) -> RedisFeatureWriter:
+    """An OnlineWriter for the streaming job (and the publish job): Spark executors write a DataFrame's
+    partitions; a small micro-batch on the driver is written from there."""
+    return RedisFeatureWriter(redis_url)

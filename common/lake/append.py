@@ -64,14 +64,19 @@ def append_once(
     writer.save(path)
 
 
-def append_rows_once(rows: Any, path: str, app_id: str, version: int) -> bool:
+def driver_appendable(path: str) -> bool:
+    """Whether :func:`append_rows_once` can append to ``path``: a local Delta table that exists."""
+    local = local_folder(path)
+    return local is not None and (local / "_delta_log").is_dir()
+
+
+def append_rows_once(rows: Any, path: str, app_id: str, version: int, *, merge_schema: bool = False) -> bool:
     """Append the Arrow table ``rows`` to the local Delta table at ``path`` from the driver, as
     :func:`append_once` does for a small batch; False (nothing done) when the table is not a local one that
-    exists, for the caller to write with Spark."""
-    local = local_folder(path)
-    if local is None or not (local / "_delta_log").is_dir():
+    exists (:func:`driver_appendable`), for the caller to write with Spark."""
+    if not driver_appendable(path):
         return False
-    _append_from_driver(rows, str(local), app_id, version, False)
+    _append_from_driver(rows, str(local_folder(path)), app_id, version, merge_schema)
     return True
 
 

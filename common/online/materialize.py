@@ -4,7 +4,9 @@ Each task receives its partition as Arrow record batches (``mapInArrow``),
 encodes every batch with numpy in one go and sends it through the Redis
 event-time guard (chunked ``EVALSHA`` calls, pipelined) over its own
 connection, cached per Python worker. Each task returns one row of counts, which the driver
-sums: nothing but those counts comes back to the driver.
+sums: nothing but those counts comes back to the driver. A small micro-batch already collected to the driver
+as Arrow (for its delta-rs history append) is written from there instead, through the same encoding and guard
+(:func:`write_arrow_to_online_store`): no Spark job.
 
 Works the same for a batch DataFrame and for the micro-batch DataFrame of a
 streaming ``foreachBatch``; re-running a batch is harmless (equal event times
@@ -67,10 +69,6 @@ def write_features_to_online_store(
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from common.runtime.redis_server import cluster_mode, describe
-    from common.runtime.redis_server import redis_url as default_url
-    from common.runtime.secrets import read_secret
-
     spec = OnlineGroup(group, tuple(feature_names), ttl_seconds)
     columns = [entity_column, event_time_column, *spec.feature_names]
     absent = [c for c in columns if c not in df.columns]
@@ -106,31 +104,118 @@ def write_features_to_online_store(
         time_col.alias("event_time"),
         *[F.col(name).cast("double").alias(f"f{i}") for i, name in enumerate(spec.feature_names)],
     )
-    url = redis_url or default_url()
-    credentials = (read_secret("REDIS_PASSWORD", required=False), os.environ.get("REDIS_USERNAME"))
+    url, credentials, cluster = _connection(redis_url)
     writer = _PartitionWriter(
         url=url,
         credentials=credentials,
-        cluster=cluster_mode(),
+        cluster=cluster,
         prefix=prefix or key_prefix(usecase, version),
         group=spec,
         chunk=chunk,
     )
     rows = selected.mapInArrow(writer, COUNTS_SCHEMA).collect()
-    written = sum(r.written for r in rows)
-    skipped = sum(r.skipped for r in rows)
-    invalid = sum(r.invalid for r in rows)
+    counts = (sum(r.written for r in rows), sum(r.skipped for r in rows), sum(r.invalid for r in rows))
+    return _reported(url, spec, entity_column, event_time_column, *counts, on_invalid=on_invalid)
+
+
+def write_arrow_to_online_store(
+    table: pa.Table,
+    *,
+    usecase: str,
+    version: int,
+    group: str,
+    feature_names: Sequence[str],
+    entity_column: str,
+    event_time_column: str,
+    redis_url: str | None = None,
+    ttl_seconds: int | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    on_invalid: Literal["raise", "skip"] = "raise",
+) -> WriteResult:
+    """:func:`write_features_to_online_store` for rows already on the driver, as an Arrow table (a small
+    micro-batch collected once for the online store and the offline history): written from this process,
+    with no Spark job. ``event_time_column`` is a timestamp (or integer epoch microseconds)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    spec = OnlineGroup(group, tuple(feature_names), ttl_seconds)
+    absent = [c for c in [entity_column, event_time_column, *spec.feature_names] if c not in table.column_names]
+    if absent:
+        raise DataError(
+            f"online materialization of group {group!r}: columns {absent} are missing. "
+            f"Fix: select them before writing (the table has {table.column_names})"
+        )
+
+    def numeric(kind: pa.DataType) -> bool:
+        return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+    not_numeric = [
+        f"{n} ({table.schema.field(n).type})" for n in spec.feature_names if not numeric(table.schema.field(n).type)
+    ]
+    if not_numeric:
+        raise DataError(
+            f"online materialization of group {group!r}: features {not_numeric} are not numeric; the online "
+            "store holds float64 vectors. Fix: cast or encode them to numbers in the feature group"
+        )
+    times = table.column(event_time_column)
+    if pa.types.is_timestamp(times.type):
+        times = pc.cast(times, pa.timestamp("us", tz=times.type.tz)).cast(pa.int64())
+    selected = pa.table(
+        [pc.cast(table.column(entity_column), pa.string()), times]
+        + [pc.cast(table.column(name), pa.float64()) for name in spec.feature_names],
+        names=["entity", "event_time", *[f"f{i}" for i in range(len(spec.feature_names))]],
+    )
+    url, credentials, cluster = _connection(redis_url)
+    store = RedisOnlineStore(
+        client=_client(url, *credentials, cluster),
+        cluster=cluster,
+        prefix=key_prefix(usecase, version),
+        groups=[spec],
+        chunk=chunk,
+        pipeline_depth=DEFAULT_PIPELINE_DEPTH,
+    )
+    written = skipped = invalid = 0
+    for batch in selected.combine_chunks().to_batches():
+        result, bad = write_batch(store, spec, batch)
+        written, skipped, invalid = written + result.written, skipped + result.skipped, invalid + bad
+    return _reported(url, spec, entity_column, event_time_column, written, skipped, invalid, on_invalid=on_invalid)
+
+
+def _connection(redis_url: str | None) -> tuple[str, tuple[str | None, str | None], bool]:
+    """The server's URL, the credentials from the environment (never logged) and whether it is a cluster."""
+    from common.runtime.redis_server import cluster_mode
+    from common.runtime.redis_server import redis_url as default_url
+    from common.runtime.secrets import read_secret
+
+    credentials = (read_secret("REDIS_PASSWORD", required=False), os.environ.get("REDIS_USERNAME"))
+    return redis_url or default_url(), credentials, cluster_mode()
+
+
+def _reported(
+    url: str,
+    spec: OnlineGroup,
+    entity_column: str,
+    event_time_column: str,
+    written: int,
+    skipped: int,
+    invalid: int,
+    *,
+    on_invalid: str,
+) -> WriteResult:
+    """Log a write's counts; rows that could not be written raise (``on_invalid="raise"``) or warn."""
+    from common.runtime.redis_server import describe
+
     log.info(
         "online store %s group %s: %d written, %d skipped as older, %d invalid",
         describe(url),
-        group,
+        spec.name,
         written,
         skipped,
         invalid,
     )
     if invalid:
         message = (
-            f"{invalid} row(s) of group {group!r} have no entity key ({entity_column!r} null or empty) "
+            f"{invalid} row(s) of group {spec.name!r} have no entity key ({entity_column!r} null or empty) "
             f"or no event time ({event_time_column!r} null) and were not written to the online store"
         )
         if on_invalid == "raise":
