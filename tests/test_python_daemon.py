@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import sys
+import zipfile
+from pathlib import Path
 
-from common.runtime.python_daemon import DEFAULT_PRELOAD, PRELOAD_ENV, preload, preload_modules, set_preload
+from common.runtime.python_daemon import (
+    DEFAULT_PRELOAD,
+    PRELOAD_ENV,
+    prefer_installed,
+    preload,
+    preload_modules,
+    set_preload,
+)
 from common.runtime.spark import PYTHON_DAEMON
 
 
@@ -29,6 +38,22 @@ def test_a_module_that_fails_to_import_is_skipped():
     assert "colorsys" in sys.modules
 
 
+def test_spark_zips_go_behind_the_installed_packages_of_the_same_version(tmp_path):
+    import pyspark
+
+    same = tmp_path / "pyspark.zip"
+    with zipfile.ZipFile(same, "w") as archive:
+        archive.writestr("pyspark/version.py", Path(pyspark.__file__).with_name("version.py").read_bytes())
+    other = tmp_path / "py4j-0.0.1-src.zip"  # another version than the installed py4j: stays first
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("py4j/version.py", b"__version__ = '0.0.1'\n")
+    installed = str(Path(pyspark.__file__).parents[1])
+    path = [str(same), str(other), installed]
+    assert prefer_installed(path) == [str(same)]
+    assert path == [str(other), installed, str(same)]
+    assert prefer_installed([str(same)]) == []  # nothing installed on that path: the zip is all there is
+
+
 def test_local_workers_are_forked_by_the_preloading_daemon(spark):
     assert spark.conf.get("spark.python.daemon.module") == PYTHON_DAEMON
 
@@ -37,8 +62,11 @@ def test_local_workers_are_forked_by_the_preloading_daemon(spark):
 
         with open("/proc/self/cmdline", "rb") as cmdline:
             argv = cmdline.read().split(b"\0")
-        return argv, sorted(m for m in ("numpy", "pyarrow") if m in sys.modules)
+        import pyspark
 
-    argv, modules = spark.sparkContext.parallelize([0], 1).map(worker).collect()[0]
+        return argv, sorted(m for m in ("numpy", "pyarrow") if m in sys.modules), pyspark.__file__
+
+    argv, modules, pyspark_file = spark.sparkContext.parallelize([0], 1).map(worker).collect()[0]
     assert PYTHON_DAEMON.encode() in argv  # forked by our daemon, not pyspark.daemon
     assert modules == ["numpy", "pyarrow"]  # a plain RDD worker imports neither itself
+    assert ".zip" not in pyspark_file  # the installed package (byte code cached), not Spark's pyspark.zip
