@@ -16,8 +16,9 @@ imported belong here (the daemon forks; see pyspark.daemon).
 
 Spark puts its own ``pyspark.zip`` and py4j's zip first on the workers' ``PYTHONPATH``. Python cannot cache
 byte code for a module imported from a zip: every new daemon, and every fork that imports a module of
-PySpark the daemon had not, compiled those modules from source again (in a profile of the feature stream's
-workers, about a sixth of their samples were such imports). When the installed ``pyspark`` and ``py4j`` are
+PySpark the daemon had not, compiled those modules from source again. Importing the worker's PySpark modules
+took 0.72 s from the zips and 0.18 s installed; in a py-spy profile of the feature stream's workers, 3.5% of
+the samples compiled modules of the zip. When the installed ``pyspark`` and ``py4j`` are
 the very files zipped (a pip install: the same ``version.py``), :func:`prefer_installed` moves the zips to the
 end of the path, so that the installed packages and their byte-code cache are imported instead.
 """
