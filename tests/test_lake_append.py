@@ -101,3 +101,18 @@ def test_driver_appends_checkpoint_at_sparks_interval_and_spark_reads_past_it(sp
     assert len(_sorted(spark, path)) == 24
     append_once(_rows(spark, 100, 2), str(path), "app", 5)  # replayed after the checkpoint: still skipped
     assert len(_sorted(spark, path)) == 24
+
+
+def test_a_log_folder_without_a_commit_is_no_table_for_the_driver(spark, tmp_path):
+    """A process killed while Spark created the table (``_delta_log`` made, no commit written yet, as the
+    whole-stream kill test once left a feature history): the driver does not append to it, Spark's writer
+    creates the table, and then the driver appends."""
+    path = tmp_path / "t"
+    (path / "_delta_log").mkdir(parents=True)
+    assert not append_module.driver_appendable(str(path))
+    assert append_module.append_rows_once(_rows(spark, 0, 3).toArrow(), str(path), "app", 0) is False
+    append_once(_rows(spark, 0, 3), str(path), "app", 0)
+    assert append_module.driver_appendable(str(path))
+    assert append_module.append_rows_once(_rows(spark, 3, 2).toArrow(), str(path), "app", 1)
+    assert [c["engine"] for c in _commits(path)] == ["spark", "delta-rs"]
+    assert spark.read.format("delta").load(str(path)).count() == 5

@@ -20,6 +20,8 @@ with its partitioning) and a table off the local file system go through Spark's 
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +37,9 @@ DRIVER_ROWS = 50_000
 # every batch) replay at most ten JSON commits after the newest checkpoint.
 CHECKPOINT_INTERVAL = "delta.checkpointInterval"
 SPARK_CHECKPOINT_INTERVAL = 10
+
+# A commit (00000000000000000007.json) or a checkpoint (its classic, multi-part and v2 names) of a Delta log.
+_LOGGED = re.compile(r"\d{20}\.(json|checkpoint\..*parquet|checkpoint\..*json)$")
 
 
 def append_once(
@@ -65,9 +70,17 @@ def append_once(
 
 
 def driver_appendable(path: str) -> bool:
-    """Whether :func:`append_rows_once` can append to ``path``: a local Delta table that exists."""
+    """Whether :func:`append_rows_once` can append to ``path``: a local Delta table with a commit (or a
+    checkpoint) in its log. Spark creates ``_delta_log`` before it writes the first commit, so a process
+    killed in between leaves a log folder and no table: that one Spark's writer creates again."""
     local = local_folder(path)
-    return local is not None and (local / "_delta_log").is_dir()
+    if local is None:
+        return False
+    try:
+        with os.scandir(local / "_delta_log") as entries:
+            return any(_LOGGED.match(entry.name) for entry in entries)
+    except OSError:  # no log folder: no table yet
+        return False
 
 
 def append_rows_once(rows: Any, path: str, app_id: str, version: int, *, merge_schema: bool = False) -> bool:
