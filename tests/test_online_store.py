@@ -4,7 +4,7 @@ Spark materializer, all against the real redis-server of the test run."""
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ from common.online.encoding import (
     encode_one,
     schema_fingerprint,
 )
-from common.online.materialize import write_arrow_to_online_store, write_features_to_online_store
+from common.online.materialize import write_features_to_online_store
 from common.online.redis_store import RedisOnlineStore, escape_entity, redis_key, slot_chunks
 
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
@@ -260,11 +260,8 @@ def path(request):
 
 
 def _materialize(df, redis_url, path="executors", **kwargs):
-    write = write_features_to_online_store
-    if path == "driver":
-        df, write = df.toArrow(), write_arrow_to_online_store
-    return write(
-        df,
+    return write_features_to_online_store(
+        df.toArrow() if path == "driver" else df,
         usecase="churn",
         version=1,
         group="activity",
@@ -285,6 +282,14 @@ def test_materializer_writes_the_expected_bytes(spark, redis_client, redis_url, 
     assert redis_client.get("loom:churn:v1:{C1}:activity") == encode_one([3.0, 12.5, None], T0, version)
     assert redis_client.get("loom:churn:v1:{we%7Bir%7Dd}:activity") == encode_one([0.0, None, 1.0], T0, version)
     assert 0 < redis_client.ttl("loom:churn:v1:{C1}:activity") <= 600
+
+
+def test_a_date_as_event_time_is_its_midnight_utc(spark, redis_client, redis_url, path):
+    schema = "customer_id string, ts date, calls_7d long, avg_payment_30d double, logins_1d double"
+    rows = spark.createDataFrame([("C1", date(2026, 1, 1), 3, 12.5, None)], schema)
+    assert _materialize(rows, redis_url, path) == (1, 0)
+    expected = encode_one([3.0, 12.5, None], T0, ACTIVITY.schema_version)
+    assert redis_client.get("loom:churn:v1:{C1}:activity") == expected
 
 
 def test_materializer_honours_the_guard_against_newer_values(spark, redis_client, redis_url, store, path):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pyspark.sql import DataFrame
 
 from common.compile.plan import FEATURE_TS, GroupPlan
 from common.online.base import OnlineGroup, OnlineStore, get_online_store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def online_group(plan: GroupPlan) -> OnlineGroup:
@@ -38,30 +41,26 @@ class RedisFeatureWriter:
     def __repr__(self) -> str:  # no URL: it may carry a password
         return "RedisFeatureWriter()"
 
-    def __call__(self, plan: GroupPlan, values: DataFrame) -> tuple[int, int]:
+    def __call__(self, plan: GroupPlan, values: DataFrame | pa.Table) -> tuple[int, int]:
         from common.online.materialize import write_features_to_online_store
 
-        result = write_features_to_online_store(values, redis_url=self.redis_url, **_target(plan))
+        result = write_features_to_online_store(
+            values,
+            usecase=plan.usecase,
+            version=plan.usecase_version,
+            group=plan.name,
+            feature_names=plan.feature_names,
+            entity_column=plan.entity_key,
+            event_time_column=FEATURE_TS,
+            redis_url=self.redis_url,
+            ttl_seconds=plan.ttl_s,
+        )
         return int(result[0]), int(result[1])
 
-    def write_arrow(self, plan: GroupPlan, values: Any) -> tuple[int, int]:
-        """Write the Arrow table ``values`` (entity key, ``feature_ts``, the features) from this process."""
-        from common.online.materialize import write_arrow_to_online_store
-
-        result = write_arrow_to_online_store(values, redis_url=self.redis_url, **_target(plan))
-        return int(result[0]), int(result[1])
-
-
-def _target(plan: GroupPlan) -> dict[str, Any]:
-    return {
-        "usecase": plan.usecase,
-        "version": plan.usecase_version,
-        "group": plan.name,
-        "feature_names": plan.feature_names,
-        "entity_column": plan.entity_key,
-        "event_time_column": FEATURE_TS,
-        "ttl_seconds": plan.ttl_s,
-    }
+    def write_arrow(self, plan: GroupPlan, values: pa.Table) -> tuple[int, int]:
+        """Write the Arrow table ``values`` (entity key, ``feature_ts``, the features) from this process: the
+        stream's batch handler takes this method as the sign that the writer accepts rows on the driver."""
+        return self(plan, values)
 
 
 def spark_online_writer(redis_url: str) -> RedisFeatureWriter:

@@ -5,8 +5,8 @@ encodes every batch with numpy in one go and sends it through the Redis
 event-time guard (chunked ``EVALSHA`` calls, pipelined) over its own
 connection, cached per Python worker. Each task returns one row of counts, which the driver
 sums: nothing but those counts comes back to the driver. A small micro-batch already collected to the driver
-as Arrow (for its delta-rs history append) is written from there instead, through the same encoding and guard
-(:func:`write_arrow_to_online_store`): no Spark job.
+as Arrow (for its delta-rs history append) is written from there instead, through the same encoding and guard:
+no Spark job.
 
 Works the same for a batch DataFrame and for the micro-batch DataFrame of a
 streaming ``foreachBatch``; re-running a batch is harmless (equal event times
@@ -43,7 +43,7 @@ _CLIENTS: dict[tuple[str, str | None, str | None, bool], Any] = {}
 
 
 def write_features_to_online_store(
-    df: DataFrame,
+    df: DataFrame | pa.Table,
     *,
     usecase: str,
     version: int,
@@ -60,125 +60,118 @@ def write_features_to_online_store(
     """Write the latest vector of each row's entity into Redis; returns (written, skipped as older).
 
     ``df`` holds one row per entity (and event time) with ``entity_column``,
-    ``event_time_column`` (timestamp, or integer epoch microseconds) and the
-    ``feature_names`` columns (numeric; null is stored as NaN = missing).
+    ``event_time_column`` (timestamp or date, or integer epoch microseconds) and the
+    ``feature_names`` columns (numeric; null is stored as NaN = missing). A Spark DataFrame is written by
+    the executors; a pyarrow Table, rows already on the driver (a small micro-batch collected once for the
+    online store and the offline history), from this process, with no Spark job.
     ``redis_url`` defaults to :func:`common.runtime.redis_server.redis_url`; it is
     shipped to the executors with the password from ``REDIS_PASSWORD`` and is never logged.
     So is the driver's ``LOOM_REDIS_CLUSTER``: executors need none of these variables.
     """
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
     spec = OnlineGroup(group, tuple(feature_names), ttl_seconds)
-    columns = [entity_column, event_time_column, *spec.feature_names]
-    absent = [c for c in columns if c not in df.columns]
+    available = list(df.column_names if _is_arrow(df) else df.columns)
+    absent = [c for c in [entity_column, event_time_column, *spec.feature_names] if c not in available]
     if absent:
         raise DataError(
             f"online materialization of group {group!r}: columns {absent} are missing. "
-            f"Fix: select them before writing (the DataFrame has {df.columns})"
+            f"Fix: select them before writing (the rows have {available})"
         )
     if on_invalid not in ("raise", "skip"):
         raise ConfigError(f"on_invalid must be 'raise' or 'skip', got {on_invalid!r}")
+    url, credentials, cluster = _connection(redis_url)
+    prefix = prefix or key_prefix(usecase, version)
+    if _is_arrow(df):
+        selected = _arrow_selected(df, spec, entity_column, event_time_column)
+        store = RedisOnlineStore(
+            client=_client(url, *credentials, cluster),
+            cluster=cluster,
+            prefix=prefix,
+            groups=[spec],
+            chunk=chunk,
+            pipeline_depth=DEFAULT_PIPELINE_DEPTH,
+        )
+        counts = [0, 0, 0]
+        for batch in selected.combine_chunks().to_batches():
+            result, bad = write_batch(store, spec, batch)
+            counts = [counts[0] + result.written, counts[1] + result.skipped, counts[2] + bad]
+    else:
+        selected = _spark_selected(df, spec, entity_column, event_time_column)
+        writer = _PartitionWriter(
+            url=url, credentials=credentials, cluster=cluster, prefix=prefix, group=spec, chunk=chunk
+        )
+        rows = selected.mapInArrow(writer, COUNTS_SCHEMA).collect()
+        counts = [sum(r.written for r in rows), sum(r.skipped for r in rows), sum(r.invalid for r in rows)]
+    return _reported(url, spec, entity_column, event_time_column, *counts, on_invalid=on_invalid)
+
+
+def _is_arrow(rows: Any) -> bool:
+    return type(rows).__module__.startswith("pyarrow")
+
+
+def _not_numeric(group: str, columns: list[str]) -> DataError:
+    return DataError(
+        f"online materialization of group {group!r}: features {columns} are not numeric; the online "
+        "store holds float64 vectors. Fix: cast or encode them to numbers in the feature group"
+    )
+
+
+def _bad_time(group: str, column: str, kind: str) -> DataError:
+    return DataError(
+        f"online materialization of group {group!r}: event time column {column!r} "
+        f"is {kind}. Fix: use a timestamp (or integer epoch microseconds)"
+    )
+
+
+def _spark_selected(df: DataFrame, spec: OnlineGroup, entity_column: str, event_time_column: str) -> DataFrame:
+    """The rows as (entity string, event_time, f0..fN-1 doubles), checked: the executors' input."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
     not_numeric = [
         f"{name} ({df.schema[name].dataType.simpleString()})"
         for name in spec.feature_names
         if not isinstance(df.schema[name].dataType, T.NumericType | T.BooleanType)
     ]
     if not_numeric:
-        raise DataError(
-            f"online materialization of group {group!r}: features {not_numeric} are not numeric; the online "
-            "store holds float64 vectors. Fix: cast or encode them to numbers in the feature group"
-        )
+        raise _not_numeric(spec.name, not_numeric)
     time_type = df.schema[event_time_column].dataType
     if isinstance(time_type, T.DateType):
         time_col = F.col(event_time_column).cast("timestamp")
     elif isinstance(time_type, T.TimestampType | T.TimestampNTZType | T.IntegralType):
         time_col = F.col(event_time_column)
     else:
-        raise DataError(
-            f"online materialization of group {group!r}: event time column {event_time_column!r} "
-            f"is {time_type.simpleString()}. Fix: use a timestamp (or integer epoch microseconds)"
-        )
-    selected = df.select(
+        raise _bad_time(spec.name, event_time_column, time_type.simpleString())
+    return df.select(
         F.col(entity_column).cast("string").alias("entity"),
         time_col.alias("event_time"),
         *[F.col(name).cast("double").alias(f"f{i}") for i, name in enumerate(spec.feature_names)],
     )
-    url, credentials, cluster = _connection(redis_url)
-    writer = _PartitionWriter(
-        url=url,
-        credentials=credentials,
-        cluster=cluster,
-        prefix=prefix or key_prefix(usecase, version),
-        group=spec,
-        chunk=chunk,
-    )
-    rows = selected.mapInArrow(writer, COUNTS_SCHEMA).collect()
-    counts = (sum(r.written for r in rows), sum(r.skipped for r in rows), sum(r.invalid for r in rows))
-    return _reported(url, spec, entity_column, event_time_column, *counts, on_invalid=on_invalid)
 
 
-def write_arrow_to_online_store(
-    table: pa.Table,
-    *,
-    usecase: str,
-    version: int,
-    group: str,
-    feature_names: Sequence[str],
-    entity_column: str,
-    event_time_column: str,
-    redis_url: str | None = None,
-    ttl_seconds: int | None = None,
-    chunk: int = DEFAULT_CHUNK,
-    on_invalid: Literal["raise", "skip"] = "raise",
-) -> WriteResult:
-    """:func:`write_features_to_online_store` for rows already on the driver, as an Arrow table (a small
-    micro-batch collected once for the online store and the offline history): written from this process,
-    with no Spark job. ``event_time_column`` is a timestamp (or integer epoch microseconds)."""
+def _arrow_selected(table: pa.Table, spec: OnlineGroup, entity_column: str, event_time_column: str) -> pa.Table:
+    """:func:`_spark_selected` for an Arrow table on the driver, the event time as epoch microseconds."""
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    spec = OnlineGroup(group, tuple(feature_names), ttl_seconds)
-    absent = [c for c in [entity_column, event_time_column, *spec.feature_names] if c not in table.column_names]
-    if absent:
-        raise DataError(
-            f"online materialization of group {group!r}: columns {absent} are missing. "
-            f"Fix: select them before writing (the table has {table.column_names})"
-        )
 
     def numeric(kind: pa.DataType) -> bool:
         return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
-    not_numeric = [
-        f"{n} ({table.schema.field(n).type})" for n in spec.feature_names if not numeric(table.schema.field(n).type)
-    ]
+    kinds = {field.name: field.type for field in table.schema}
+    not_numeric = [f"{name} ({kinds[name]})" for name in spec.feature_names if not numeric(kinds[name])]
     if not_numeric:
-        raise DataError(
-            f"online materialization of group {group!r}: features {not_numeric} are not numeric; the online "
-            "store holds float64 vectors. Fix: cast or encode them to numbers in the feature group"
-        )
-    times = table.column(event_time_column)
-    if pa.types.is_timestamp(times.type):
-        times = pc.cast(times, pa.timestamp("us", tz=times.type.tz)).cast(pa.int64())
-    selected = pa.table(
+        raise _not_numeric(spec.name, not_numeric)
+    times, kind = table.column(event_time_column), kinds[event_time_column]
+    if pa.types.is_date(kind):
+        times = pc.cast(times, pa.timestamp("us")).cast(pa.int64())
+    elif pa.types.is_timestamp(kind):
+        times = pc.cast(times, pa.timestamp("us", tz=kind.tz)).cast(pa.int64())
+    elif not pa.types.is_integer(kind):
+        raise _bad_time(spec.name, event_time_column, str(kind))
+    return pa.table(
         [pc.cast(table.column(entity_column), pa.string()), times]
         + [pc.cast(table.column(name), pa.float64()) for name in spec.feature_names],
         names=["entity", "event_time", *[f"f{i}" for i in range(len(spec.feature_names))]],
     )
-    url, credentials, cluster = _connection(redis_url)
-    store = RedisOnlineStore(
-        client=_client(url, *credentials, cluster),
-        cluster=cluster,
-        prefix=key_prefix(usecase, version),
-        groups=[spec],
-        chunk=chunk,
-        pipeline_depth=DEFAULT_PIPELINE_DEPTH,
-    )
-    written = skipped = invalid = 0
-    for batch in selected.combine_chunks().to_batches():
-        result, bad = write_batch(store, spec, batch)
-        written, skipped, invalid = written + result.written, skipped + result.skipped, invalid + bad
-    return _reported(url, spec, entity_column, event_time_column, written, skipped, invalid, on_invalid=on_invalid)
 
 
 def _connection(redis_url: str | None) -> tuple[str, tuple[str | None, str | None], bool]:
