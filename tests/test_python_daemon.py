@@ -52,6 +52,15 @@ def test_spark_zips_go_behind_the_installed_packages_of_the_same_version(tmp_pat
     assert prefer_installed(path) == [str(same)]
     assert path == [str(other), installed, str(same)]
     assert prefer_installed([str(same)]) == []  # nothing installed on that path: the zip is all there is
+    # neither side has a version.py: not known to be the same files, so the zip stays first
+    bare = tmp_path / "bare"
+    (bare / "pyspark").mkdir(parents=True)
+    (bare / "pyspark" / "__init__.py").write_text("")
+    unknown = tmp_path / "unknown" / "pyspark.zip"
+    unknown.parent.mkdir()
+    with zipfile.ZipFile(unknown, "w") as archive:
+        archive.writestr("pyspark/__init__.py", b"")
+    assert prefer_installed([str(unknown), str(bare)]) == []
 
 
 def test_local_workers_are_forked_by_the_preloading_daemon(spark):

@@ -76,7 +76,8 @@ def prefer_installed(path: list[str] = sys.path) -> list[str]:
         spec = importlib.machinery.PathFinder.find_spec(package, installed)
         if spec is None or not spec.submodule_search_locations:
             continue
-        if _version_file(entry, package) == _installed_version_file(spec.submodule_search_locations[0]):
+        zipped = _version_file(entry, package)
+        if zipped is not None and zipped == _installed_version_file(spec.submodule_search_locations[0]):
             path.remove(entry)
             path.append(entry)
             moved.append(entry)
