@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 COUNTS_SCHEMA = "written long, skipped long, invalid long"
 
-# Python workers are reused across tasks: one client per (server, credentials, cluster) per worker process.
+# One client per (server, credentials, cluster) per process: Python workers are reused across tasks, and the
+# driver of a stream writes its small batches itself, batch after batch.
 _CLIENTS: dict[tuple[str, str | None, str | None, bool], Any] = {}
 
 
