@@ -301,7 +301,7 @@ def _freshness(
     from common.ingest.stream import start_ingest_stream, stop_gracefully
     from common.online.predictions import prediction_key
     from common.runtime.redis_server import connect
-    from common.triggers.stream import start_trigger_streams
+    from common.triggers.stream import features_in_trigger_queries, start_trigger_streams
 
     spec = plan.spec
     trigger = next(iter(plan.triggers.values()))
@@ -312,8 +312,13 @@ def _freshness(
         start_ingest_stream(spark, spec, name, work, mode="stream", trigger_interval=INTERVAL, report=reports[name])
         for name in spec.sources
     ]
-    queries += start_feature_streams(spark, work, plan, spark_online_writer(url), interval=INTERVAL)
-    queries += start_trigger_streams(spark, work, plan, url, interval=INTERVAL)
+    # as `loom stream` runs them: the trigger queries write the features of the groups their operator folds
+    carried = features_in_trigger_queries(plan)
+    own = [name for name in plan.groups if name not in carried]
+    queries += start_feature_streams(spark, work, plan, spark_online_writer(url), interval=INTERVAL, groups=own)
+    queries += start_trigger_streams(
+        spark, work, plan, url, interval=INTERVAL, write_features=spark_online_writer(url) if carried else None
+    )
     time.sleep(5.0)  # first (empty) micro-batches of every query
     writer = (writer_class or _LiveWriter)(source_folders(spec, work.landing / spec.name)["events"], *writer_args)
     client = connect(url)

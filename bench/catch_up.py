@@ -198,9 +198,11 @@ def _timed_parts(
     from common.features.streaming import start_feature_streams
     from common.ingest.stream import ingest_source
     from common.lake.paths import bronze_path
-    from common.triggers.stream import start_trigger_streams
+    from common.triggers.stream import features_in_trigger_queries, start_trigger_streams
 
     spec = plan.spec
+    # as `loom stream` runs them: with the triggers, their queries write the groups their operator folds
+    carried = features_in_trigger_queries(plan) if triggers else []
     progress.take()
     started = time.perf_counter()
     reports = {
@@ -215,11 +217,13 @@ def _timed_parts(
     progress.take()
 
     started = time.perf_counter()
+    own = [name for name in plan.groups if name not in carried]
     await_all(
         start_feature_streams(
-            spark, work, plan, spark_online_writer(url), available_now=True, max_files_per_trigger=files
+            spark, work, plan, spark_online_writer(url), available_now=True, groups=own, max_files_per_trigger=files
         )
     )
+    out["feature_groups"], out["carried_groups"] = own, carried
     out["features_s"] = time.perf_counter() - started
     out["features"] = batch_steps(capture.take(), "loom.stream")
     out["features_progress"] = _progress(progress)
@@ -227,11 +231,17 @@ def _timed_parts(
     if not triggers:
         return
     started = time.perf_counter()
-    await_all(start_trigger_streams(spark, work, plan, url, available_now=True, max_files_per_trigger=files))
+    writer = spark_online_writer(url) if carried else None
+    await_all(
+        start_trigger_streams(
+            spark, work, plan, url, available_now=True, max_files_per_trigger=files, write_features=writer
+        )
+    )
     out["triggers_s"] = time.perf_counter() - started
     records = capture.take()
     out["trigger_batches"] = trigger_batches(records)
     out["triggers"] = batch_steps(records, "loom.triggers")
+    out["trigger_vectors"] = batch_steps(records, "loom.stream")  # the carried groups' writes
     out["triggers_progress"] = _progress(progress)
 
 
@@ -249,6 +259,15 @@ def shown_progress(progress: tuple[int, dict[str, float]] | None) -> str:
     order = ("triggerExecution", "latestOffset", "getBatch", "queryPlanning", "addBatch", "walCommit", "commitOffsets")
     listed = [name for name in order if name in phases] + sorted(set(phases) - set(order))
     return f"{reports} progress reports: " + ", ".join(f"{name} {phases[name]:.1f}s" for name in listed)
+
+
+def _carried_note(caught: dict[str, Any]) -> str:
+    """What the trigger queries wrote of the features (``loom stream`` runs them so): their groups' batches."""
+    carried = caught.get("carried_groups")
+    if not carried:
+        return ""
+    batches, steps = caught.get("trigger_vectors") or (0, {})
+    return f"the features of {' + '.join(carried)} written by the trigger query: {batches} batches, {shown(steps)}; "
 
 
 def catch_up_rows(
@@ -286,7 +305,8 @@ def catch_up_rows(
             "value": round(bronze / caught["features_s"], 1),
             "unit": "events/s",
             "note": (
-                f"{processed.format(caught['features_s'])}; {feature_batches} batches (activity + profile): "
+                f"{processed.format(caught['features_s'])}; {feature_batches} batches "
+                f"({' + '.join(caught.get('feature_groups') or ['every group'])}): "
                 f"{shown(feature_steps)}; query phases: {shown_progress(caught.get('features_progress'))}"
             ),
         },
@@ -298,6 +318,7 @@ def catch_up_rows(
                 f"{processed.format(caught['triggers_s'])}; {len(firing_batches)} batches with firings, "
                 f"foreachBatch {handler_s:.1f}s of {caught['triggers_s']:.1f}s; "
                 f"firings per batch: {per_batch}; steps: {shown(caught['triggers'][1])}; "
+                f"{_carried_note(caught)}"
                 f"query phases: {shown_progress(caught.get('triggers_progress'))}"
             ),
         },

@@ -3,7 +3,10 @@ and bronze -> triggers -> scores -> predictions (Delta) + Redis.
 
 Ingestion and features are separate Structured Streaming queries chained by
 the bronze Delta tables (the medallion pattern): each has its own checkpoint,
-so either can be stopped, restarted or replayed without the other.
+so either can be stopped, restarted or replayed without the other. When the
+triggers run too, a trigger query writes the features of the groups its
+operator already folds (same source and entity), and those groups get no
+feature query of their own.
 
 A feature or trigger query that fails while a Redis node of the online store does not answer stops the job
 with one StoreError naming the node (common.online.redis_health), not Spark's stack traces.
@@ -23,14 +26,14 @@ from pyspark.sql.streaming import StreamingQuery
 from common.compile.plan import Plan
 from common.errors import ConfigError
 from common.features.online_sink import spark_online_writer
-from common.features.streaming import start_feature_streams
+from common.features.streaming import OnlineWriter, start_feature_streams
 from common.ingest.report import IngestReport
 from common.ingest.stream import ingest_source, raise_failure, run_until_stopped, start_ingest_stream, stop_gracefully
 from common.online.redis_health import store_outage
 from common.privacy import require_keys
 from common.settings import Paths
 from common.triggers.scoring import ModelResolver
-from common.triggers.stream import start_trigger_streams
+from common.triggers.stream import features_in_trigger_queries, start_trigger_streams
 
 log = logging.getLogger("loom.pipeline")
 
@@ -43,6 +46,17 @@ def _check_parts(parts: Iterable[str]) -> frozenset[str]:
     if unknown or not chosen:
         raise ConfigError(f"unknown stream part(s) {unknown or '(none given)'}. Fix: use some of {list(PARTS)}")
     return chosen
+
+
+def _feature_queries(plan: Plan, parts: frozenset[str], redis_url: str) -> tuple[list[str], OnlineWriter | None]:
+    """The groups that get a feature query of their own, and the writer the trigger queries write the others
+    with (None: they write none). With features and triggers both running, the groups whose tiles a trigger
+    query carries are written by it: their events are folded once (common/triggers/shared_state.py)."""
+    if "features" not in parts:
+        return [], None
+    carried = features_in_trigger_queries(plan) if "triggers" in parts else []
+    own = [name for name in plan.groups if name not in carried]
+    return own, spark_online_writer(redis_url) if carried else None
 
 
 def _warm_models(
@@ -82,13 +96,15 @@ def catch_up(
         if "ingest" in parts
     ]
     queries = []
-    if "features" in parts:
+    own, write_features = _feature_queries(plan, parts, redis_url)
+    if own:
         queries += start_feature_streams(
             spark,
             work,
             plan,
             spark_online_writer(redis_url),
             available_now=True,
+            groups=own,
             max_files_per_trigger=max_files_per_trigger,
         )
     if "triggers" in parts:
@@ -102,6 +118,7 @@ def catch_up(
             max_files_per_trigger=max_files_per_trigger,
             model_refresh_s=model_refresh_s,
             resolver=resolver,
+            write_features=write_features,
         )
     for query in queries:
         with contextlib.suppress(StreamingQueryException):
@@ -143,12 +160,22 @@ def run_continuously(
         for name, report in reports.items()
     }
     queries: list[StreamingQuery] = list(ingest.values())
-    if "features" in parts:
-        queries += start_feature_streams(spark, work, plan, spark_online_writer(redis_url), interval=interval)
+    own, write_features = _feature_queries(plan, parts, redis_url)
+    if own:
+        queries += start_feature_streams(
+            spark, work, plan, spark_online_writer(redis_url), interval=interval, groups=own
+        )
     if "triggers" in parts:
         warming.join()
         queries += start_trigger_streams(
-            spark, work, plan, redis_url, interval=interval, model_refresh_s=model_refresh_s, resolver=resolver
+            spark,
+            work,
+            plan,
+            redis_url,
+            interval=interval,
+            model_refresh_s=model_refresh_s,
+            resolver=resolver,
+            write_features=write_features,
         )
     log.info("streaming %d queries every %s; stop with Ctrl-C or SIGTERM", len(queries), interval)
     run_until_stopped(queries, stop)

@@ -181,27 +181,33 @@ class QueryFiles:
         return Landed(self.name, batch, PLANNED, fresh=logged >= since_ns)
 
 
-def _trigger_files(work: Paths) -> QueryFiles:
-    """The trigger query of the churn events: predictions, then actions."""
-    tables = {
-        "predictions": predictions_path(work, "churn", "stream"),
-        "actions": predictions_path(work, "churn", "actions"),
-    }
+def _trigger_files(work: Paths, plan) -> QueryFiles:
+    """The trigger query of the churn events: the history of each group it carries (``loom stream`` has it
+    write their features), then predictions and actions."""
+    from common.triggers.stream import features_in_trigger_queries
+
+    tables = {f"history {name}": history_path(work, plan.group(name)) for name in features_in_trigger_queries(plan)}
+    tables["predictions"] = predictions_path(work, "churn", "stream")
+    tables["actions"] = predictions_path(work, "churn", "actions")
     return QueryFiles("triggers events", work.checkpoint("churn", f"triggers_events_{STATE_LAYOUT}"), tables)
 
 
 def _stream_files(work: Paths, plan) -> list[QueryFiles]:
     """Every query ``loom stream`` runs, in the order it starts them: one ingestion per source (quarantine,
-    then bronze), one feature query per group (history), the trigger query."""
+    then bronze), one feature query per group the trigger query does not write (history), the trigger query."""
+    from common.triggers.stream import features_in_trigger_queries
+
     queries = []
     for name, source in plan.spec.sources.items():
         locations = IngestLocations.of(work, plan.usecase, name, source)
         tables = {"quarantine": locations.quarantine, "bronze": locations.bronze}
         queries.append(QueryFiles(f"ingest {name}", locations.checkpoint, tables))
+    carried = features_in_trigger_queries(plan)
     for group in plan.groups.values():
-        tables = {"history": history_path(work, group)}
-        queries.append(QueryFiles(f"features {group.name}", feature_checkpoint(work, group), tables))
-    return [*queries, _trigger_files(work)]
+        if group.name not in carried:
+            tables = {"history": history_path(work, group)}
+            queries.append(QueryFiles(f"features {group.name}", feature_checkpoint(work, group), tables))
+    return [*queries, _trigger_files(work, plan)]
 
 
 @dataclass(frozen=True)
@@ -246,9 +252,9 @@ def _kill_plan(quiet_batch: int) -> list[Aim | None]:
         Aim("ingest events", PLANNED),
         Aim("ingest events", DELTA_COMMITTED, "bronze"),
         Aim("ingest events", DELTA_COMMITTED, "bronze", required=False, batch=quiet_batch),
-        Aim("features activity", STATE_WRITTEN),
+        Aim("features profile", DELTA_COMMITTED, "history"),
         None,
-        Aim("features activity", DELTA_COMMITTED, "history"),
+        Aim("triggers events", DELTA_COMMITTED, "history activity"),
         Aim("triggers events", DELTA_COMMITTED, "predictions"),
         None,
         Aim("triggers events", STATE_WRITTEN),
@@ -492,6 +498,28 @@ def test_firings_are_scored_with_features_models_and_actions(spark, clean_stream
     assert len(latest) == len({r["customer_id"] for r in rows})
 
 
+def test_the_trigger_query_writes_the_features_it_folds(spark, clean_stream, trained_churn):
+    """``loom stream`` with its triggers: the trigger query writes the features of ``activity`` (its operator
+    folds that group's events), no feature query of its own runs for it, and every group's online vectors
+    equal the batch computation at their time (``profile`` still comes from its feature query)."""
+    from common.features import offline
+    from common.features.consistency import check_group
+    from common.features.online_sink import open_store
+
+    work, url = clean_stream
+    plan = trained_churn.plan
+    assert not Path(feature_checkpoint(work, plan.group("activity"))).exists()
+    assert Path(feature_checkpoint(work, plan.group("profile"))).exists()
+    assert offline.read_history(spark, work, plan.group("activity")).count() > 0
+    store = open_store(list(plan.groups.values()), url)
+    try:
+        for group in plan.groups.values():
+            report = check_group(spark, work, group, store)
+            assert report.entities_checked >= 30 and report.ok and report.behind == 0, (group.name, report.examples)
+    finally:
+        store.close()
+
+
 @pytest.mark.slow
 def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
     spark, full_landing, clean_stream, trained_churn, redis_url, tmp_path
@@ -506,9 +534,10 @@ def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
 
     The kills alternate between random points (a seeded random delay after the process first wrote a file)
     and points aimed at in the queries' files (QueryFiles), where a crash could lose or double a row: right
-    after an offset is logged, after the feature tiles' or the trigger matches' state store (RocksDB
-    changelog) for a batch was written but before its checkpoint commit, and after a Delta commit (bronze,
-    feature history, predictions) but before the checkpoint commit. Kills at random times alone land in the
+    after an offset is logged, after the trigger operator's state store (RocksDB changelog: the triggers'
+    matches and the activity tiles, whose features the trigger query writes) for a batch was written but
+    before its checkpoint commit, and after a Delta commit (bronze, feature history, predictions) but before
+    the checkpoint commit. Kills at random times alone land in the
     short gaps between a Delta commit and the checkpoint commit only by chance. One aim is the bronze commit
     of an events batch that quarantined nothing (see :func:`_kill_plan`). Each aimed kill is checked
     afterwards to have landed there; every kill prints where the queries stood.
@@ -521,7 +550,7 @@ def test_loom_stream_killed_with_sigkill_again_and_again_equals_a_clean_run(
     clean_work, clean_url = clean_stream
     killed_url = _redis_db(redis_url, 7)
     clean_batches = {q.name: q.newest().batch + 1 for q in _stream_files(clean_work, plan)}
-    assert clean_batches["ingest events"] >= 4 and clean_batches["features activity"] >= 3, clean_batches
+    assert clean_batches["ingest events"] >= 4 and "features activity" not in clean_batches, clean_batches
     assert clean_batches["triggers events"] >= 3 and _predictions(spark, clean_work).count() > 0, clean_batches
 
     work = _copy_landing(full_landing, tmp_path / "killed", trained_churn.work.home)
@@ -633,11 +662,11 @@ def test_champion_moves_during_a_run_without_restart(spark, clean_stream, traine
         (query,) = start_trigger_streams(
             spark, work, plan, _redis_db(redis_url, 5), interval="1 second", max_files_per_trigger=FULL_FILES_PER_BATCH
         )
-    files = _trigger_files(work)
+    files = _trigger_files(work, plan)
     try:
         deadline = time.monotonic() + 300
         # the first predictions commit, seen in the Delta log: no Spark job competes with the stream
-        while time.monotonic() < deadline and not files.delta_commits():
+        while time.monotonic() < deadline and not files.delta_commits("predictions"):
             assert query.exception() is None
             time.sleep(0.2)
         registry.promote("churn", int(new.version), "redeploy test", registry.client(trained_churn.work))

@@ -205,3 +205,66 @@ def test_firings_carry_their_features_from_the_operators_tiles(spark, tmp_path):
         got = json.loads(row[FEATURES])["act"]
         for name, value in _expected(seen, row["customer_id"], at).items():
             assert _close(got[name], value), f"{row['event_id']} {name}: {got[name]} != {value}"
+
+
+def test_the_trigger_operator_emits_the_feature_streams_vectors(spark, tmp_path):
+    """With ``vectors`` (features and triggers in one ``loom stream``), the trigger operator that carries a
+    group's tiles emits, batch by batch, exactly the vectors the group's own feature operator emits: a late
+    event within the newest event's windows counts (e4), one beyond them does not (e5), and an entity whose
+    timer fired (b, once the watermark passed its tiles) keeps its tiles for late events of its window (e9, then e11:
+    a batch of the entity's own after the watermark passed does not evict them either)."""
+    from common.compile import compile_usecase
+    from common.features.streaming import OUT, entity_features
+    from common.runtime.state_store import rocksdb_state_store
+    from common.spec.usecase import UseCase
+    from common.triggers.shared_state import GROUP, firings_with_features
+    from tests.test_feature_windows import SPEC
+
+    group = compile_usecase(UseCase.model_validate(SPEC)).group("act")
+    calls = TriggerPlan(**{**TRIGGER.__dict__, "name": "call", "kind": "any_of", "within_s": 0, "cooldown_s": 0})
+    calls = TriggerPlan(**{**calls.__dict__, "conditions": ("event_type = 'call'",)})
+    base = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    batches = [  # (event id, customer, type, minutes after 10:00, amount, channel)
+        [("e1", "a", "pay", 0, 40.0, "web"), ("e2", "a", "call", 20, None, "phone"), ("e3", "b", "pay", 5, 7.5, None)],
+        [("e4", "a", "pay", -60, 150.0, "app"), ("e5", "a", "call", -200, None, "web")],
+        [("e6", "a", "call", 300, None, "chat"), ("e7", "c", "pay", 290, 3.0, "store")],
+        [("e8", "a", "pay", 330, 12.0, "web")],
+        [("e9", "b", "call", -30, None, "phone"), ("e10", "c", "call", 310, None, "app")],
+        [("e11", "b", "pay", -15, 20.0, "web")],
+    ]
+    path = str(tmp_path / "events")
+    for batch in batches:
+        spark.createDataFrame(
+            [(i, c, k, base + timedelta(minutes=m), a, ch) for i, c, k, m, a, ch in batch],
+            "event_id string, customer_id string, event_type string, ts timestamp, amount double, channel string",
+        ).coalesce(1).write.format("delta").mode("append").save(path)  # one file: one micro-batch
+
+    def drained(frame, mode: str, name: str) -> list[set[tuple[str, str]]]:
+        out: list[set[tuple[str, str]]] = []
+
+        def collect(df, _):
+            vectors = {(r["customer_id"], r[OUT]) for r in df.collect() if r[OUT] is not None}
+            if vectors:
+                out.append(vectors)
+
+        writer = (
+            frame.writeStream.outputMode(mode)
+            .option("checkpointLocation", str(tmp_path / name))
+            .foreachBatch(collect)
+            .trigger(availableNow=True)
+        )
+        with rocksdb_state_store(spark):
+            query = writer.start()
+        query.awaitTermination()
+        assert query.exception() is None
+        return out
+
+    def stream():
+        return spark.readStream.format("delta").option("maxFilesPerTrigger", 1).load(path)
+
+    alone = drained(entity_features(spark, None, group, stream()), "update", "features")
+    merged = firings_with_features(spark, None, [group], stream(), [calls], vectors=True)
+    assert GROUP in merged.columns
+    together = drained(merged, "append", "triggers")
+    assert [sorted(c for c, _ in batch) for batch in alone] == [["a", "b"], ["a"], ["a", "c"], ["a"], ["b", "c"], ["b"]]
+    assert together == alone

@@ -237,19 +237,44 @@ def make_batch_handler(
             )
         finally:
             values.unpersist()
-        stats = BatchStats(plan.name, batch_id, entities, written, skipped, clock.total)
-        log.info(
-            "features %s batch %d: %d entities, online %d written / %d older skipped, %.1f s (%s)",
-            stats.group,
-            stats.batch_id,
-            stats.entities,
-            stats.online_written,
-            stats.online_skipped,
-            stats.seconds,
-            clock,
-        )
+        _log_batch(BatchStats(plan.name, batch_id, entities, written, skipped, clock.total), clock)
 
     return handle
+
+
+def write_vector_rows(
+    spark: SparkSession,
+    work: Paths,
+    plan: GroupPlan,
+    rows: DataFrame,
+    entities: int,
+    write_online: OnlineWriter,
+    app_id: str,
+    batch_id: int,
+) -> None:
+    """Another operator's rows of ``plan``'s features (entity key and :data:`OUT`, ``entities`` rows: the trigger
+    operator that carries the group's tiles, common/triggers/shared_state.py) -> the online store and the
+    offline history, as a batch of the group's own query writes them."""
+    clock = Stopwatch()
+    values = unpack_values(plan, rows).cache()
+    try:
+        written, skipped = write_values(spark, plan, values, entities, write_online, work, app_id, batch_id, clock)
+    finally:
+        values.unpersist()
+    _log_batch(BatchStats(plan.name, batch_id, entities, written, skipped, clock.total), clock)
+
+
+def _log_batch(stats: BatchStats, clock: Stopwatch) -> None:
+    log.info(
+        "features %s batch %d: %d entities, online %d written / %d older skipped, %.1f s (%s)",
+        stats.group,
+        stats.batch_id,
+        stats.entities,
+        stats.online_written,
+        stats.online_skipped,
+        stats.seconds,
+        clock,
+    )
 
 
 def write_values(
@@ -315,9 +340,10 @@ def start_feature_streams(
     groups: list[str] | None = None,
     max_files_per_trigger: int | None = None,
 ) -> list[StreamingQuery]:
-    """One streaming query per feature group, reading its bronze source as a Delta stream."""
+    """One streaming query per feature group (of ``groups``; None: every group), reading its bronze source as a
+    Delta stream."""
     queries = []
-    for name in groups or list(plan.groups):
+    for name in list(plan.groups) if groups is None else groups:
         group = plan.group(name)
         # forget (right to be forgotten) rewrites bronze files: skip those change commits, never fail on them
         source = bronze_path(work, plan.usecase, group.source)

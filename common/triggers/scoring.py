@@ -34,9 +34,10 @@ from pyspark.sql import functions as F
 
 from common.compile.event_time import to_micros
 from common.compile.feature_spec import FeatureSpec
-from common.compile.plan import Plan
+from common.compile.plan import GroupPlan, Plan
 from common.compile.triggers import TriggerPlan
 from common.features.at_times import features_at
+from common.features.streaming import OnlineWriter, history_app_id, write_vector_rows
 from common.lake.append import DRIVER_ROWS, append_once, append_rows_once
 from common.lake.delta import table_exists
 from common.lake.paths import predictions_path
@@ -47,7 +48,7 @@ from common.online.predictions import LatestPrediction, write_latest
 from common.runtime.log import Stopwatch
 from common.settings import Paths
 from common.triggers.operator import FIRING_TS
-from common.triggers.shared_state import FEATURES
+from common.triggers.shared_state import FEATURES, GROUP
 
 log = logging.getLogger("loom.triggers")
 
@@ -241,6 +242,29 @@ def _append_scored(table: Any, frame: DataFrame, path: str, app_id: str, batch_i
         append_once(frame, path, app_id, batch_id)
 
 
+@dataclass(frozen=True)
+class VectorSink:
+    """Where a trigger operator's vectors go (the carried groups': ``groups[i]`` is the operator's group ``i``):
+    the online store and the offline history, as the groups' own feature queries would write them."""
+
+    spark: SparkSession
+    work: Paths
+    groups: Sequence[GroupPlan]
+    write_online: OnlineWriter
+    query_name: str  # the trigger query's: its id (kept in the checkpoint) names the histories' appends
+    app_ids: dict[str, str] = field(default_factory=dict)  # txnAppId per group, found on the first batch
+
+    def write(self, batch: DataFrame, counts: dict[int, int], batch_id: int) -> None:
+        """Each group's vector rows of ``batch`` (``counts[i]`` of group ``i``), written once per batch id."""
+        for index, entities in sorted(counts.items()):
+            group = self.groups[index]
+            if group.name not in self.app_ids:
+                self.app_ids[group.name] = f"{history_app_id(self.spark, self.query_name)}-{group.name}"
+            app_id = self.app_ids[group.name]
+            rows = batch.where(F.col(GROUP) == index)
+            write_vector_rows(self.spark, self.work, group, rows, entities, self.write_online, app_id, batch_id)
+
+
 def make_firing_handler(
     spark: SparkSession,
     work: Paths,
@@ -250,9 +274,11 @@ def make_firing_handler(
     resolver: ModelResolver,
     app_id: str,
     carried: Sequence[str] = (),
+    vectors: VectorSink | None = None,
 ) -> Callable[[DataFrame, int], None]:
     """The ``foreachBatch`` function of a source's trigger query; ``carried``: the groups whose values its
-    firings carry (common/triggers/shared_state.py)."""
+    firings carry (common/triggers/shared_state.py); ``vectors``: where the carried groups' vectors go when the
+    operator emits them."""
     by_name = {t.name: t for t in triggers}
     predictions = predictions_path(work, plan.usecase, "stream")
     shadow_predictions = predictions_path(work, plan.usecase, SHADOW)
@@ -263,13 +289,20 @@ def make_firing_handler(
         clock = Stopwatch()
         batch = batch.cache()
         try:
-            # one job: the operator's firings, counted per trigger with their time bounds (features_at's)
-            summary = batch.groupBy("trigger").agg(
-                F.count(F.lit(1)).alias("count"), F.min(FIRING_TS).alias("first"), F.max(FIRING_TS).alias("last")
+            # one job: the operator's firings, counted per trigger with their time bounds (features_at's), and
+            # its vectors counted per group (trigger null)
+            keys = ["trigger", GROUP] if GROUP in batch.columns else ["trigger"]
+            summary = (
+                batch.groupBy(*keys)
+                .agg(F.count(F.lit(1)).alias("count"), F.min(FIRING_TS).alias("first"), F.max(FIRING_TS).alias("last"))
+                .collect()
             )
-            per_trigger = {r["trigger"]: r for r in summary.collect()}
+            per_trigger = {r["trigger"]: r for r in summary if r["trigger"] is not None}
             counts = {name: r["count"] for name, r in per_trigger.items()}
             clock.lap("firings")
+            if vectors is not None:
+                vectors.write(batch, {r[GROUP]: r["count"] for r in summary if r["trigger"] is None}, batch_id)
+                clock.lap("vectors")
             if not counts:
                 return
             parts = [

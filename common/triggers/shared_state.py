@@ -26,6 +26,14 @@ entity's latest batch:
 Events are folded before the batch's firings are valued, in (time, id) order; the firing event itself counts,
 and so does every event at the same time (docs/time-semantics.md). One event-time timer clears the entity once
 the watermark has passed what its triggers and its tiles could still matter for.
+
+With ``vectors`` (``loom stream`` running features and triggers together), the operator also does the feature
+stream's work for the groups it carries, so their events are folded once, not in two queries: for every entity
+whose tiles a batch changed, it emits the group's features at the entity's newest event (the feature stream's
+``OUT``, as :class:`~common.features.streaming.TileProcessor` emits them), and it keeps what that operator keeps. A tile
+stays while the newest event's longest window reaches it, even after the watermark passed it, and the timer
+then clears the triggers' state but never the tiles: a late event within that window updates the vector
+exactly (docs/time-semantics.md).
 """
 
 from __future__ import annotations
@@ -42,16 +50,22 @@ from pyspark.sql.types import BinaryType, StructField, StructType
 from common.compile.event_time import from_micros
 from common.compile.plan import EVENT_ID, TS_MICROS, GroupPlan, Plan
 from common.compile.triggers import TriggerPlan
-from common.features.streaming import ROW, tile_rows
+from common.features.streaming import OUT, ROW, tile_rows
 from common.features.tile_state import TileFolder, TileState
 from common.settings import Paths
 from common.triggers.matcher import TriggerState, advance, is_empty
 from common.triggers.operator import FIRING_TS, _rule, condition_events, keep_one_timer
 
 FEATURES = "_features"  # JSON {group: {feature: value}}: each carried group's values at the firing event
-GROUP = "_group"  # input rows: the group index of a tile row, -1 for a trigger row
+GROUP = "_group"  # input rows: the group index of a tile row, -1 for a trigger row; output: a vector's group
 TRIGGER_ROW = "_trigger_row"  # input rows: JSON [µs, event id, one boolean per condition] of a trigger row
-SHARED_FIRING_SCHEMA = "{key} string, trigger string, firing_ts timestamp, event_id string, _features string"
+# a firing row has a trigger; a vector row (``vectors`` only) has the carried group's index (GROUP) and the
+# feature stream's OUT instead (the entity's newest event µs, then the group's features)
+SHARED_FIRING_SCHEMA = (
+    "{key} string, trigger string, firing_ts timestamp, event_id string, _features string, _group int, "
+    + OUT
+    + " string"
+)
 STATE = StructType([StructField("state", BinaryType())])  # orjson: {"t": triggers, "g": [group state]}
 
 
@@ -103,7 +117,8 @@ class SharedProcessor(StatefulProcessor):
     """Per entity: the triggers' states and the carried groups' tiles in one value state; emits the firings,
     each with the carried groups' feature values at its event (:data:`FEATURES`)."""
 
-    def __init__(self, triggers: Sequence[TriggerPlan], groups: Sequence[GroupPlan]) -> None:
+    def __init__(self, triggers: Sequence[TriggerPlan], groups: Sequence[GroupPlan], vectors: bool = False) -> None:
+        self.vectors = vectors
         self.rules = {t.name: _rule(t) for t in triggers}
         self.conditions = [(t.name, i) for t in triggers for i in range(len(t.conditions))]
         self.horizon_us = max(t.state_horizon_s for t in triggers) * 1_000_000
@@ -112,6 +127,8 @@ class SharedProcessor(StatefulProcessor):
             (g.name, TileFolder(g.aggregations, g.slide_s), [a.name for a in g.aggregations]) for g in groups
         ]
         self.index_of = [{f"v{i}": i for i in range(len(g.aggregations))} for g in groups]
+        # a vector lists the features in the group's order, the folder computes them in its aggregations'
+        self.order = [[[a.name for a in g.aggregations].index(n) for n in g.feature_names] for g in groups]
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.handle = handle
@@ -142,14 +159,22 @@ class SharedProcessor(StatefulProcessor):
             else:
                 new_rows[group].append(orjson.loads(row[ROW]))
         # fold first: a firing in this batch reads every event at or before it, this batch's included
+        out = []
         for index, (_, folder, _) in enumerate(self.groups):
             if not new_rows[index]:
                 continue
             oldest = floors[index] if floors[index] is not None else -(2**62)
             events = [self._event(index, r) for r in new_rows[index]]
+            counted = 0
+            if self.vectors:  # and every event the feature stream folds: within the newest event's windows
+                newest = max(tiles[index].newest_us, max(e[0] for e in events))
+                horizon = folder.tile_of(newest) + folder.slide_s - folder.horizon_s
+                oldest = min(oldest, horizon)
+                counted = sum(1 for e in events if folder.tile_of(e[0]) >= horizon)
             folder.fold(tiles[index], events, oldest=oldest)
             recent[index] += [r for r in new_rows[index] if folder.tile_of(r["t"]) >= oldest]
-        out = []
+            if self.vectors and counted:
+                out.append(self._vector(key, index, tiles[index]))
         for name, rule in self.rules.items():
             for firing in advance(rule, per_trigger[name], entries[name], watermark_us):
                 values = {
@@ -172,11 +197,29 @@ class SharedProcessor(StatefulProcessor):
                             FIRING_TS: from_micros(firing.time_us),  # aware: no local-time conversion
                             "event_id": firing.event_id,
                             FEATURES: orjson.dumps(values).decode(),
+                            GROUP: None,
+                            OUT: None,
                         }
                     )
                 )
         self._keep(per_trigger, tiles, recent, watermark_us)
         yield from out
+
+    def _vector(self, key: Any, index: int, tiles: TileState) -> Row:
+        """The group's features at the entity's newest event: the feature stream's row for it."""
+        features = self.groups[index][1].values(tiles)
+        values = orjson.dumps([tiles.newest_us, *[features[i] for i in self.order[index]]]).decode()
+        return Row(
+            **{
+                self.key_name: str(key[0]),
+                "trigger": None,
+                FIRING_TS: None,
+                "event_id": None,
+                FEATURES: None,
+                GROUP: index,
+                OUT: values,
+            }
+        )
 
     def _keep(
         self,
@@ -190,6 +233,8 @@ class SharedProcessor(StatefulProcessor):
         tiles_until_us = -1  # the watermark after which no later firing's window reaches a kept tile
         for index, (_, folder, _) in enumerate(self.groups):
             floor = folder.tile_of(watermark_us) + folder.slide_s - folder.horizon_s
+            if self.vectors and tiles[index].newest_us >= 0:  # the newest event's windows stay whole
+                floor = min(floor, folder.oldest_kept(tiles[index]))
             folder.fold(tiles[index], [], oldest=floor)  # drops the tiles before the floor
             open_from = folder.tile_of(watermark_us)  # tiles ending after the watermark keep their events
             rows = [r for r in recent[index] if folder.tile_of(r["t"]) >= open_from]
@@ -201,6 +246,8 @@ class SharedProcessor(StatefulProcessor):
         wanted = None
         if triggers_empty and tiles_until_us < 0:
             self.state.clear()
+        elif self.vectors and triggers_empty and tiles_until_us <= watermark_us:
+            self.state.update((orjson.dumps({"t": {}, "g": groups}),))  # only the vectors read it: no timer
         else:
             state = {"t": {name: s.to_json() for name, s in per_trigger.items()}, "g": groups}
             self.state.update((orjson.dumps(state),))
@@ -210,7 +257,13 @@ class SharedProcessor(StatefulProcessor):
         keep_one_timer(self.handle, wanted)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[Row]:
-        self.state.clear()  # the watermark passed everything the triggers and the tiles could still matter for
+        # the watermark passed everything the triggers and the tiles could still matter for, firings-wise
+        stored = self.state.get() if self.vectors else None
+        groups = [{**g, "r": []} for g in orjson.loads(stored[0]).get("g", [])] if stored is not None else []
+        if any(g.get("s", {}).get("t") for g in groups):  # the vectors still read the tiles: keep them only
+            self.state.update((orjson.dumps({"t": {}, "g": groups}),))
+        else:
+            self.state.clear()
         yield from ()
 
     def close(self) -> None:
@@ -218,16 +271,22 @@ class SharedProcessor(StatefulProcessor):
 
 
 def firings_with_features(
-    spark: SparkSession, work: Paths, groups: Sequence[GroupPlan], events: DataFrame, triggers: Sequence[TriggerPlan]
+    spark: SparkSession,
+    work: Paths,
+    groups: Sequence[GroupPlan],
+    events: DataFrame,
+    triggers: Sequence[TriggerPlan],
+    vectors: bool = False,
 ) -> DataFrame:
     """Streaming DataFrame of firings (entity, trigger, firing_ts, event_id, :data:`FEATURES`) of ``triggers``
-    over ``events``, each with the values of ``groups`` at the firing event."""
+    over ``events``, each with the values of ``groups`` at the firing event; with ``vectors``, also a row per
+    entity and group whose tiles a batch changed (trigger null, :data:`GROUP`, the feature stream's ``OUT``)."""
     first = triggers[0]
     return (
         shared_rows(spark, work, groups, triggers, events)
         .groupBy(first.entity_key)
         .transformWithState(
-            SharedProcessor(triggers, groups),
+            SharedProcessor(triggers, groups, vectors),
             outputStructType=SHARED_FIRING_SCHEMA.format(key=first.entity_key),
             outputMode="Append",
             timeMode="EventTime",
