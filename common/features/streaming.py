@@ -21,6 +21,10 @@ Table groups (snapshots of a table source) re-read the newest row of each
 touched entity from bronze: their sources are small and a row replaces the
 previous one.
 
+When ``loom stream`` runs the triggers too, an events group whose tiles the trigger operator already keeps
+(same source and entity) gets no query here: the trigger query emits its vectors and writes them with
+:func:`write_vector_rows` (common/triggers/shared_state.py), so its events are folded once.
+
 Where a small events batch's time goes (measured 2026-12-07, local[2], Spark UI off; the activity group alone
 over 92.5k bronze events of 2,000 customers x 12 days, 30 bronze files a batch: 5 batches of 10.8k-22.4k events
 and 1,400-1,970 entities; streaming progress and this module's batch line):

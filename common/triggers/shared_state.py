@@ -62,9 +62,7 @@ TRIGGER_ROW = "_trigger_row"  # input rows: JSON [µs, event id, one boolean per
 # a firing row has a trigger; a vector row (``vectors`` only) has the carried group's index (GROUP) and the
 # feature stream's OUT instead (the entity's newest event µs, then the group's features)
 SHARED_FIRING_SCHEMA = (
-    "{key} string, trigger string, firing_ts timestamp, event_id string, _features string, _group int, "
-    + OUT
-    + " string"
+    f"{{key}} string, trigger string, firing_ts timestamp, event_id string, _features string, {GROUP} int, {OUT} string"
 )
 STATE = StructType([StructField("state", BinaryType())])  # orjson: {"t": triggers, "g": [group state]}
 
