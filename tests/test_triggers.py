@@ -207,37 +207,53 @@ def test_firings_carry_their_features_from_the_operators_tiles(spark, tmp_path):
             assert _close(got[name], value), f"{row['event_id']} {name}: {got[name]} != {value}"
 
 
+VECTOR_BATCHES = [  # (event id, customer, type, minutes after 10:00 on 2026-03-01, amount, channel), a file each
+    [("e1", "a", "pay", 0, 40.0, "web"), ("e2", "a", "call", 20, None, "phone"), ("e3", "b", "pay", 5, 7.5, None)],
+    [("e4", "a", "pay", -60, 150.0, "app"), ("e5", "a", "call", -200, None, "web")],
+    [("e6", "a", "call", 300, None, "chat"), ("e7", "c", "pay", 290, 3.0, "store")],
+    [("e8", "a", "pay", 330, 12.0, "web")],
+    [("e9", "b", "call", -30, None, "phone"), ("e10", "c", "call", 310, None, "app")],
+    [("e11", "b", "pay", -15, 20.0, "web")],
+    [("e12", "d", "pay", 1440, 1.0, "web")],  # a day later: the watermark passes every other entity's timer
+    [("e13", "d", "pay", 1450, 2.0, "app")],
+]
+
+
+def _land_batches(spark, tmp_path, batches) -> str:
+    """Each batch as one Delta file of events (one micro-batch each at one file per trigger); the table's path."""
+    base = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    path = str(tmp_path / "events")
+    for batch in batches:
+        spark.createDataFrame(
+            [(i, c, k, base + timedelta(minutes=m), a, ch) for i, c, k, m, a, ch in batch],
+            "event_id string, customer_id string, event_type string, ts timestamp, amount double, channel string",
+        ).coalesce(1).write.format("delta").mode("append").save(path)
+    return path
+
+
+def _calls_and_group():
+    """Group ``act`` of the feature windows' spec, and a trigger firing on every call."""
+    from common.compile import compile_usecase
+    from common.spec.usecase import UseCase
+    from tests.test_feature_windows import SPEC
+
+    group = compile_usecase(UseCase.model_validate(SPEC)).group("act")
+    calls = TriggerPlan(**{**TRIGGER.__dict__, "name": "call", "kind": "any_of", "within_s": 0, "cooldown_s": 0})
+    return TriggerPlan(**{**calls.__dict__, "conditions": ("event_type = 'call'",)}), group
+
+
 def test_the_trigger_operator_emits_the_feature_streams_vectors(spark, tmp_path):
     """With ``vectors`` (features and triggers in one ``loom stream``), the trigger operator that carries a
     group's tiles emits, batch by batch, exactly the vectors the group's own feature operator emits: a late
     event within the newest event's windows counts (e4), one beyond them does not (e5), and an entity whose
     timer fired (b, once the watermark passed its tiles) keeps its tiles for late events of its window (e9, then e11:
     a batch of the entity's own after the watermark passed does not evict them either)."""
-    from common.compile import compile_usecase
     from common.features.streaming import OUT, entity_features
     from common.runtime.state_store import rocksdb_state_store
-    from common.spec.usecase import UseCase
     from common.triggers.shared_state import GROUP, firings_with_features
-    from tests.test_feature_windows import SPEC
 
-    group = compile_usecase(UseCase.model_validate(SPEC)).group("act")
-    calls = TriggerPlan(**{**TRIGGER.__dict__, "name": "call", "kind": "any_of", "within_s": 0, "cooldown_s": 0})
-    calls = TriggerPlan(**{**calls.__dict__, "conditions": ("event_type = 'call'",)})
-    base = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
-    batches = [  # (event id, customer, type, minutes after 10:00, amount, channel)
-        [("e1", "a", "pay", 0, 40.0, "web"), ("e2", "a", "call", 20, None, "phone"), ("e3", "b", "pay", 5, 7.5, None)],
-        [("e4", "a", "pay", -60, 150.0, "app"), ("e5", "a", "call", -200, None, "web")],
-        [("e6", "a", "call", 300, None, "chat"), ("e7", "c", "pay", 290, 3.0, "store")],
-        [("e8", "a", "pay", 330, 12.0, "web")],
-        [("e9", "b", "call", -30, None, "phone"), ("e10", "c", "call", 310, None, "app")],
-        [("e11", "b", "pay", -15, 20.0, "web")],
-    ]
-    path = str(tmp_path / "events")
-    for batch in batches:
-        spark.createDataFrame(
-            [(i, c, k, base + timedelta(minutes=m), a, ch) for i, c, k, m, a, ch in batch],
-            "event_id string, customer_id string, event_type string, ts timestamp, amount double, channel string",
-        ).coalesce(1).write.format("delta").mode("append").save(path)  # one file: one micro-batch
+    calls, group = _calls_and_group()
+    path = _land_batches(spark, tmp_path, VECTOR_BATCHES)
 
     def drained(frame, mode: str, name: str) -> list[set[tuple[str, str]]]:
         out: list[set[tuple[str, str]]] = []
@@ -266,5 +282,41 @@ def test_the_trigger_operator_emits_the_feature_streams_vectors(spark, tmp_path)
     merged = firings_with_features(spark, None, [group], stream(), [calls], vectors=True)
     assert GROUP in merged.columns
     together = drained(merged, "append", "triggers")
-    assert [sorted(c for c, _ in batch) for batch in alone] == [["a", "b"], ["a"], ["a", "c"], ["a"], ["b", "c"], ["b"]]
+    assert [sorted(c for c, _ in batch) for batch in alone] == [["a", "b"], ["a"], ["a", "c"], ["a"], ["b", "c"], ["b"], ["d"], ["d"]]
     assert together == alone
+
+
+def test_the_operator_keeps_each_entitys_one_timer_in_its_state(spark, tmp_path):
+    """The shared operator keeps the entity's one event-time timer in its state (``w``) and moves it from
+    there, without listing the timers: after batches with firings, late events and fired timers, the timers
+    Spark holds (the state data source) are exactly those the states name, in both modes; with vectors, an
+    entity whose triggers no longer matter keeps its tiles and no timer."""
+    import orjson
+
+    from common.runtime.state_store import rocksdb_state_store
+    from common.triggers.shared_state import firings_with_features
+
+    calls, group = _calls_and_group()
+    path = _land_batches(spark, tmp_path, VECTOR_BATCHES)
+    for vectors in (False, True):
+        checkpoint = str(tmp_path / f"cp-{vectors}")
+        stream = spark.readStream.format("delta").option("maxFilesPerTrigger", 1).load(path)
+        writer = (
+            firings_with_features(spark, None, [group], stream, [calls], vectors=vectors)
+            .writeStream.option("checkpointLocation", checkpoint)
+            .foreachBatch(lambda df, _: df.count())
+            .trigger(availableNow=True)
+        )
+        with rocksdb_state_store(spark):
+            query = writer.start()
+        query.awaitTermination()
+        assert query.exception() is None
+        state = spark.read.format("statestore").option("stateVarName", "shared").load(checkpoint)
+        named = {r["key"][0]: orjson.loads(r["value"][0]) for r in state.collect()}
+        timers = spark.read.format("statestore").option("readRegisteredTimers", "true").load(checkpoint)
+        held = [(r["key"][0], r["expiration_timestamp_ms"]) for r in timers.collect()]
+        assert held, "some entity still waits for its timer"
+        assert sorted(held) == sorted((key, s["w"]) for key, s in named.items() if s.get("w") is not None), vectors
+        if vectors:  # a, b and c: the watermark passed what their triggers could match, not their tiles
+            idle = sorted(key for key, s in named.items() if s["w"] is None)
+            assert idle == ["a", "b", "c"] and all(named[key]["g"][0]["s"]["t"] for key in idle), named

@@ -64,7 +64,9 @@ TRIGGER_ROW = "_trigger_row"  # input rows: JSON [µs, event id, one boolean per
 SHARED_FIRING_SCHEMA = (
     f"{{key}} string, trigger string, firing_ts timestamp, event_id string, _features string, {GROUP} int, {OUT} string"
 )
-STATE = StructType([StructField("state", BinaryType())])  # orjson: {"t": triggers, "g": [group state]}
+# orjson: {"t": triggers, "g": [group state], "w": the entity's timer (ms) or null}; no state, no timer
+STATE = StructType([StructField("state", BinaryType())])
+UNKNOWN_TIMER = object()  # a state without "w" (written by an earlier version): the timers must be listed
 
 
 def carried_groups(plan: Plan, triggers: Sequence[TriggerPlan]) -> list[GroupPlan]:
@@ -145,6 +147,8 @@ class SharedProcessor(StatefulProcessor):
         tiles = [TileState.from_json(g["s"]) if g.get("s") else TileState() for g in kept]
         recent: list[list[dict[str, Any]]] = [list(g.get("r", [])) for g in kept]
         floors: list[int | None] = [g.get("f") for g in kept]
+        # the entity's one timer, kept in its state: no listing of the timers, and no call when it stays put
+        timer = saved.get("w") if "w" in saved else (None if stored is None else UNKNOWN_TIMER)
         new_rows: list[list[dict[str, Any]]] = [[] for _ in self.groups]
         entries: dict[str, list[tuple[int, str, int]]] = {name: [] for name in self.rules}
         for row in rows:
@@ -200,7 +204,7 @@ class SharedProcessor(StatefulProcessor):
                         }
                     )
                 )
-        self._keep(per_trigger, tiles, recent, watermark_us)
+        self._keep(per_trigger, tiles, recent, watermark_us, timer)
         yield from out
 
     def _vector(self, key: Any, index: int, tiles: TileState) -> Row:
@@ -225,8 +229,10 @@ class SharedProcessor(StatefulProcessor):
         tiles: list[TileState],
         recent: list[list[dict[str, Any]]],
         watermark_us: int,
+        timer: int | object | None,
     ) -> None:
-        """Evict what no later firing can read, store the rest (or clear it), and set the one timer."""
+        """Evict what no later firing can read, store the rest (or clear it), and move the one timer (``timer``:
+        where it is now, None for none, or :data:`UNKNOWN_TIMER`)."""
         groups = []
         tiles_until_us = -1  # the watermark after which no later firing's window reaches a kept tile
         for index, (_, folder, _) in enumerate(self.groups):
@@ -245,21 +251,35 @@ class SharedProcessor(StatefulProcessor):
         if triggers_empty and tiles_until_us < 0:
             self.state.clear()
         elif self.vectors and triggers_empty and tiles_until_us <= watermark_us:
-            self.state.update((orjson.dumps({"t": {}, "g": groups}),))  # only the vectors read it: no timer
+            self.state.update((orjson.dumps({"t": {}, "g": groups, "w": None}),))  # only the vectors read it
         else:
-            state = {"t": {name: s.to_json() for name, s in per_trigger.items()}, "g": groups}
-            self.state.update((orjson.dumps(state),))
             newest = max((e[0] for s in per_trigger.values() for e in s.events), default=0)
             newest = max([newest] + [f for s in per_trigger.values() for f in s.fired])
             wanted = max(newest + self.horizon_us, tiles_until_us, watermark_us + 1000) // 1000 + 1
-        keep_one_timer(self.handle, wanted)
+            state = {"t": {name: s.to_json() for name, s in per_trigger.items()}, "g": groups, "w": wanted}
+            self.state.update((orjson.dumps(state),))
+        self._move_timer(timer, wanted)
+
+    def _move_timer(self, timer: int | object | None, wanted: int | None) -> None:
+        """Leave the entity with one timer at ``wanted`` (ms; None: none), from ``timer``: each timer call is
+        a round trip to the JVM's state server, as the state's are."""
+        if timer is UNKNOWN_TIMER:  # a state written before the timer was kept in it
+            keep_one_timer(self.handle, wanted)
+            return
+        if timer == wanted:
+            return
+        if timer is not None:
+            self.handle.deleteTimer(timer)
+        if wanted is not None:
+            self.handle.registerTimer(wanted)
 
     def handleExpiredTimer(self, key: Any, timerValues: Any, expiredTimerInfo: Any) -> Iterator[Row]:
         # the watermark passed everything the triggers and the tiles could still matter for, firings-wise
         stored = self.state.get() if self.vectors else None
         groups = [{**g, "r": []} for g in orjson.loads(stored[0]).get("g", [])] if stored is not None else []
         if any(g.get("s", {}).get("t") for g in groups):  # the vectors still read the tiles: keep them only
-            self.state.update((orjson.dumps({"t": {}, "g": groups}),))
+            # Spark deletes the expired timer after this call: the entity has none left
+            self.state.update((orjson.dumps({"t": {}, "g": groups, "w": None}),))
         else:
             self.state.clear()
         yield from ()
