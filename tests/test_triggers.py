@@ -282,7 +282,16 @@ def test_the_trigger_operator_emits_the_feature_streams_vectors(spark, tmp_path)
     merged = firings_with_features(spark, None, [group], stream(), [calls], vectors=True)
     assert GROUP in merged.columns
     together = drained(merged, "append", "triggers")
-    assert [sorted(c for c, _ in batch) for batch in alone] == [["a", "b"], ["a"], ["a", "c"], ["a"], ["b", "c"], ["b"], ["d"], ["d"]]
+    assert [sorted(c for c, _ in batch) for batch in alone] == [
+        ["a", "b"],
+        ["a"],
+        ["a", "c"],
+        ["a"],
+        ["b", "c"],
+        ["b"],
+        ["d"],
+        ["d"],
+    ]
     assert together == alone
 
 
