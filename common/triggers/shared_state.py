@@ -177,17 +177,14 @@ class SharedProcessor(StatefulProcessor):
             recent[index] += [r for r in new_rows[index] if folder.tile_of(r["t"]) >= oldest]
             if self.vectors and counted:
                 out.append(self._vector(key, index, tiles[index]))
+        folded_recent: list[list[tuple[int, str, dict[int, Any]]]] | None = None  # once per entity, if it fires
         for name, rule in self.rules.items():
             for firing in advance(rule, per_trigger[name], entries[name], watermark_us):
+                if folded_recent is None:
+                    folded_recent = [[self._event(i, r) for r in kept] for i, kept in enumerate(recent)]
                 values = {
                     group: dict(
-                        zip(
-                            names,
-                            folder.values_at(
-                                tiles[index], firing.time_us, [self._event(index, r) for r in recent[index]]
-                            ),
-                            strict=True,
-                        )
+                        zip(names, folder.values_at(tiles[index], firing.time_us, folded_recent[index]), strict=True)
                     )
                     for index, (group, folder, names) in enumerate(self.groups)
                 }
