@@ -503,21 +503,14 @@ def test_the_trigger_query_writes_the_features_it_folds(spark, clean_stream, tra
     folds that group's events), no feature query of its own runs for it, and every group's online vectors
     equal the batch computation at their time (``profile`` still comes from its feature query)."""
     from common.features import offline
-    from common.features.consistency import check_group
-    from common.features.online_sink import open_store
+    from tests.test_pipeline import assert_every_group_agrees_with_batch
 
     work, url = clean_stream
     plan = trained_churn.plan
     assert not Path(feature_checkpoint(work, plan.group("activity"))).exists()
     assert Path(feature_checkpoint(work, plan.group("profile"))).exists()
     assert offline.read_history(spark, work, plan.group("activity")).count() > 0
-    store = open_store(list(plan.groups.values()), url)
-    try:
-        for group in plan.groups.values():
-            report = check_group(spark, work, group, store)
-            assert report.entities_checked >= 30 and report.ok and report.behind == 0, (group.name, report.examples)
-    finally:
-        store.close()
+    assert_every_group_agrees_with_batch(spark, work, plan, url)
 
 
 @pytest.mark.slow

@@ -149,15 +149,11 @@ def test_firings_carry_their_features_from_the_operators_tiles(spark, tmp_path):
     still counts: e8 reads e7), also for a late firing before newer events of its tile (e5: e3 does not count)."""
     import json
 
-    from common.compile import compile_usecase
     from common.runtime.state_store import rocksdb_state_store
-    from common.spec.usecase import UseCase
     from common.triggers.shared_state import FEATURES, firings_with_features
-    from tests.test_feature_windows import SPEC, _close, _expected
+    from tests.test_feature_windows import _close, _expected
 
-    group = compile_usecase(UseCase.model_validate(SPEC)).group("act")
-    calls = TriggerPlan(**{**TRIGGER.__dict__, "name": "call", "kind": "any_of", "within_s": 0, "cooldown_s": 0})
-    calls = TriggerPlan(**{**calls.__dict__, "conditions": ("event_type = 'call'",)})
+    calls, group = _calls_and_group()
     base = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     batches = [  # (event id, customer, type, minutes after 10:00, amount, channel)
         [
